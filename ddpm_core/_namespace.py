@@ -1,0 +1,153 @@
+"""Array-namespace plumbing shared by the core (internal).
+
+Everything here is written against the array API standard; no framework is imported at
+module level. Framework-specific branches (``stop_gradient``, ``is_concrete``) only import a
+framework when the array handed in already came from it, so that framework is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "namespace",
+    "device_of",
+    "is_concrete",
+    "stop_gradient",
+    "compute_dtype",
+    "broadcast_to_batch",
+    "as_timesteps",
+    "check_same_shape",
+    "check_choice",
+    "check_batch",
+]
+
+
+def namespace(*arrays: Any, xp: Any = None) -> Any:
+    """Return the array namespace of ``arrays`` (or ``xp`` when given)."""
+    if xp is not None:
+        return xp
+    arrays = tuple(a for a in arrays if a is not None and not isinstance(a, (int, float)))
+    return array_api_compat.array_namespace(*arrays)
+
+
+def device_of(x: Any) -> Any:
+    """The device of ``x``; ``None`` where a tracer cannot report one."""
+    try:
+        return array_api_compat.device(x)
+    except Exception:  # noqa: BLE001 - some tracers refuse; the default device is then right
+        return None
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values that may be inspected now (not a jit/compile tracer)."""
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if array_api_compat.is_torch_array(x):
+        import torch
+
+        return not torch.compiler.is_compiling()
+    return True
+
+
+def stop_gradient(x: Any) -> Any:
+    """Block gradients through ``x`` (identity for libraries without autodiff)."""
+    if array_api_compat.is_torch_array(x):
+        return x.detach()
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    return x
+
+
+def compute_dtype(xp: Any, x: Any) -> Any:
+    """The dtype schedule coefficients are looked up in for an input of ``x``'s dtype.
+
+    float32 and float64 inputs compute in their own dtype; half-precision inputs (float16,
+    bfloat16) compute in float32, because half precision cannot hold the tables (SPEC).
+    """
+    if x.dtype == xp.float64 or x.dtype == xp.float32:
+        return x.dtype
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"expected a real floating-point array, got dtype {x.dtype}")
+    return xp.float32
+
+
+def broadcast_to_batch(v: Any, ndim: int, xp: Any) -> Any:
+    """Reshape a per-sample vector (B,) to (B, 1, ..., 1) with ``ndim`` axes."""
+    return xp.reshape(v, (v.shape[0],) + (1,) * (ndim - 1))
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise ValueError unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {name}={value!r}")
+
+
+def check_batch(name: str, x: Any) -> None:
+    """Raise ValueError unless ``x`` has a leading batch axis."""
+    if getattr(x, "ndim", 0) < 1:
+        raise ValueError(f"{name} must have a leading batch axis, got shape {getattr(x, 'shape', ())}")
+
+
+def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    """Raise ValueError when two arrays that must match elementwise differ in shape.
+
+    Broadcasting between e.g. ``x_t`` and ``noise`` is never intended and would silently
+    produce a wrong result, so it is refused.
+    """
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_b} must have the same shape as {name_a}: "
+            f"got {name_a}.shape={tuple(a.shape)}, {name_b}.shape={tuple(b.shape)}"
+        )
+
+
+def as_timesteps(
+    t: Any, like: Any, num_timesteps: int, *, name: str = "t", minimum: int = 0
+) -> Any:
+    """Validate ``t`` and return it as an int64 vector of shape (B,) in ``like``'s namespace.
+
+    ``t`` is a Python int (broadcast to the batch) or an integer array of shape (B,) or ().
+    Values must lie in [minimum, num_timesteps); they are checked whenever they are concrete
+    (not inside ``jax.jit`` or ``torch.compile``, where checking would need the values).
+    """
+    xp = namespace(like)
+    batch = like.shape[0]
+    dev = device_of(like)
+    if isinstance(t, bool) or isinstance(t, float):
+        raise TypeError(f"{name} must be an integer index or integer array, got {t!r}")
+    if isinstance(t, (int, np.integer)):
+        t = int(t)
+        if not minimum <= t < num_timesteps:
+            raise ValueError(f"{name} must lie in [{minimum}, {num_timesteps}), got {name}={t}")
+        return xp.full((batch,), t, dtype=xp.int64, device=dev)
+    if isinstance(t, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
+        t = xp.asarray(t, device=dev)  # NumPy index arrays are accepted with any backend
+    t_xp = namespace(t)
+    if not t_xp.isdtype(t.dtype, "integral"):
+        raise TypeError(f"{name} must be an integer array, got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = xp.broadcast_to(xp.reshape(t, (1,)), (batch,))
+    elif t.ndim != 1 or t.shape[0] != batch:
+        raise ValueError(
+            f"{name} must be a Python int or an integer array of shape ({batch},) matching the "
+            f"batch, got {name}.shape={tuple(t.shape)}"
+        )
+    if is_concrete(t):
+        lo, hi = int(xp.min(t)), int(xp.max(t))
+        if lo < minimum or hi >= num_timesteps:
+            raise ValueError(
+                f"{name} must lie in [{minimum}, {num_timesteps}), got values in [{lo}, {hi}]"
+            )
+    return t if t.dtype == xp.int64 else xp.astype(t, xp.int64)
+
+
+LN2 = math.log(2.0)

@@ -1,0 +1,87 @@
+r"""The forward (noising) process q.
+
+.. math::
+    q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{1-\beta_t}\,x_{t-1},\ \beta_t I)   \quad (2)
+
+    q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I)  \quad (4)
+
+``t`` is the 0-based step index (index 0 is the paper's t = 1), a Python int or an integer
+array of shape (B,). Outputs keep the namespace, device and dtype of the data argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddpm_core._namespace import as_timesteps, check_batch, check_same_shape, compute_dtype, namespace
+from ddpm_core.schedules import Schedule
+
+__all__ = ["q_sample", "q_mean_variance", "q_step_sample"]
+
+
+def q_mean_variance(schedule: Schedule, x0: Any, t: Any) -> tuple[Any, Any, Any]:
+    """Mean, variance and log-variance of q(x_t | x_0), eq. (4).
+
+    Returns
+    -------
+    mean : shape of ``x0``
+    variance, log_variance : shape (B, 1, ..., 1)
+    """
+    check_batch("x0", x0)
+    t = as_timesteps(t, x0, schedule.num_timesteps)
+    xp = namespace(x0)
+    dt = compute_dtype(xp, x0)
+    mean = schedule.lookup("sqrt_alphas_cumprod", t, x0, dtype=dt) * x0
+    var = 1.0 - schedule.lookup("alphas_cumprod", t, x0, dtype=dt)
+    return xp.astype(mean, x0.dtype), var, xp.log(var)
+
+
+def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
+    r"""Draw x_t ~ q(x_t | x_0) given standard normal ``noise``, eq. (4).
+
+    .. math:: x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon
+
+    Parameters
+    ----------
+    x0 : array, shape (B, ...)
+    t : int or int array, shape (B,)
+    noise : array, same shape as ``x0``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Schedule.linear(1000)
+    >>> x0 = np.ones((2, 3)); eps = np.zeros((2, 3))
+    >>> np.allclose(q_sample(s, x0, 0, eps), np.sqrt(1 - 1e-4))
+    True
+    """
+    check_batch("x0", x0)
+    check_same_shape("x0", x0, "noise", noise)
+    t = as_timesteps(t, x0, schedule.num_timesteps)
+    return _q_sample(schedule, x0, t, noise)
+
+
+def _q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
+    """``q_sample`` without validation (``t`` already an int64 vector)."""
+    xp = namespace(x0)
+    dt = compute_dtype(xp, x0)
+    a = schedule.lookup("sqrt_alphas_cumprod", t, x0, dtype=dt)
+    b = schedule.lookup("sqrt_one_minus_alphas_cumprod", t, x0, dtype=dt)
+    out = a * x0 + b * noise
+    return out if out.dtype == x0.dtype else xp.astype(out, x0.dtype)
+
+
+def q_step_sample(schedule: Schedule, x_prev: Any, t: Any, noise: Any) -> Any:
+    r"""One forward step x_{t} ~ q(x_t | x_{t-1}), eq. (2).
+
+    .. math:: x_t = \sqrt{1-\beta_t}\,x_{t-1} + \sqrt{\beta_t}\,\epsilon
+    """
+    check_batch("x_prev", x_prev)
+    check_same_shape("x_prev", x_prev, "noise", noise)
+    t = as_timesteps(t, x_prev, schedule.num_timesteps)
+    xp = namespace(x_prev)
+    dt = compute_dtype(xp, x_prev)
+    out = xp.sqrt(schedule.lookup("alphas", t, x_prev, dtype=dt)) * x_prev + xp.sqrt(
+        schedule.lookup("betas", t, x_prev, dtype=dt)
+    ) * noise
+    return xp.astype(out, x_prev.dtype)

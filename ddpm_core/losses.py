@@ -1,0 +1,325 @@
+r"""Every objective of the paper: L_simple, the variational bound and its parts, bits/dim.
+
+.. math::
+    L = \underbrace{D_{KL}(q(x_T|x_0)\,\|\,p(x_T))}_{L_T}
+      + \sum_{t>1} \underbrace{D_{KL}(q(x_{t-1}|x_t,x_0)\,\|\,p_\theta(x_{t-1}|x_t))}_{L_{t-1}}
+      \underbrace{- \log p_\theta(x_0|x_1)}_{L_0}   \quad (5)
+
+    L_{simple} = \mathbb E_{t,x_0,\epsilon}\,\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}x_0
+                 + \sqrt{1-\bar\alpha_t}\epsilon, t)\|^2   \quad (14)
+
+Bound terms are reported in bits per dimension: the per-sample mean over all non-batch
+axes divided by ln 2. Data for the decoder (eq. 13) are 8-bit values scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ddpm_core._namespace import (
+    LN2,
+    as_timesteps,
+    check_batch,
+    check_choice,
+    check_same_shape,
+    compute_dtype,
+    device_of,
+    namespace,
+    stop_gradient,
+)
+from ddpm_core.forward import _q_sample
+from ddpm_core.parameterization import (
+    PREDICTIONS,
+    VARIANCES,
+    _check_zero_snr,
+    _p_mean_variance,
+    split_model_output,
+)
+from ddpm_core.posterior import q_posterior_mean
+from ddpm_core.schedules import Schedule
+from ddpm_core.special import log_ndtr, log_normal_mass
+
+__all__ = [
+    "LOSSES",
+    "WEIGHTINGS",
+    "BitsPerDim",
+    "normal_kl",
+    "discretized_gaussian_log_likelihood",
+    "prior_bpd",
+    "vlb_terms",
+    "training_target",
+    "loss_weights",
+    "training_losses",
+    "bits_per_dim",
+]
+
+LOSSES = ("simple", "vlb", "hybrid")
+WEIGHTINGS = (None, "min_snr")
+
+
+def normal_kl(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any) -> Any:
+    r"""Elementwise KL(N(mean1, e^{logvar1}) || N(mean2, e^{logvar2})) in nats.
+
+    .. math:: \tfrac12\big(-1 + \ell_2 - \ell_1 + e^{\ell_1-\ell_2}
+              + (\mu_1-\mu_2)^2 e^{-\ell_2}\big)
+
+    Arguments broadcast against each other (the variances are usually (B, 1, ..., 1)).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(normal_kl(np.asarray(0.0), np.asarray(0.0), np.asarray(1.0), np.asarray(0.0)))
+    0.5
+    """
+    xp = namespace(mean1, logvar1, mean2, logvar2)
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + xp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * xp.exp(-logvar2)
+    )
+
+
+def discretized_gaussian_log_likelihood(
+    x: Any, mean: Any, log_scale: Any, *, num_bins: int = 256
+) -> Any:
+    r"""log p(x) of the discretized Gaussian decoder, eq. (13), elementwise in nats.
+
+    ``x`` holds 8-bit data scaled to [-1, 1] (bin centres -1 + 2k/255). Each value's
+    likelihood is the N(mean, e^{2 log_scale}) mass of its bin of width 2/255; the first
+    bin extends to -inf and the last to +inf, so the ``num_bins`` masses sum to 1. The mass
+    is computed with the exact error function in log space (``ddpm_core.special``), finite
+    far in the tails, not with the tanh approximation of the CDF.
+
+    Parameters
+    ----------
+    x : array, shape (B, ...), values on the grid of ``num_bins`` levels in [-1, 1]
+    mean : array broadcastable to ``x``
+    log_scale : array broadcastable to ``x``: log of the standard deviation
+    """
+    if num_bins < 2:
+        raise ValueError(f"num_bins must be >= 2, got num_bins={num_bins}")
+    xp = namespace(x, mean, log_scale)
+    half = 1.0 / (num_bins - 1)
+    inv_std = xp.exp(-log_scale)
+    lo = (x - mean - half) * inv_std
+    hi = (x - mean + half) * inv_std
+    first = x < -1.0 + half
+    last = x > 1.0 - half
+    interior = first | last
+    # Stand-ins keep edge bins from evaluating an interval they do not use.
+    mass = log_normal_mass(xp.where(interior, -1.0, lo), xp.where(interior, 1.0, hi), xp=xp)
+    return xp.where(first, log_ndtr(hi, xp=xp), xp.where(last, log_ndtr(-lo, xp=xp), mass))
+
+
+def _mean_flat(x: Any) -> Any:
+    xp = namespace(x)
+    return xp.mean(xp.reshape(x, (x.shape[0], -1)), axis=1)
+
+
+def prior_bpd(schedule: Schedule, x0: Any) -> Any:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, shape (B,). No parameters."""
+    check_batch("x0", x0)
+    xp = namespace(x0)
+    t = as_timesteps(schedule.num_timesteps - 1, x0, schedule.num_timesteps)
+    dt = compute_dtype(xp, x0)
+    mean = schedule.lookup("sqrt_alphas_cumprod", t, x0, dtype=dt) * x0
+    log_var = xp.log(1.0 - schedule.lookup("alphas_cumprod", t, x0, dtype=dt))
+    zero = xp.zeros_like(mean)
+    return _mean_flat(normal_kl(mean, log_var, zero, zero)) / LN2
+
+
+def _vlb(schedule: Schedule, pred: Any, var_values: Any, x0: Any, x_t: Any, t: Any,
+         prediction: str, variance: str, clip: Any) -> tuple[Any, Any]:
+    """Per-sample L_{t-1} (bits/dim) and x0_hat; t an int64 vector (B,)."""
+    xp = namespace(x_t)
+    dt = compute_dtype(xp, x_t)
+    true_mean = q_posterior_mean(schedule, x0, x_t, t)
+    true_logvar = schedule.lookup("posterior_log_variance_clipped", t, x_t, dtype=dt)
+    p = _p_mean_variance(schedule, pred, var_values, x_t, t, prediction, variance, clip, None)
+    kl = _mean_flat(normal_kl(true_mean, true_logvar, p.mean, p.log_variance)) / LN2
+    nll = -_mean_flat(
+        discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)
+    ) / LN2
+    return xp.where(t == 0, nll, kl), p.x0_hat
+
+
+def vlb_terms(
+    schedule: Schedule,
+    model_output: Any,
+    x0: Any,
+    x_t: Any,
+    t: Any,
+    *,
+    prediction: str = "eps",
+    variance: str = "fixed_small",
+    clip: Any = None,
+) -> Any:
+    """The bound's term at each sample's step, in bits/dim, shape (B,).
+
+    L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for index t > 0, and the
+    decoder NLL L_0 = -log p_theta(x_0|x_1) (eq. 13) for index 0.
+    """
+    pred, var_values, t = _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance)
+    return _vlb(schedule, pred, var_values, x0, x_t, t, prediction, variance, clip)[0]
+
+
+def training_target(schedule: Schedule, x0: Any, x_t: Any, t: Any, noise: Any, prediction: str) -> Any:
+    """The regression target of ``prediction`` for L_simple: eps, x_0, v or mu~(x_t, x_0)."""
+    check_choice("prediction", prediction, PREDICTIONS)
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    if prediction == "mean":
+        return q_posterior_mean(schedule, x0, x_t, t)
+    xp = namespace(x_t)
+    dt = compute_dtype(xp, x_t)
+    a = schedule.lookup("sqrt_alphas_cumprod", t, x_t, dtype=dt)
+    b = schedule.lookup("sqrt_one_minus_alphas_cumprod", t, x_t, dtype=dt)
+    return a * noise - b * x0
+
+
+def loss_weights(
+    schedule: Schedule, t: Any, like: Any, *, weighting: Any = None, prediction: str = "eps",
+    min_snr_gamma: float = 5.0,
+) -> Any:
+    r"""Per-sample weights (B,) for L_simple.
+
+    ``weighting``: None (all ones: the paper's L_simple), ``"min_snr"`` (Hang et al. 2023:
+    min(SNR_t, gamma) expressed for the prediction type: / SNR for eps, / (SNR + 1) for v,
+    as is for x0), or an array of T per-step weights (e.g. eq. (12)'s
+    beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)), which turns L_simple into the bound).
+    """
+    xp = namespace(like)
+    t = as_timesteps(t, like, schedule.num_timesteps)
+    if weighting is None:
+        return xp.ones(t.shape, dtype=like.dtype, device=device_of(like))
+    if isinstance(weighting, str):
+        check_choice("weighting", weighting, WEIGHTINGS)
+        if not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got min_snr_gamma={min_snr_gamma}")
+        snr = xp.reshape(schedule.lookup("snr", t, like, dtype=like.dtype), (-1,))
+        clipped = xp.minimum(snr, min_snr_gamma)
+        if prediction == "eps":
+            return clipped / snr
+        if prediction == "v":
+            return clipped / (snr + 1.0)
+        return clipped
+    table = xp.asarray(weighting, dtype=like.dtype, device=device_of(like))
+    if table.shape != (schedule.num_timesteps,):
+        raise ValueError(
+            f"weighting as an array must have shape ({schedule.num_timesteps},), got {tuple(table.shape)}"
+        )
+    return xp.take(table, t, axis=0)
+
+
+def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance):  # type: ignore[no-untyped-def]
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("variance", variance, VARIANCES)
+    check_batch("x_t", x_t)
+    check_same_shape("x_t", x_t, "x0", x0)
+    pred, var_values = split_model_output(model_output, variance)
+    check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
+    _check_zero_snr(schedule, prediction)
+    return pred, var_values, as_timesteps(t, x_t, schedule.num_timesteps)
+
+
+def training_losses(
+    schedule: Schedule,
+    model_output: Any,
+    x0: Any,
+    x_t: Any,
+    t: Any,
+    noise: Any,
+    *,
+    loss: str = "simple",
+    prediction: str = "eps",
+    variance: str = "fixed_small",
+    weighting: Any = None,
+    min_snr_gamma: float = 5.0,
+    hybrid_weight: float = 0.001,
+) -> Any:
+    r"""Per-sample training loss, shape (B,); average it (or weight it) for the step.
+
+    - ``"simple"``: eq. (14), mean over dimensions of ||target - prediction||^2, target by
+      ``prediction`` (eps for the paper's L_simple), times ``loss_weights(weighting)``.
+      Fixed variances only (a learned variance gets no signal from it).
+    - ``"vlb"``: T * L_{t-1} in bits/dim: with t uniform, an unbiased estimate of the
+      bound minus the constant L_T (the paper's "true variational bound" objective).
+    - ``"hybrid"``: L_simple + ``hybrid_weight`` * T * L_{t-1} with the mean's gradient
+      stopped in the bound term (Nichol & Dhariwal's L_hybrid, lambda = 0.001): learned
+      variances only.
+
+    Parameters
+    ----------
+    model_output : (B, C, ...) or (B, 2C, ...) for learned variances
+    x0, x_t, noise : (B, C, ...), with x_t = q_sample(schedule, x0, t, noise)
+    t : int or int array (B,), 0-based
+    """
+    check_choice("loss", loss, LOSSES)
+    pred, var_values, t = _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance)
+    check_same_shape("x_t", x_t, "noise", noise)
+    learned = variance in ("learned", "learned_range")
+    if loss == "simple" and learned:
+        raise ValueError(f"loss='simple' does not train variance={variance!r}; use loss='hybrid'")
+    if loss == "hybrid" and not learned:
+        raise ValueError(f"loss='hybrid' needs a learned variance, got variance={variance!r}")
+    T = schedule.num_timesteps
+    if loss == "vlb":
+        return T * _vlb(schedule, pred, var_values, x0, x_t, t, prediction, variance, None)[0]
+    target = training_target(schedule, x0, x_t, t, noise, prediction)
+    mse = _mean_flat((target - pred) ** 2)
+    mse = mse * loss_weights(schedule, t, x_t, weighting=weighting, prediction=prediction,
+                             min_snr_gamma=min_snr_gamma)
+    if loss == "simple":
+        return mse
+    frozen = stop_gradient(pred)
+    vb = _vlb(schedule, frozen, var_values, x0, x_t, t, prediction, variance, None)[0]
+    return mse + hybrid_weight * T * vb
+
+
+class BitsPerDim(NamedTuple):
+    """The full bound of eq. (5) in bits/dim, every term evaluated (none sampled)."""
+
+    total: Any  # (B,) prior + sum of terms
+    prior: Any  # (B,) L_T
+    terms: Any  # (T, B) L_{t-1} for index t; terms[0] is the decoder L_0
+    decoder: Any  # (B,) terms[0]
+    mse: Any  # (T, B) mean squared error of x0_hat at each step (the paper's distortion)
+
+
+def bits_per_dim(
+    schedule: Schedule,
+    model: Callable[[Any, Any], Any],
+    x0: Any,
+    noise_fn: Callable[[int], Any],
+    *,
+    prediction: str = "eps",
+    variance: str = "fixed_small",
+    clip: Any = None,
+) -> BitsPerDim:
+    """Negative log-likelihood bound of ``x0`` in bits/dim, summing all T terms of eq. (5).
+
+    For each step index i (T model calls), x_t is drawn from q(x_t|x_0) with
+    ``noise_fn(i)`` and the term L_{i} is evaluated exactly given that x_t. ``model(x_t,
+    t_model)`` receives ``schedule.timesteps[i]`` for every sample.
+    """
+    check_batch("x0", x0)
+    xp = namespace(x0)
+    T = schedule.num_timesteps
+    terms, mses = [], []
+    for i in range(T):
+        t = as_timesteps(i, x0, T)
+        noise = noise_fn(i)
+        check_same_shape("x0", x0, "noise_fn(i)", noise)
+        x_t = _q_sample(schedule, x0, t, noise)
+        t_model = as_timesteps(int(schedule.timesteps[i]), x0, int(schedule.timesteps[-1]) + 1)
+        out = model(x_t, t_model)
+        pred, var_values, _ = _check_loss_inputs(schedule, out, x0, x_t, t, prediction, variance)
+        term, x0_hat = _vlb(schedule, pred, var_values, x0, x_t, t, prediction, variance, clip)
+        terms.append(term)
+        mses.append(_mean_flat((x0_hat - x0) ** 2))
+    stacked = xp.stack(terms, axis=0)
+    prior = prior_bpd(schedule, x0)
+    return BitsPerDim(prior + xp.sum(stacked, axis=0), prior, stacked, terms[0], xp.stack(mses, axis=0))
+

@@ -1,0 +1,270 @@
+r"""What the network predicts, and the reverse-process mean and variance built from it.
+
+A network may predict the noise eps (the paper's choice), x_0, the velocity
+v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022), or the posterior mean
+mu~ directly. All conversions are exact identities of eq. (4):
+
+.. math::
+    \hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta)/\sqrt{\bar\alpha_t}, \qquad
+    \mu_\theta = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}
+                 \epsilon_\theta\Big) = \tilde\mu_t(x_t, \hat x_0)   \quad (11)
+
+The reverse variance sigma_t^2 (eq. 1) is ``fixed_small`` (beta~_t), ``fixed_large``
+(beta_t; beta~ at index 0, as in Ho et al.'s code, for a better decoder likelihood),
+``learned`` (the network outputs log sigma^2) or ``learned_range`` (Nichol & Dhariwal: the
+network outputs v in [-1, 1] and log sigma^2 = f log beta_t + (1 - f) log beta~_t with
+f = (v + 1) / 2). Learned variances take a model output with 2C channels on axis 1: the
+first C are the prediction, the last C the variance values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ddpm_core._namespace import (
+    as_timesteps,
+    broadcast_to_batch,
+    check_batch,
+    check_choice,
+    check_same_shape,
+    compute_dtype,
+    namespace,
+)
+from ddpm_core.posterior import q_posterior_mean
+from ddpm_core.schedules import Schedule
+
+__all__ = [
+    "PREDICTIONS",
+    "VARIANCES",
+    "MeanVariance",
+    "p_mean_variance",
+    "predict_x0",
+    "predict_eps",
+    "predict_v",
+    "predict_mean",
+    "clip_x0",
+    "split_model_output",
+]
+
+PREDICTIONS = ("eps", "x0", "v", "mean")
+VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+
+
+class MeanVariance(NamedTuple):
+    """The reverse-process Gaussian p(x_{t-1} | x_t) and the x_0 estimate behind it."""
+
+    mean: Any  # (B, ...)
+    variance: Any  # (B, 1, ..., 1) for fixed variances, (B, ...) for learned ones
+    log_variance: Any  # same shape as variance
+    x0_hat: Any  # (B, ...)
+
+
+# ---- conversions between parameterisations (t: validated int64 vector) -----------------
+
+
+def _coef(schedule: Schedule, name: str, t: Any, x: Any) -> Any:
+    return schedule.lookup(name, t, x, dtype=compute_dtype(namespace(x), x))
+
+
+def _x0_eps(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str) -> tuple[Any, Any]:
+    """(x0_hat, eps_hat) from a prediction of any type."""
+    c = lambda name: _coef(schedule, name, t, x_t)  # noqa: E731
+    if prediction == "eps":
+        x0 = c("sqrt_recip_alphas_cumprod") * x_t - c("sqrt_recipm1_alphas_cumprod") * pred
+        return x0, pred
+    if prediction == "v":
+        a, b = c("sqrt_alphas_cumprod"), c("sqrt_one_minus_alphas_cumprod")
+        return a * x_t - b * pred, b * x_t + a * pred
+    if prediction == "mean":
+        x0 = (pred - c("posterior_mean_coef2") * x_t) / c("posterior_mean_coef1")
+    else:
+        x0 = pred
+    return x0, _eps_from_x0(schedule, x0, x_t, t)
+
+
+def _eps_from_x0(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> Any:
+    c = lambda name: _coef(schedule, name, t, x_t)  # noqa: E731
+    return (c("sqrt_recip_alphas_cumprod") * x_t - x0) / c("sqrt_recipm1_alphas_cumprod")
+
+
+def _checked(schedule: Schedule, model_output: Any, x_t: Any, t: Any, prediction: str) -> Any:
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_batch("x_t", x_t)
+    check_same_shape("x_t", x_t, "model_output", model_output)
+    _check_zero_snr(schedule, prediction)
+    return as_timesteps(t, x_t, schedule.num_timesteps)
+
+
+def _check_zero_snr(schedule: Schedule, prediction: str) -> None:
+    if prediction == "eps" and schedule.zero_terminal_snr:
+        raise ValueError(
+            "prediction='eps' cannot recover x_0 at zero terminal SNR (abar_T = 0); "
+            "use prediction='v' or 'x0' with a rescaled schedule"
+        )
+
+
+def predict_x0(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
+    """x0_hat implied by a model output of type ``prediction`` (shapes (B, ...))."""
+    t = _checked(schedule, model_output, x_t, t, prediction)
+    return _x0_eps(schedule, model_output, x_t, t, prediction)[0]
+
+
+def predict_eps(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
+    """eps_hat implied by a model output of type ``prediction`` (shapes (B, ...))."""
+    t = _checked(schedule, model_output, x_t, t, prediction)
+    return _x0_eps(schedule, model_output, x_t, t, prediction)[1]
+
+
+def predict_v(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
+    """v_hat = sqrt(abar_t) eps_hat - sqrt(1 - abar_t) x0_hat (Salimans & Ho 2022)."""
+    t = _checked(schedule, model_output, x_t, t, prediction)
+    x0, eps = _x0_eps(schedule, model_output, x_t, t, prediction)
+    c = lambda name: _coef(schedule, name, t, x_t)  # noqa: E731
+    return c("sqrt_alphas_cumprod") * eps - c("sqrt_one_minus_alphas_cumprod") * x0
+
+
+def predict_mean(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
+    """mu_theta = mu~_t(x_t, x0_hat), eq. (11) for eps-prediction."""
+    t = _checked(schedule, model_output, x_t, t, prediction)
+    if prediction == "mean":
+        return model_output
+    x0 = _x0_eps(schedule, model_output, x_t, t, prediction)[0]
+    return q_posterior_mean(schedule, x0, x_t, t)
+
+
+# ---- clipping ---------------------------------------------------------------------------
+
+
+def clip_x0(x0: Any, clip: Any = None, threshold: float | None = None) -> Any:
+    """Clip x0_hat to the data range and/or apply dynamic thresholding (Saharia et al. 2022).
+
+    Parameters
+    ----------
+    clip : None, True, float or (lo, hi)
+        None: no clipping; True: [-1, 1]; c: [-c, c]; (lo, hi): that range.
+    threshold : float in (0, 1], optional
+        Dynamic thresholding: s = max(1, quantile(|x0|, threshold)) per sample, then
+        x0 = clip(x0, -s, s) / s. Applied before ``clip``.
+    """
+    xp = namespace(x0)
+    if threshold is not None:
+        x0 = _dynamic_threshold(x0, threshold, xp)
+    if clip is None or clip is False:
+        return x0
+    lo, hi = _clip_range(clip)
+    return xp.clip(x0, lo, hi)
+
+
+def _clip_range(clip: Any) -> tuple[float, float]:
+    if clip is True:
+        return -1.0, 1.0
+    if isinstance(clip, (int, float)) and clip > 0:
+        return -float(clip), float(clip)
+    if isinstance(clip, tuple) and len(clip) == 2 and clip[0] < clip[1]:
+        return float(clip[0]), float(clip[1])
+    raise ValueError(f"clip must be None, True, a positive float or a (lo, hi) pair, got clip={clip!r}")
+
+
+def _dynamic_threshold(x0: Any, threshold: float, xp: Any) -> Any:
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must lie in (0, 1], got threshold={threshold}")
+    flat = xp.sort(xp.reshape(xp.abs(x0), (x0.shape[0], -1)), axis=1)
+    pos = threshold * (flat.shape[1] - 1)
+    lo = int(pos)
+    hi = min(lo + 1, flat.shape[1] - 1)
+    frac = pos - lo
+    s = flat[:, lo] * (1.0 - frac) + flat[:, hi] * frac
+    s = broadcast_to_batch(xp.maximum(s, 1.0), x0.ndim, xp)
+    return xp.clip(x0, -s, s) / s
+
+
+# ---- variances and the reverse Gaussian -------------------------------------------------
+
+
+def split_model_output(model_output: Any, variance: str, channels: int | None = None) -> tuple[Any, Any]:
+    """Split a (B, 2C, ...) output of a learned-variance model into (prediction, var_values).
+
+    Fixed variances return (model_output, None).
+    """
+    check_choice("variance", variance, VARIANCES)
+    if variance in ("fixed_small", "fixed_large"):
+        return model_output, None
+    if model_output.ndim < 2 or model_output.shape[1] % 2:
+        raise ValueError(
+            f"variance={variance!r} needs a model output with an even number of channels on "
+            f"axis 1 (prediction and variance halves), got shape {tuple(model_output.shape)}"
+        )
+    c = model_output.shape[1] // 2
+    if channels is not None and c != channels:
+        raise ValueError(
+            f"model_output has {2 * c} channels; variance={variance!r} expects 2 * {channels}"
+        )
+    return model_output[:, :c, ...], model_output[:, c:, ...]
+
+
+def _model_log_variance(schedule: Schedule, var_values: Any, x_t: Any, t: Any, variance: str) -> Any:
+    if variance == "fixed_small":
+        return _coef(schedule, "posterior_log_variance_clipped", t, x_t)
+    if variance == "fixed_large":
+        return _coef(schedule, "fixed_large_log_variance", t, x_t)
+    if variance == "learned":
+        return var_values
+    frac = (var_values + 1.0) / 2.0
+    min_log = _coef(schedule, "posterior_log_variance_clipped", t, x_t)
+    max_log = _coef(schedule, "log_betas", t, x_t)
+    return frac * max_log + (1.0 - frac) * min_log
+
+
+def p_mean_variance(
+    schedule: Schedule,
+    model_output: Any,
+    x_t: Any,
+    t: Any,
+    *,
+    prediction: str = "eps",
+    variance: str = "fixed_small",
+    clip: Any = None,
+    threshold: float | None = None,
+) -> MeanVariance:
+    """The reverse Gaussian p_theta(x_{t-1} | x_t) of eq. (1) from a model output.
+
+    Parameters
+    ----------
+    model_output : array, shape (B, C, ...) or (B, 2C, ...) for learned variances
+    x_t : array, shape (B, C, ...)
+    t : int or int array (B,), 0-based
+    prediction : {"eps", "x0", "v", "mean"}
+    variance : {"fixed_small", "fixed_large", "learned", "learned_range"}
+    clip, threshold : see ``clip_x0``; applied to x0_hat before the mean is formed.
+    """
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("variance", variance, VARIANCES)
+    check_batch("x_t", x_t)
+    pred, var_values = split_model_output(model_output, variance)
+    check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
+    _check_zero_snr(schedule, prediction)
+    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    return _p_mean_variance(schedule, pred, var_values, x_t, t, prediction, variance, clip, threshold)
+
+
+def _p_mean_variance(
+    schedule: Schedule,
+    pred: Any,
+    var_values: Any,
+    x_t: Any,
+    t: Any,
+    prediction: str,
+    variance: str,
+    clip: Any,
+    threshold: float | None,
+) -> MeanVariance:
+    """``p_mean_variance`` without validation (inputs already split and checked)."""
+    xp = namespace(x_t)
+    log_var = _model_log_variance(schedule, var_values, x_t, t, variance)
+    if prediction == "mean":
+        mean = pred
+        x0 = clip_x0(_x0_eps(schedule, pred, x_t, t, "mean")[0], clip, threshold)
+    else:
+        x0 = clip_x0(_x0_eps(schedule, pred, x_t, t, prediction)[0], clip, threshold)
+        mean = q_posterior_mean(schedule, x0, x_t, t)
+    return MeanVariance(mean, xp.exp(log_var), log_var, x0)

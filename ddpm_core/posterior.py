@@ -1,0 +1,61 @@
+r"""The forward-process posterior q(x_{t-1} | x_t, x_0), the target of every reverse step.
+
+.. math::
+    q(x_{t-1}\mid x_t, x_0) = \mathcal N(\tilde\mu_t(x_t, x_0),\ \tilde\beta_t I)   \quad (6)
+
+    \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\beta_t}{1-\bar\alpha_t} x_0
+                + \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t} x_t, \qquad
+    \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t  \quad (7)
+
+At index 0 (the paper's t = 1) beta~ is 0; its log is clipped to log beta~ at index 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddpm_core._namespace import as_timesteps, check_batch, check_same_shape, compute_dtype, namespace
+from ddpm_core.schedules import Schedule
+
+__all__ = ["q_posterior", "q_posterior_mean"]
+
+
+def q_posterior(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> tuple[Any, Any, Any]:
+    """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), eqs. (6)-(7).
+
+    Parameters
+    ----------
+    x0, x_t : arrays of shape (B, ...)
+    t : int or int array, shape (B,)
+
+    Returns
+    -------
+    mean : shape (B, ...), dtype of ``x_t``
+    variance, log_variance : shape (B, 1, ..., 1)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Schedule.linear(10, 0.1, 0.2)
+    >>> mean, var, logvar = q_posterior(s, np.zeros((1, 2)), np.ones((1, 2)), 0)
+    >>> float(var[0, 0]), np.allclose(mean, 0.0)  # index 0: the posterior is x_0 itself
+    (0.0, True)
+    """
+    check_batch("x_t", x_t)
+    check_same_shape("x_t", x_t, "x0", x0)
+    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    xp = namespace(x_t)
+    dt = compute_dtype(xp, x_t)
+    var = schedule.lookup("posterior_variance", t, x_t, dtype=dt)
+    logvar = schedule.lookup("posterior_log_variance_clipped", t, x_t, dtype=dt)
+    return q_posterior_mean(schedule, x0, x_t, t), var, logvar
+
+
+def q_posterior_mean(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> Any:
+    """mu~_t(x_t, x_0) of eq. (7); ``t`` an already validated int64 vector (B,)."""
+    xp = namespace(x_t)
+    dt = compute_dtype(xp, x_t)
+    c1 = schedule.lookup("posterior_mean_coef1", t, x_t, dtype=dt)
+    c2 = schedule.lookup("posterior_mean_coef2", t, x_t, dtype=dt)
+    out = c1 * x0 + c2 * x_t
+    return out if out.dtype == x_t.dtype else xp.astype(out, x_t.dtype)

@@ -1,0 +1,325 @@
+r"""Reverse-process samplers: the ancestral DDPM step, the DDIM step, and sampling loops.
+
+Algorithm 2 (ancestral sampling), for t = T..1:
+
+.. math:: x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z,\quad z \sim \mathcal N(0, I)
+          \text{ if } t > 1 \text{ else } z = 0
+
+DDIM (Song et al. 2021), from step t to an earlier step s (``t_prev``):
+
+.. math:: x_s = \sqrt{\bar\alpha_s}\,\hat x_0 + \sqrt{1 - \bar\alpha_s - \sigma^2}\,\hat\epsilon
+          + \sigma z, \quad
+          \sigma = \eta \sqrt{\frac{1-\bar\alpha_s}{1-\bar\alpha_t}}
+                   \sqrt{1 - \frac{\bar\alpha_t}{\bar\alpha_s}}
+
+Steps are pure: they take everything they need (x_t, t, the model output, the noise) and
+return the next state. The core owns no random number generator: noise comes in as arrays,
+or from a ``noise_fn(i)`` callable that the caller builds on its own generator or key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from ddpm_core._namespace import (
+    as_timesteps,
+    check_batch,
+    check_choice,
+    check_same_shape,
+    compute_dtype,
+    namespace,
+)
+from ddpm_core.forward import _q_sample
+from ddpm_core.parameterization import (
+    PREDICTIONS,
+    VARIANCES,
+    _check_zero_snr,
+    _p_mean_variance,
+    _x0_eps,
+    _eps_from_x0,
+    clip_x0,
+    split_model_output,
+)
+from ddpm_core.schedules import Schedule
+
+__all__ = ["StepResult", "SampleStep", "ddpm_step", "ddim_step", "sample_loop", "sample", "interpolate"]
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+class StepResult(NamedTuple):
+    """One reverse step: the next state and the x_0 estimate it was built from."""
+
+    x_prev: Any  # (B, ...)
+    x0_hat: Any  # (B, ...)
+
+
+class SampleStep(NamedTuple):
+    """What a sampling loop yields after step ``index`` (0-based, counting down)."""
+
+    index: int
+    x: Any  # x_{index}'s successor: the sample after this step, (B, ...)
+    x0_hat: Any  # (B, ...)
+
+
+def ddpm_step(
+    schedule: Schedule,
+    model_output: Any,
+    x_t: Any,
+    t: Any,
+    noise: Any,
+    *,
+    prediction: str = "eps",
+    variance: str = "fixed_small",
+    clip: Any = None,
+    threshold: float | None = None,
+) -> StepResult:
+    """One ancestral step x_t -> x_{t-1} (Algorithm 2), with no noise where t == 0.
+
+    Parameters
+    ----------
+    model_output : (B, C, ...), or (B, 2C, ...) for learned variances
+    x_t : (B, C, ...)
+    t : int or int array (B,), 0-based (index 0 is the paper's t = 1)
+    noise : (B, C, ...) standard normal draws; ignored for samples with t == 0
+    prediction, variance, clip, threshold : see ``ddpm_core.parameterization``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Schedule.linear(1000)
+    >>> x = np.zeros((2, 3)); eps = np.zeros((2, 3))
+    >>> step = ddpm_step(s, eps, x, 0, np.ones((2, 3)))
+    >>> np.allclose(step.x_prev, 0.0)  # the last step adds no noise
+    True
+    """
+    _check_step(schedule, model_output, x_t, prediction, variance)
+    pred, var_values = split_model_output(model_output, variance)
+    check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
+    check_same_shape("x_t", x_t, "noise", noise)
+    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    return _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip, threshold)
+
+
+def _check_step(schedule: Schedule, model_output: Any, x_t: Any, prediction: str, variance: str) -> None:
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("variance", variance, VARIANCES)
+    check_batch("x_t", x_t)
+    _check_zero_snr(schedule, prediction)
+    del model_output
+
+
+def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip, threshold):  # type: ignore[no-untyped-def]
+    """``ddpm_step`` without validation."""
+    xp = namespace(x_t)
+    p = _p_mean_variance(schedule, pred, var_values, x_t, t, prediction, variance, clip, threshold)
+    std = xp.exp(0.5 * p.log_variance)
+    nonzero = xp.reshape(xp.astype(t != 0, std.dtype), (-1,) + (1,) * (x_t.ndim - 1))
+    x_prev = p.mean + (nonzero * std) * noise
+    return StepResult(_cast(x_prev, x_t, xp), _cast(p.x0_hat, x_t, xp))
+
+
+def _cast(v: Any, like: Any, xp: Any) -> Any:
+    return v if v.dtype == like.dtype else xp.astype(v, like.dtype)
+
+
+def ddim_step(
+    schedule: Schedule,
+    model_output: Any,
+    x_t: Any,
+    t: Any,
+    t_prev: Any,
+    noise: Any = None,
+    *,
+    eta: float = 0.0,
+    prediction: str = "eps",
+    clip: Any = None,
+    threshold: float | None = None,
+) -> StepResult:
+    """One DDIM step from index ``t`` to the earlier index ``t_prev`` (-1: to x_0).
+
+    ``t`` and ``t_prev`` index ``schedule`` (a respaced schedule's own indices, or the full
+    chain's). With ``eta = 0`` the step is deterministic; ``eta = 1`` on consecutive steps
+    is the ancestral step with ``variance="fixed_small"``. ``noise`` is required when
+    ``eta > 0``.
+
+    Parameters
+    ----------
+    model_output, x_t : (B, C, ...)
+    t : int or int array (B,) in [0, T); t_prev : int or int array (B,) in [-1, t)
+    noise : (B, C, ...) or None
+    eta : float in [0, 1]
+    """
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_batch("x_t", x_t)
+    check_same_shape("x_t", x_t, "model_output", model_output)
+    _check_zero_snr(schedule, prediction)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got eta={eta}")
+    if eta > 0:
+        if noise is None:
+            raise ValueError(f"noise is required when eta > 0 (got eta={eta}, noise=None)")
+        check_same_shape("x_t", x_t, "noise", noise)
+    T = schedule.num_timesteps
+    t = as_timesteps(t, x_t, T)
+    t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1)
+    return _ddim_step(schedule, model_output, x_t, t, t_prev, noise, eta, prediction, clip, threshold)
+
+
+def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, threshold):  # type: ignore[no-untyped-def]
+    """``ddim_step`` without validation."""
+    xp = namespace(x_t)
+    dt = compute_dtype(xp, x_t)
+    x0, eps = _x0_eps(schedule, pred, x_t, t, prediction)
+    if clip is not None or threshold is not None:
+        x0 = clip_x0(x0, clip, threshold)
+        eps = _eps_from_x0(schedule, x0, x_t, t)
+    abar = schedule.lookup("alphas_cumprod", t, x_t, dtype=dt)
+    first = t_prev < 0
+    abar_prev = schedule.lookup("alphas_cumprod", xp.clip(t_prev, 0, None), x_t, dtype=dt)
+    abar_prev = xp.where(xp.reshape(first, abar_prev.shape), 1.0, abar_prev)
+    x_prev = xp.sqrt(abar_prev) * x0
+    if eta > 0:
+        var = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
+        x_prev = x_prev + xp.sqrt(xp.clip(1.0 - abar_prev - var, 0.0, None)) * eps
+        x_prev = x_prev + xp.sqrt(var) * noise
+    else:
+        x_prev = x_prev + xp.sqrt(1.0 - abar_prev) * eps
+    return StepResult(_cast(x_prev, x_t, xp), _cast(x0, x_t, xp))
+
+
+def sample_loop(
+    schedule: Schedule,
+    model: Callable[[Any, Any], Any],
+    x_T: Any,
+    noise_fn: Callable[[int], Any] | None,
+    *,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    prediction: str = "eps",
+    variance: str = "fixed_small",
+    clip: Any = None,
+    threshold: float | None = None,
+    start: int | None = None,
+) -> Iterator[SampleStep]:
+    """Run the reverse chain from ``x_T``, yielding every step (progressive generation).
+
+    For each step index i = start..0 (default start = T - 1) the model is called as
+    ``model(x, t_model)`` with ``t_model`` the int64 vector of the original-chain index
+    ``schedule.timesteps[i]``; ``noise_fn(i)`` supplies the standard normal draws of step i
+    (never called for i == 0, nor for DDIM with eta == 0, where it may be None). For a
+    respaced ``schedule``, the DDPM sampler is exact on the shorter chain (its betas are
+    re-derived) and DDIM steps between consecutive kept steps.
+
+    Yields
+    ------
+    SampleStep(index, x, x0_hat), with ``x`` the state after step ``index``.
+    """
+    check_choice("sampler", sampler, SAMPLERS)
+    check_batch("x_T", x_T)
+    _check_step(schedule, None, x_T, prediction, variance)
+    T = schedule.num_timesteps
+    start = T - 1 if start is None else start
+    if not 0 <= start < T:
+        raise ValueError(f"start must lie in [0, {T}), got start={start}")
+    if sampler == "ddim" and variance in ("learned", "learned_range"):
+        variance = "fixed_small"  # DDIM ignores the variance head (its halves are split below)
+    needs_noise = sampler == "ddpm" or eta > 0
+    if needs_noise and noise_fn is None and start > 0:
+        raise ValueError(f"noise_fn is required for sampler={sampler!r} with eta={eta}")
+    return _loop(schedule, model, x_T, noise_fn, sampler, eta, prediction, variance, clip,
+                 threshold, start, needs_noise)
+
+
+def _loop(schedule, model, x, noise_fn, sampler, eta, prediction, variance, clip, threshold,  # type: ignore[no-untyped-def]
+          start, needs_noise):
+    xp = namespace(x)
+    T = schedule.num_timesteps
+    T_model = int(schedule.timesteps[-1]) + 1
+    for i in range(start, -1, -1):
+        t = as_timesteps(i, x, T)
+        out = model(x, as_timesteps(int(schedule.timesteps[i]), x, T_model))
+        pred, var_values = split_model_output(out, variance) if sampler == "ddpm" else (
+            _prediction_part(out, x, xp), None)
+        check_same_shape("x", x, "model output (prediction part)", pred)
+        noise = noise_fn(i) if needs_noise and i > 0 else xp.zeros_like(x)
+        if sampler == "ddpm":
+            step = _ddpm_step(schedule, pred, var_values, x, t, noise, prediction, variance,
+                              clip, threshold)
+        else:
+            t_prev = as_timesteps(i - 1, x, T, minimum=-1)
+            step = _ddim_step(schedule, pred, x, t, t_prev, noise, eta, prediction, clip, threshold)
+        x = step.x_prev
+        yield SampleStep(i, x, step.x0_hat)
+
+
+def _prediction_part(out: Any, x: Any, xp: Any) -> Any:
+    """A learned-variance model's prediction half when DDIM ignores the variance head."""
+    if out.ndim >= 2 and out.shape[1] == 2 * x.shape[1]:
+        return out[:, : x.shape[1], ...]
+    return out
+
+
+def sample(
+    schedule: Schedule,
+    model: Callable[[Any, Any], Any],
+    x_T: Any,
+    noise_fn: Callable[[int], Any] | None,
+    **kwargs: Any,
+) -> Any:
+    """The final x_0 of ``sample_loop`` (same arguments).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Schedule.linear(50, 1e-3, 0.2)
+    >>> rng = np.random.default_rng(0)
+    >>> model = lambda x, t: np.zeros_like(x)  # predicts eps = 0
+    >>> x0 = sample(s, model, rng.standard_normal((4, 2)), lambda i: rng.standard_normal((4, 2)))
+    >>> x0.shape
+    (4, 2)
+    """
+    x = None
+    for step in sample_loop(schedule, model, x_T, noise_fn, **kwargs):
+        x = step.x
+    return x
+
+
+def interpolate(
+    schedule: Schedule,
+    model: Callable[[Any, Any], Any],
+    x0_a: Any,
+    x0_b: Any,
+    lam: Any,
+    t: int,
+    noise_a: Any,
+    noise_b: Any,
+    noise_fn: Callable[[int], Any] | None,
+    **kwargs: Any,
+) -> Any:
+    r"""Interpolate in latent space (the paper's Figure 8) and decode.
+
+    Both inputs are encoded to step ``t`` with q(x_t|x_0) (``noise_a``, ``noise_b``),
+    mixed as (1 - lam) x_t^a + lam x_t^b, and denoised from ``t`` down to x_0 with
+    ``sample_loop(..., start=t)``.
+
+    Parameters
+    ----------
+    x0_a, x0_b, noise_a, noise_b : (B, ...)
+    lam : float or array (B,) in [0, 1]
+    t : int, the 0-based step to encode to
+    """
+    check_same_shape("x0_a", x0_a, "x0_b", x0_b)
+    check_same_shape("x0_a", x0_a, "noise_a", noise_a)
+    check_same_shape("x0_a", x0_a, "noise_b", noise_b)
+    xp = namespace(x0_a)
+    T = schedule.num_timesteps
+    tt = as_timesteps(t, x0_a, T)
+    lam_arr = xp.asarray(lam, dtype=x0_a.dtype)
+    if lam_arr.ndim == 1:
+        lam_arr = xp.reshape(lam_arr, (-1,) + (1,) * (x0_a.ndim - 1))
+    mixed = (1.0 - lam_arr) * _q_sample(schedule, x0_a, tt, noise_a) + lam_arr * _q_sample(
+        schedule, x0_b, tt, noise_b
+    )
+    return sample(schedule, model, mixed, noise_fn, start=int(t), **kwargs)

@@ -1,0 +1,57 @@
+"""Test, lint and benchmark sessions. README's test command: ``nox -s tests-numpy tests-torch tests-jax``."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+# torch is pinned here (not in the package) to the CPU build these machines keep on disk; an
+# unpinned torch pulls several GB of CUDA wheels. Override with DDPM_TORCH_SPEC.
+TORCH = os.environ.get("DDPM_TORCH_SPEC", "torch==2.13.0")
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "array-api-strict>=2.0"]
+
+
+def _install(session: nox.Session, extra: str | None) -> None:
+    if extra == "torch":
+        session.install(TORCH)
+    session.install(*TEST_DEPS)
+    session.install(f".[{extra}]" if extra else ".")
+
+
+def _pytest(session: nox.Session, backends: str, *paths: str) -> None:
+    env = {"DDPM_TEST_BACKENDS": backends, "PYTHONHASHSEED": "0"}
+    session.run("pytest", *(session.posargs or paths), env=env)
+
+
+@nox.session(name="tests-numpy", python="3.11")
+def tests_numpy(session: nox.Session) -> None:
+    """The core on NumPy and array-api-strict, with NumPy alone installed."""
+    _install(session, None)
+    _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_runs.py")
+
+
+@nox.session(name="tests-torch", python="3.11")
+def tests_torch(session: nox.Session) -> None:
+    """The core on PyTorch, the PyTorch backend, the data and the command line."""
+    _install(session, "torch")
+    _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py")
+
+
+@nox.session(name="tests-jax", python="3.11")
+def tests_jax(session: nox.Session) -> None:
+    """The core on JAX (x64 on), the JAX backend and torch <-> JAX weight conversion."""
+    session.install(TORCH)  # conversion parity tests compare against the PyTorch U-Net
+    _install(session, "jax")
+    _pytest(session, "jax", "tests/core", "tests/jax")
+
+
+@nox.session(name="lint", python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff over the repository; mypy over the core."""
+    session.install("ruff>=0.6", "mypy>=1.10", "numpy", "array-api-compat")
+    session.run("ruff", "check", ".")
+    session.run("mypy", "ddpm_core")
