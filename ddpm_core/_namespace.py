@@ -24,6 +24,10 @@ __all__ = [
     "check_same_shape",
     "check_choice",
     "check_batch",
+    "upcast",
+    "cast_like",
+    "fsqrt",
+    "fexp",
 ]
 
 
@@ -111,26 +115,40 @@ def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
 
 
 def as_timesteps(
-    t: Any, like: Any, num_timesteps: int, *, name: str = "t", minimum: int = 0
+    t: Any,
+    like: Any,
+    num_timesteps: int,
+    *,
+    name: str = "t",
+    minimum: int = 0,
+    scalar_ok: bool = False,
 ) -> Any:
     """Validate ``t`` and return it as an int64 vector of shape (B,) in ``like``'s namespace.
 
     ``t`` is a Python int (broadcast to the batch) or an integer array of shape (B,) or ().
     Values must lie in [minimum, num_timesteps); they are checked whenever they are concrete
     (not inside ``jax.jit`` or ``torch.compile``, where checking would need the values).
+    With ``scalar_ok`` a Python int is returned as a Python int: the caller then looks up
+    scalar coefficients, which costs no gather and keeps them in float64.
     """
-    xp = namespace(like)
-    batch = like.shape[0]
-    dev = device_of(like)
     if isinstance(t, bool) or isinstance(t, float):
         raise TypeError(f"{name} must be an integer index or integer array, got {t!r}")
     if isinstance(t, (int, np.integer)):
         t = int(t)
         if not minimum <= t < num_timesteps:
             raise ValueError(f"{name} must lie in [{minimum}, {num_timesteps}), got {name}={t}")
-        return xp.full((batch,), t, dtype=xp.int64, device=dev)
+        if scalar_ok:
+            return t
+        xp = namespace(like)
+        return xp.full((like.shape[0],), t, dtype=xp.int64, device=device_of(like))
+    return _as_vector(t, like, num_timesteps, name, minimum)
+
+
+def _as_vector(t: Any, like: Any, num_timesteps: int, name: str, minimum: int) -> Any:
+    xp = namespace(like)
+    batch = like.shape[0]
     if isinstance(t, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
-        t = xp.asarray(t, device=dev)  # NumPy index arrays are accepted with any backend
+        t = xp.asarray(t, device=device_of(like))  # NumPy index arrays work with any backend
     t_xp = namespace(t)
     if not t_xp.isdtype(t.dtype, "integral"):
         raise TypeError(f"{name} must be an integer array, got dtype {t.dtype}")
@@ -148,6 +166,27 @@ def as_timesteps(
                 f"{name} must lie in [{minimum}, {num_timesteps}), got values in [{lo}, {hi}]"
             )
     return t if t.dtype == xp.int64 else xp.astype(t, xp.int64)
+
+
+def upcast(x: Any, xp: Any) -> Any:
+    """``x`` in its compute dtype (float32 for half precision, else unchanged)."""
+    dt = compute_dtype(xp, x)
+    return x if x.dtype == dt else xp.astype(x, dt)
+
+
+def cast_like(v: Any, like: Any, xp: Any) -> Any:
+    """``v`` in ``like``'s dtype."""
+    return v if v.dtype == like.dtype else xp.astype(v, like.dtype)
+
+
+def fsqrt(v: Any, xp: Any) -> Any:
+    """sqrt of a scalar coefficient (Python float) or a coefficient array."""
+    return math.sqrt(v) if isinstance(v, float) else xp.sqrt(v)
+
+
+def fexp(v: Any, xp: Any) -> Any:
+    """exp of a scalar coefficient (Python float) or a coefficient array."""
+    return math.exp(v) if isinstance(v, float) else xp.exp(v)
 
 
 LN2 = math.log(2.0)

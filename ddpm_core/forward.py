@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddpm_core._namespace import as_timesteps, check_batch, check_same_shape, compute_dtype, namespace
+from ddpm_core._namespace import (
+    as_timesteps,
+    cast_like,
+    check_batch,
+    check_same_shape,
+    namespace,
+    upcast,
+)
 from ddpm_core.schedules import Schedule
 
 __all__ = ["q_sample", "q_mean_variance", "q_step_sample"]
@@ -30,10 +37,10 @@ def q_mean_variance(schedule: Schedule, x0: Any, t: Any) -> tuple[Any, Any, Any]
     check_batch("x0", x0)
     t = as_timesteps(t, x0, schedule.num_timesteps)
     xp = namespace(x0)
-    dt = compute_dtype(xp, x0)
-    mean = schedule.lookup("sqrt_alphas_cumprod", t, x0, dtype=dt) * x0
-    var = 1.0 - schedule.lookup("alphas_cumprod", t, x0, dtype=dt)
-    return xp.astype(mean, x0.dtype), var, xp.log(var)
+    x = upcast(x0, xp)
+    root, abar = schedule.coefs(("sqrt_alphas_cumprod", "alphas_cumprod"), t, x, xp)
+    var = 1.0 - abar
+    return cast_like(root * x, x0, xp), var, xp.log(var)
 
 
 def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
@@ -57,18 +64,15 @@ def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
     """
     check_batch("x0", x0)
     check_same_shape("x0", x0, "noise", noise)
-    t = as_timesteps(t, x0, schedule.num_timesteps)
-    return _q_sample(schedule, x0, t, noise)
+    t = as_timesteps(t, x0, schedule.num_timesteps, scalar_ok=True)
+    return _q_sample(schedule, x0, t, noise, namespace(x0))
 
 
-def _q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
-    """``q_sample`` without validation (``t`` already an int64 vector)."""
-    xp = namespace(x0)
-    dt = compute_dtype(xp, x0)
-    a = schedule.lookup("sqrt_alphas_cumprod", t, x0, dtype=dt)
-    b = schedule.lookup("sqrt_one_minus_alphas_cumprod", t, x0, dtype=dt)
-    out = a * x0 + b * noise
-    return out if out.dtype == x0.dtype else xp.astype(out, x0.dtype)
+def _q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any, xp: Any) -> Any:
+    """``q_sample`` without validation (``t`` a Python int or an int64 vector)."""
+    x = upcast(x0, xp)
+    a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x, xp)
+    return cast_like(a * x + b * noise, x0, xp)
 
 
 def q_step_sample(schedule: Schedule, x_prev: Any, t: Any, noise: Any) -> Any:
@@ -80,8 +84,6 @@ def q_step_sample(schedule: Schedule, x_prev: Any, t: Any, noise: Any) -> Any:
     check_same_shape("x_prev", x_prev, "noise", noise)
     t = as_timesteps(t, x_prev, schedule.num_timesteps)
     xp = namespace(x_prev)
-    dt = compute_dtype(xp, x_prev)
-    out = xp.sqrt(schedule.lookup("alphas", t, x_prev, dtype=dt)) * x_prev + xp.sqrt(
-        schedule.lookup("betas", t, x_prev, dtype=dt)
-    ) * noise
-    return xp.astype(out, x_prev.dtype)
+    x = upcast(x_prev, xp)
+    alpha, beta = schedule.coefs(("alphas", "betas"), t, x, xp)
+    return cast_like(xp.sqrt(alpha) * x + xp.sqrt(beta) * noise, x_prev, xp)

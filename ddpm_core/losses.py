@@ -14,6 +14,7 @@ axes divided by ln 2. Data for the decoder (eq. 13) are 8-bit values scaled to [
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,18 +23,20 @@ from ddpm_core._namespace import (
     as_timesteps,
     check_batch,
     check_choice,
+    cast_like,
     check_same_shape,
-    compute_dtype,
     device_of,
     namespace,
     stop_gradient,
+    upcast,
 )
 from ddpm_core.forward import _q_sample
 from ddpm_core.parameterization import (
     PREDICTIONS,
     VARIANCES,
     _check_zero_snr,
-    _p_mean_variance,
+    _log_variance,
+    _mean_x0,
     split_model_output,
 )
 from ddpm_core.posterior import q_posterior_mean
@@ -119,27 +122,25 @@ def prior_bpd(schedule: Schedule, x0: Any) -> Any:
     """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, shape (B,). No parameters."""
     check_batch("x0", x0)
     xp = namespace(x0)
-    t = as_timesteps(schedule.num_timesteps - 1, x0, schedule.num_timesteps)
-    dt = compute_dtype(xp, x0)
-    mean = schedule.lookup("sqrt_alphas_cumprod", t, x0, dtype=dt) * x0
-    log_var = xp.log(1.0 - schedule.lookup("alphas_cumprod", t, x0, dtype=dt))
-    zero = xp.zeros_like(mean)
-    return _mean_flat(normal_kl(mean, log_var, zero, zero)) / LN2
+    x = upcast(x0, xp)
+    abar = float(schedule.alphas_cumprod[-1])
+    # KL(N(sqrt(abar) x, 1 - abar) || N(0, 1)) = (abar x^2 - log(1 - abar) - abar) / 2, with the
+    # x-free part formed in float64 without the cancellation of -1 + var - log var.
+    const = -math.log1p(-abar) - abar
+    kl = 0.5 * (abar * x**2 + const)
+    return cast_like(_mean_flat(kl) / LN2, x0, xp)
 
 
 def _vlb(schedule: Schedule, pred: Any, var_values: Any, x0: Any, x_t: Any, t: Any,
-         prediction: str, variance: str, clip: Any) -> tuple[Any, Any]:
-    """Per-sample L_{t-1} (bits/dim) and x0_hat; t an int64 vector (B,)."""
-    xp = namespace(x_t)
-    dt = compute_dtype(xp, x_t)
-    true_mean = q_posterior_mean(schedule, x0, x_t, t)
-    true_logvar = schedule.lookup("posterior_log_variance_clipped", t, x_t, dtype=dt)
-    p = _p_mean_variance(schedule, pred, var_values, x_t, t, prediction, variance, clip, None)
-    kl = _mean_flat(normal_kl(true_mean, true_logvar, p.mean, p.log_variance)) / LN2
-    nll = -_mean_flat(
-        discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)
-    ) / LN2
-    return xp.where(t == 0, nll, kl), p.x0_hat
+         prediction: str, variance: str, clip: Any, xp: Any) -> tuple[Any, Any]:
+    """Per-sample L_{t-1} (bits/dim) and x0_hat; t an int64 vector (B,), compute dtype."""
+    true_mean = q_posterior_mean(schedule, x0, x_t, t, xp)
+    true_logvar = schedule.coefs(("posterior_log_variance_clipped",), t, x_t, xp)[0]
+    mean, x0_hat = _mean_x0(schedule, pred, x_t, t, prediction, clip, None, xp)
+    log_var = _log_variance(schedule, var_values, x_t, t, variance, xp)
+    kl = _mean_flat(normal_kl(true_mean, true_logvar, mean, log_var)) / LN2
+    nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / LN2
+    return xp.where(t == 0, nll, kl), x0_hat
 
 
 def vlb_terms(
@@ -158,8 +159,10 @@ def vlb_terms(
     L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for index t > 0, and the
     decoder NLL L_0 = -log p_theta(x_0|x_1) (eq. 13) for index 0.
     """
-    pred, var_values, t = _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance)
-    return _vlb(schedule, pred, var_values, x0, x_t, t, prediction, variance, clip)[0]
+    xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
+        schedule, model_output, x0, x_t, t, prediction, variance)
+    term = _vlb(schedule, pred, var_values, x0_c, x, t, prediction, variance, clip, xp)[0]
+    return cast_like(term, x_t, xp)
 
 
 def training_target(schedule: Schedule, x0: Any, x_t: Any, t: Any, noise: Any, prediction: str) -> Any:
@@ -169,14 +172,13 @@ def training_target(schedule: Schedule, x0: Any, x_t: Any, t: Any, noise: Any, p
         return noise
     if prediction == "x0":
         return x0
-    t = as_timesteps(t, x_t, schedule.num_timesteps)
-    if prediction == "mean":
-        return q_posterior_mean(schedule, x0, x_t, t)
     xp = namespace(x_t)
-    dt = compute_dtype(xp, x_t)
-    a = schedule.lookup("sqrt_alphas_cumprod", t, x_t, dtype=dt)
-    b = schedule.lookup("sqrt_one_minus_alphas_cumprod", t, x_t, dtype=dt)
-    return a * noise - b * x0
+    t = as_timesteps(t, x_t, schedule.num_timesteps, scalar_ok=True)
+    x, x0_c = upcast(x_t, xp), upcast(x0, xp)
+    if prediction == "mean":
+        return cast_like(q_posterior_mean(schedule, x0_c, x, t, xp), x_t, xp)
+    a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x, xp)
+    return cast_like(a * upcast(noise, xp) - b * x0_c, x_t, xp)
 
 
 def loss_weights(
@@ -214,6 +216,7 @@ def loss_weights(
 
 
 def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance):  # type: ignore[no-untyped-def]
+    """Validate; return (xp, prediction part, variance part, x0, x_t (compute dtype), t)."""
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("variance", variance, VARIANCES)
     check_batch("x_t", x_t)
@@ -221,7 +224,10 @@ def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance)
     pred, var_values = split_model_output(model_output, variance)
     check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
     _check_zero_snr(schedule, prediction)
-    return pred, var_values, as_timesteps(t, x_t, schedule.num_timesteps)
+    xp = namespace(x_t)
+    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    var_values = None if var_values is None else upcast(var_values, xp)
+    return xp, upcast(pred, xp), var_values, upcast(x0, xp), upcast(x_t, xp), t
 
 
 def training_losses(
@@ -257,7 +263,8 @@ def training_losses(
     t : int or int array (B,), 0-based
     """
     check_choice("loss", loss, LOSSES)
-    pred, var_values, t = _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance)
+    xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
+        schedule, model_output, x0, x_t, t, prediction, variance)
     check_same_shape("x_t", x_t, "noise", noise)
     learned = variance in ("learned", "learned_range")
     if loss == "simple" and learned:
@@ -266,16 +273,18 @@ def training_losses(
         raise ValueError(f"loss='hybrid' needs a learned variance, got variance={variance!r}")
     T = schedule.num_timesteps
     if loss == "vlb":
-        return T * _vlb(schedule, pred, var_values, x0, x_t, t, prediction, variance, None)[0]
-    target = training_target(schedule, x0, x_t, t, noise, prediction)
+        vb = _vlb(schedule, pred, var_values, x0_c, x, t, prediction, variance, None, xp)[0]
+        return cast_like(T * vb, x_t, xp)
+    target = upcast(training_target(schedule, x0, x_t, t, noise, prediction), xp)
     mse = _mean_flat((target - pred) ** 2)
-    mse = mse * loss_weights(schedule, t, x_t, weighting=weighting, prediction=prediction,
-                             min_snr_gamma=min_snr_gamma)
-    if loss == "simple":
-        return mse
-    frozen = stop_gradient(pred)
-    vb = _vlb(schedule, frozen, var_values, x0, x_t, t, prediction, variance, None)[0]
-    return mse + hybrid_weight * T * vb
+    if weighting is not None:
+        mse = mse * loss_weights(schedule, t, x, weighting=weighting, prediction=prediction,
+                                 min_snr_gamma=min_snr_gamma)
+    if loss == "hybrid":
+        frozen = stop_gradient(pred)
+        vb = _vlb(schedule, frozen, var_values, x0_c, x, t, prediction, variance, None, xp)[0]
+        mse = mse + hybrid_weight * T * vb
+    return cast_like(mse, x_t, xp)
 
 
 class BitsPerDim(NamedTuple):
@@ -307,18 +316,18 @@ def bits_per_dim(
     check_batch("x0", x0)
     xp = namespace(x0)
     T = schedule.num_timesteps
+    T_model = int(schedule.timesteps[-1]) + 1
     terms, mses = [], []
     for i in range(T):
-        t = as_timesteps(i, x0, T)
         noise = noise_fn(i)
         check_same_shape("x0", x0, "noise_fn(i)", noise)
-        x_t = _q_sample(schedule, x0, t, noise)
-        t_model = as_timesteps(int(schedule.timesteps[i]), x0, int(schedule.timesteps[-1]) + 1)
-        out = model(x_t, t_model)
-        pred, var_values, _ = _check_loss_inputs(schedule, out, x0, x_t, t, prediction, variance)
-        term, x0_hat = _vlb(schedule, pred, var_values, x0, x_t, t, prediction, variance, clip)
-        terms.append(term)
-        mses.append(_mean_flat((x0_hat - x0) ** 2))
+        x_t = _q_sample(schedule, x0, i, noise, xp)
+        out = model(x_t, as_timesteps(int(schedule.timesteps[i]), x0, T_model))
+        xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
+            schedule, out, x0, x_t, i, prediction, variance)
+        term, x0_hat = _vlb(schedule, pred, var_values, x0_c, x, t, prediction, variance, clip, xp)
+        terms.append(cast_like(term, x0, xp))
+        mses.append(cast_like(_mean_flat((x0_hat - x0_c) ** 2), x0, xp))
     stacked = xp.stack(terms, axis=0)
     prior = prior_bpd(schedule, x0)
     return BitsPerDim(prior + xp.sum(stacked, axis=0), prior, stacked, terms[0], xp.stack(mses, axis=0))

@@ -24,11 +24,12 @@ from typing import Any, NamedTuple
 from ddpm_core._namespace import (
     as_timesteps,
     broadcast_to_batch,
+    cast_like,
     check_batch,
     check_choice,
     check_same_shape,
-    compute_dtype,
     namespace,
+    upcast,
 )
 from ddpm_core.posterior import q_posterior_mean
 from ddpm_core.schedules import Schedule
@@ -59,40 +60,41 @@ class MeanVariance(NamedTuple):
     x0_hat: Any  # (B, ...)
 
 
-# ---- conversions between parameterisations (t: validated int64 vector) -----------------
+# ---- conversions between parameterisations ----------------------------------------------
+# Internal helpers take ``t`` as a Python int (scalar coefficients) or a validated int64
+# vector, ``xp`` resolved once by the public caller, and arrays already in compute dtype.
 
 
-def _coef(schedule: Schedule, name: str, t: Any, x: Any) -> Any:
-    return schedule.lookup(name, t, x, dtype=compute_dtype(namespace(x), x))
-
-
-def _x0_eps(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str) -> tuple[Any, Any]:
+def _x0_eps(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, xp: Any) -> tuple[Any, Any]:
     """(x0_hat, eps_hat) from a prediction of any type."""
-    c = lambda name: _coef(schedule, name, t, x_t)  # noqa: E731
     if prediction == "eps":
-        x0 = c("sqrt_recip_alphas_cumprod") * x_t - c("sqrt_recipm1_alphas_cumprod") * pred
-        return x0, pred
+        a, b = schedule.coefs(("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"), t, x_t, xp)
+        return a * x_t - b * pred, pred
     if prediction == "v":
-        a, b = c("sqrt_alphas_cumprod"), c("sqrt_one_minus_alphas_cumprod")
+        a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x_t, xp)
         return a * x_t - b * pred, b * x_t + a * pred
     if prediction == "mean":
-        x0 = (pred - c("posterior_mean_coef2") * x_t) / c("posterior_mean_coef1")
+        c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x_t, xp)
+        x0 = (pred - c2 * x_t) / c1
     else:
         x0 = pred
-    return x0, _eps_from_x0(schedule, x0, x_t, t)
+    return x0, _eps_from_x0(schedule, x0, x_t, t, xp)
 
 
-def _eps_from_x0(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> Any:
-    c = lambda name: _coef(schedule, name, t, x_t)  # noqa: E731
-    return (c("sqrt_recip_alphas_cumprod") * x_t - x0) / c("sqrt_recipm1_alphas_cumprod")
+def _eps_from_x0(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> Any:
+    a, b = schedule.coefs(("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"), t, x_t, xp)
+    return (a * x_t - x0) / b
 
 
-def _checked(schedule: Schedule, model_output: Any, x_t: Any, t: Any, prediction: str) -> Any:
+def _checked(schedule: Schedule, model_output: Any, x_t: Any, t: Any, prediction: str) -> tuple[Any, Any, Any, Any]:
+    """Validate; return (xp, x_t and model_output in compute dtype, t vector)."""
     check_choice("prediction", prediction, PREDICTIONS)
     check_batch("x_t", x_t)
     check_same_shape("x_t", x_t, "model_output", model_output)
     _check_zero_snr(schedule, prediction)
-    return as_timesteps(t, x_t, schedule.num_timesteps)
+    xp = namespace(x_t)
+    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    return xp, upcast(x_t, xp), upcast(model_output, xp), t
 
 
 def _check_zero_snr(schedule: Schedule, prediction: str) -> None:
@@ -105,31 +107,31 @@ def _check_zero_snr(schedule: Schedule, prediction: str) -> None:
 
 def predict_x0(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
     """x0_hat implied by a model output of type ``prediction`` (shapes (B, ...))."""
-    t = _checked(schedule, model_output, x_t, t, prediction)
-    return _x0_eps(schedule, model_output, x_t, t, prediction)[0]
+    xp, x, out, t = _checked(schedule, model_output, x_t, t, prediction)
+    return cast_like(_x0_eps(schedule, out, x, t, prediction, xp)[0], x_t, xp)
 
 
 def predict_eps(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
     """eps_hat implied by a model output of type ``prediction`` (shapes (B, ...))."""
-    t = _checked(schedule, model_output, x_t, t, prediction)
-    return _x0_eps(schedule, model_output, x_t, t, prediction)[1]
+    xp, x, out, t = _checked(schedule, model_output, x_t, t, prediction)
+    return cast_like(_x0_eps(schedule, out, x, t, prediction, xp)[1], x_t, xp)
 
 
 def predict_v(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
     """v_hat = sqrt(abar_t) eps_hat - sqrt(1 - abar_t) x0_hat (Salimans & Ho 2022)."""
-    t = _checked(schedule, model_output, x_t, t, prediction)
-    x0, eps = _x0_eps(schedule, model_output, x_t, t, prediction)
-    c = lambda name: _coef(schedule, name, t, x_t)  # noqa: E731
-    return c("sqrt_alphas_cumprod") * eps - c("sqrt_one_minus_alphas_cumprod") * x0
+    xp, x, out, t = _checked(schedule, model_output, x_t, t, prediction)
+    x0, eps = _x0_eps(schedule, out, x, t, prediction, xp)
+    a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x, xp)
+    return cast_like(a * eps - b * x0, x_t, xp)
 
 
 def predict_mean(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
     """mu_theta = mu~_t(x_t, x0_hat), eq. (11) for eps-prediction."""
-    t = _checked(schedule, model_output, x_t, t, prediction)
+    xp, x, out, t = _checked(schedule, model_output, x_t, t, prediction)
     if prediction == "mean":
         return model_output
-    x0 = _x0_eps(schedule, model_output, x_t, t, prediction)[0]
-    return q_posterior_mean(schedule, x0, x_t, t)
+    x0 = _x0_eps(schedule, out, x, t, prediction, xp)[0]
+    return cast_like(q_posterior_mean(schedule, x0, x, t, xp), x_t, xp)
 
 
 # ---- clipping ---------------------------------------------------------------------------
@@ -202,17 +204,26 @@ def split_model_output(model_output: Any, variance: str, channels: int | None = 
     return model_output[:, :c, ...], model_output[:, c:, ...]
 
 
-def _model_log_variance(schedule: Schedule, var_values: Any, x_t: Any, t: Any, variance: str) -> Any:
+def _log_variance(schedule: Schedule, var_values: Any, x_t: Any, t: Any, variance: str, xp: Any) -> Any:
+    """log sigma_t^2 of eq. (1) for each variance type."""
     if variance == "fixed_small":
-        return _coef(schedule, "posterior_log_variance_clipped", t, x_t)
+        return schedule.coefs(("posterior_log_variance_clipped",), t, x_t, xp)[0]
     if variance == "fixed_large":
-        return _coef(schedule, "fixed_large_log_variance", t, x_t)
+        return schedule.coefs(("fixed_large_log_variance",), t, x_t, xp)[0]
     if variance == "learned":
         return var_values
+    min_log, max_log = schedule.coefs(("posterior_log_variance_clipped", "log_betas"), t, x_t, xp)
     frac = (var_values + 1.0) / 2.0
-    min_log = _coef(schedule, "posterior_log_variance_clipped", t, x_t)
-    max_log = _coef(schedule, "log_betas", t, x_t)
     return frac * max_log + (1.0 - frac) * min_log
+
+
+def _mean_x0(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, clip: Any,
+             threshold: float | None, xp: Any) -> tuple[Any, Any]:
+    """(mu_theta, x0_hat): the reverse mean of eq. (11) via mu~(x_t, clipped x0_hat)."""
+    x0 = clip_x0(_x0_eps(schedule, pred, x_t, t, prediction, xp)[0], clip, threshold)
+    if prediction == "mean":
+        return pred, x0
+    return q_posterior_mean(schedule, x0, x_t, t, xp), x0
 
 
 def p_mean_variance(
@@ -236,6 +247,11 @@ def p_mean_variance(
     prediction : {"eps", "x0", "v", "mean"}
     variance : {"fixed_small", "fixed_large", "learned", "learned_range"}
     clip, threshold : see ``clip_x0``; applied to x0_hat before the mean is formed.
+
+    Returns
+    -------
+    MeanVariance(mean, variance, log_variance, x0_hat); variance and log_variance are
+    (B, 1, ..., 1) for fixed variances and (B, C, ...) for learned ones.
     """
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("variance", variance, VARIANCES)
@@ -243,28 +259,10 @@ def p_mean_variance(
     pred, var_values = split_model_output(model_output, variance)
     check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
     _check_zero_snr(schedule, prediction)
-    t = as_timesteps(t, x_t, schedule.num_timesteps)
-    return _p_mean_variance(schedule, pred, var_values, x_t, t, prediction, variance, clip, threshold)
-
-
-def _p_mean_variance(
-    schedule: Schedule,
-    pred: Any,
-    var_values: Any,
-    x_t: Any,
-    t: Any,
-    prediction: str,
-    variance: str,
-    clip: Any,
-    threshold: float | None,
-) -> MeanVariance:
-    """``p_mean_variance`` without validation (inputs already split and checked)."""
     xp = namespace(x_t)
-    log_var = _model_log_variance(schedule, var_values, x_t, t, variance)
-    if prediction == "mean":
-        mean = pred
-        x0 = clip_x0(_x0_eps(schedule, pred, x_t, t, "mean")[0], clip, threshold)
-    else:
-        x0 = clip_x0(_x0_eps(schedule, pred, x_t, t, prediction)[0], clip, threshold)
-        mean = q_posterior_mean(schedule, x0, x_t, t)
-    return MeanVariance(mean, xp.exp(log_var), log_var, x0)
+    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    x = upcast(x_t, xp)
+    var_values = None if var_values is None else upcast(var_values, xp)
+    mean, x0 = _mean_x0(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
+    log_var = _log_variance(schedule, var_values, x, t, variance, xp)
+    return MeanVariance(cast_like(mean, x_t, xp), xp.exp(log_var), log_var, cast_like(x0, x_t, xp))

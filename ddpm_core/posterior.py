@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddpm_core._namespace import as_timesteps, check_batch, check_same_shape, compute_dtype, namespace
+from ddpm_core._namespace import (
+    as_timesteps,
+    cast_like,
+    check_batch,
+    check_same_shape,
+    namespace,
+    upcast,
+)
 from ddpm_core.schedules import Schedule
 
 __all__ = ["q_posterior", "q_posterior_mean"]
@@ -45,17 +52,12 @@ def q_posterior(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> tuple[Any, Any
     check_same_shape("x_t", x_t, "x0", x0)
     t = as_timesteps(t, x_t, schedule.num_timesteps)
     xp = namespace(x_t)
-    dt = compute_dtype(xp, x_t)
-    var = schedule.lookup("posterior_variance", t, x_t, dtype=dt)
-    logvar = schedule.lookup("posterior_log_variance_clipped", t, x_t, dtype=dt)
-    return q_posterior_mean(schedule, x0, x_t, t), var, logvar
+    x = upcast(x_t, xp)
+    var, logvar = schedule.coefs(("posterior_variance", "posterior_log_variance_clipped"), t, x, xp)
+    return cast_like(q_posterior_mean(schedule, upcast(x0, xp), x, t, xp), x_t, xp), var, logvar
 
 
-def q_posterior_mean(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> Any:
-    """mu~_t(x_t, x_0) of eq. (7); ``t`` an already validated int64 vector (B,)."""
-    xp = namespace(x_t)
-    dt = compute_dtype(xp, x_t)
-    c1 = schedule.lookup("posterior_mean_coef1", t, x_t, dtype=dt)
-    c2 = schedule.lookup("posterior_mean_coef2", t, x_t, dtype=dt)
-    out = c1 * x0 + c2 * x_t
-    return out if out.dtype == x_t.dtype else xp.astype(out, x_t.dtype)
+def q_posterior_mean(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> Any:
+    """mu~_t(x_t, x_0) of eq. (7); ``t`` a Python int or a validated int64 vector (B,)."""
+    c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x_t, xp)
+    return c1 * x0 + c2 * x_t

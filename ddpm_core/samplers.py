@@ -24,20 +24,25 @@ from typing import Any, NamedTuple
 
 from ddpm_core._namespace import (
     as_timesteps,
+    cast_like,
     check_batch,
     check_choice,
     check_same_shape,
-    compute_dtype,
+    device_of,
+    fsqrt,
+    is_concrete,
     namespace,
+    upcast,
 )
 from ddpm_core.forward import _q_sample
 from ddpm_core.parameterization import (
     PREDICTIONS,
     VARIANCES,
     _check_zero_snr,
-    _p_mean_variance,
-    _x0_eps,
     _eps_from_x0,
+    _log_variance,
+    _mean_x0,
+    _x0_eps,
     clip_x0,
     split_model_output,
 )
@@ -81,7 +86,8 @@ def ddpm_step(
     ----------
     model_output : (B, C, ...), or (B, 2C, ...) for learned variances
     x_t : (B, C, ...)
-    t : int or int array (B,), 0-based (index 0 is the paper's t = 1)
+    t : int or int array (B,), 0-based (index 0 is the paper's t = 1). A Python int uses
+        float64 scalar coefficients (the fastest path); an array, per-sample coefficients.
     noise : (B, C, ...) standard normal draws; ignored for samples with t == 0
     prediction, variance, clip, threshold : see ``ddpm_core.parameterization``
 
@@ -94,34 +100,43 @@ def ddpm_step(
     >>> np.allclose(step.x_prev, 0.0)  # the last step adds no noise
     True
     """
-    _check_step(schedule, model_output, x_t, prediction, variance)
+    _check_step(schedule, x_t, prediction, variance)
     pred, var_values = split_model_output(model_output, variance)
     check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
     check_same_shape("x_t", x_t, "noise", noise)
-    t = as_timesteps(t, x_t, schedule.num_timesteps)
-    return _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip, threshold)
+    t = as_timesteps(t, x_t, schedule.num_timesteps, scalar_ok=True)
+    return _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip,
+                      threshold, namespace(x_t))
 
 
-def _check_step(schedule: Schedule, model_output: Any, x_t: Any, prediction: str, variance: str) -> None:
+def _check_step(schedule: Schedule, x_t: Any, prediction: str, variance: str) -> None:
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("variance", variance, VARIANCES)
     check_batch("x_t", x_t)
     _check_zero_snr(schedule, prediction)
-    del model_output
 
 
-def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip, threshold):  # type: ignore[no-untyped-def]
-    """``ddpm_step`` without validation."""
-    xp = namespace(x_t)
-    p = _p_mean_variance(schedule, pred, var_values, x_t, t, prediction, variance, clip, threshold)
-    std = xp.exp(0.5 * p.log_variance)
-    nonzero = xp.reshape(xp.astype(t != 0, std.dtype), (-1,) + (1,) * (x_t.ndim - 1))
-    x_prev = p.mean + (nonzero * std) * noise
-    return StepResult(_cast(x_prev, x_t, xp), _cast(p.x0_hat, x_t, xp))
+_STEP_STD = {"fixed_small": "posterior_std", "fixed_large": "fixed_large_step_std"}
 
 
-def _cast(v: Any, like: Any, xp: Any) -> Any:
-    return v if v.dtype == like.dtype else xp.astype(v, like.dtype)
+def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip,  # type: ignore[no-untyped-def]
+               threshold, xp):
+    """``ddpm_step`` without validation (``t`` a Python int or an int64 vector)."""
+    x = upcast(x_t, xp)
+    mean, x0 = _mean_x0(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
+    if variance in _STEP_STD:  # the std table is 0 at index 0: no noise on the last step
+        std = schedule.coefs((_STEP_STD[variance],), t, x, xp)[0]
+    else:
+        log_var = _log_variance(schedule, upcast(var_values, xp), x, t, variance, xp)
+        std = xp.exp(0.5 * log_var) * _nonzero(t, x, xp)
+    return StepResult(cast_like(mean + std * noise, x_t, xp), cast_like(x0, x_t, xp))
+
+
+def _nonzero(t: Any, like: Any, xp: Any) -> Any:
+    """1 where t > 0, 0 where t == 0, shaped to broadcast against ``like``."""
+    if isinstance(t, int):
+        return float(t != 0)
+    return xp.reshape(xp.astype(t != 0, like.dtype), (-1,) + (1,) * (like.ndim - 1))
 
 
 def ddim_step(
@@ -147,7 +162,7 @@ def ddim_step(
     Parameters
     ----------
     model_output, x_t : (B, C, ...)
-    t : int or int array (B,) in [0, T); t_prev : int or int array (B,) in [-1, t)
+    t : int or int array (B,) in [0, T); t_prev : int or int array (B,) in [-1, T)
     noise : (B, C, ...) or None
     eta : float in [0, 1]
     """
@@ -162,31 +177,53 @@ def ddim_step(
             raise ValueError(f"noise is required when eta > 0 (got eta={eta}, noise=None)")
         check_same_shape("x_t", x_t, "noise", noise)
     T = schedule.num_timesteps
-    t = as_timesteps(t, x_t, T)
-    t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1)
-    return _ddim_step(schedule, model_output, x_t, t, t_prev, noise, eta, prediction, clip, threshold)
+    t = as_timesteps(t, x_t, T, scalar_ok=True)
+    t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1, scalar_ok=True)
+    if isinstance(t, int) != isinstance(t_prev, int):  # mixed: use per-sample vectors
+        t = as_timesteps(t, x_t, T)
+        t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1)
+    _check_order(t, t_prev)
+    return _ddim_step(schedule, model_output, x_t, t, t_prev, noise, eta, prediction, clip,
+                      threshold, namespace(x_t))
 
 
-def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, threshold):  # type: ignore[no-untyped-def]
+def _check_order(t: Any, t_prev: Any) -> None:
+    """DDIM steps go backwards: t_prev < t for every sample (checked when concrete)."""
+    if isinstance(t, int):
+        bad = t_prev >= t
+    elif is_concrete(t) and is_concrete(t_prev):
+        bad = bool(namespace(t).any(t_prev >= t))
+    else:
+        return
+    if bad:
+        raise ValueError("t_prev must be smaller than t for every sample (DDIM steps toward x_0)")
+
+
+def _abar_prev(schedule: Schedule, t_prev: Any, like: Any, xp: Any) -> Any:
+    """abar at ``t_prev``, and 1 where t_prev == -1 (the step to x_0)."""
+    if isinstance(t_prev, int):
+        return 1.0 if t_prev < 0 else float(schedule.alphas_cumprod[t_prev])
+    abar = schedule.coefs(("alphas_cumprod",), xp.clip(t_prev, 0, None), like, xp)[0]
+    return xp.where(xp.reshape(t_prev < 0, abar.shape), 1.0, abar)
+
+
+def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, threshold, xp):  # type: ignore[no-untyped-def]
     """``ddim_step`` without validation."""
-    xp = namespace(x_t)
-    dt = compute_dtype(xp, x_t)
-    x0, eps = _x0_eps(schedule, pred, x_t, t, prediction)
+    x = upcast(x_t, xp)
+    x0, eps = _x0_eps(schedule, upcast(pred, xp), x, t, prediction, xp)
     if clip is not None or threshold is not None:
         x0 = clip_x0(x0, clip, threshold)
-        eps = _eps_from_x0(schedule, x0, x_t, t)
-    abar = schedule.lookup("alphas_cumprod", t, x_t, dtype=dt)
-    first = t_prev < 0
-    abar_prev = schedule.lookup("alphas_cumprod", xp.clip(t_prev, 0, None), x_t, dtype=dt)
-    abar_prev = xp.where(xp.reshape(first, abar_prev.shape), 1.0, abar_prev)
-    x_prev = xp.sqrt(abar_prev) * x0
+        eps = _eps_from_x0(schedule, x0, x, t, xp)
+    abar = schedule.coefs(("alphas_cumprod",), t, x, xp)[0]
+    abar_prev = _abar_prev(schedule, t_prev, x, xp)
     if eta > 0:
         var = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
-        x_prev = x_prev + xp.sqrt(xp.clip(1.0 - abar_prev - var, 0.0, None)) * eps
-        x_prev = x_prev + xp.sqrt(var) * noise
+        rest = 1.0 - abar_prev - var
+        rest = max(rest, 0.0) if isinstance(rest, float) else xp.clip(rest, 0.0, None)
+        x_prev = fsqrt(abar_prev, xp) * x0 + fsqrt(rest, xp) * eps + fsqrt(var, xp) * noise
     else:
-        x_prev = x_prev + xp.sqrt(1.0 - abar_prev) * eps
-    return StepResult(_cast(x_prev, x_t, xp), _cast(x0, x_t, xp))
+        x_prev = fsqrt(abar_prev, xp) * x0 + fsqrt(1.0 - abar_prev, xp) * eps
+    return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
 
 
 def sample_loop(
@@ -218,7 +255,7 @@ def sample_loop(
     """
     check_choice("sampler", sampler, SAMPLERS)
     check_batch("x_T", x_T)
-    _check_step(schedule, None, x_T, prediction, variance)
+    _check_step(schedule, x_T, prediction, variance)
     T = schedule.num_timesteps
     start = T - 1 if start is None else start
     if not 0 <= start < T:
@@ -235,26 +272,29 @@ def sample_loop(
 def _loop(schedule, model, x, noise_fn, sampler, eta, prediction, variance, clip, threshold,  # type: ignore[no-untyped-def]
           start, needs_noise):
     xp = namespace(x)
-    T = schedule.num_timesteps
     T_model = int(schedule.timesteps[-1]) + 1
+    zeros = None
     for i in range(start, -1, -1):
-        t = as_timesteps(i, x, T)
         out = model(x, as_timesteps(int(schedule.timesteps[i]), x, T_model))
         pred, var_values = split_model_output(out, variance) if sampler == "ddpm" else (
-            _prediction_part(out, x, xp), None)
+            _prediction_part(out, x), None)
         check_same_shape("x", x, "model output (prediction part)", pred)
-        noise = noise_fn(i) if needs_noise and i > 0 else xp.zeros_like(x)
-        if sampler == "ddpm":
-            step = _ddpm_step(schedule, pred, var_values, x, t, noise, prediction, variance,
-                              clip, threshold)
+        if needs_noise and i > 0:
+            noise = noise_fn(i)
+            check_same_shape("x", x, f"noise_fn({i})", noise)
         else:
-            t_prev = as_timesteps(i - 1, x, T, minimum=-1)
-            step = _ddim_step(schedule, pred, x, t, t_prev, noise, eta, prediction, clip, threshold)
+            noise = zeros = xp.zeros_like(x) if zeros is None else zeros
+        if sampler == "ddpm":
+            step = _ddpm_step(schedule, pred, var_values, x, i, noise, prediction, variance,
+                              clip, threshold, xp)
+        else:
+            step = _ddim_step(schedule, pred, x, i, i - 1, noise, eta, prediction, clip,
+                              threshold, xp)
         x = step.x_prev
         yield SampleStep(i, x, step.x0_hat)
 
 
-def _prediction_part(out: Any, x: Any, xp: Any) -> Any:
+def _prediction_part(out: Any, x: Any) -> Any:
     """A learned-variance model's prediction half when DDIM ignores the variance head."""
     if out.ndim >= 2 and out.shape[1] == 2 * x.shape[1]:
         return out[:, : x.shape[1], ...]
@@ -315,11 +355,11 @@ def interpolate(
     check_same_shape("x0_a", x0_a, "noise_b", noise_b)
     xp = namespace(x0_a)
     T = schedule.num_timesteps
-    tt = as_timesteps(t, x0_a, T)
-    lam_arr = xp.asarray(lam, dtype=x0_a.dtype)
+    tt = as_timesteps(t, x0_a, T, scalar_ok=True)
+    lam_arr = xp.asarray(lam, dtype=x0_a.dtype, device=device_of(x0_a))
     if lam_arr.ndim == 1:
         lam_arr = xp.reshape(lam_arr, (-1,) + (1,) * (x0_a.ndim - 1))
-    mixed = (1.0 - lam_arr) * _q_sample(schedule, x0_a, tt, noise_a) + lam_arr * _q_sample(
-        schedule, x0_b, tt, noise_b
+    mixed = (1.0 - lam_arr) * _q_sample(schedule, x0_a, tt, noise_a, xp) + lam_arr * _q_sample(
+        schedule, x0_b, tt, noise_b, xp
     )
     return sample(schedule, model, mixed, noise_fn, start=int(t), **kwargs)

@@ -42,6 +42,8 @@ TABLES = (
     "posterior_mean_coef2",
     "fixed_large_variance",
     "fixed_large_log_variance",
+    "posterior_std",
+    "fixed_large_step_std",
     "snr",
 )
 
@@ -97,6 +99,9 @@ def _derive_tables(betas: np.ndarray) -> dict[str, np.ndarray]:
             "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / one_minus,
             "fixed_large_variance": large_var,
             "fixed_large_log_variance": np.log(large_var),
+            # The ancestral step's noise scale; 0 at index 0, where Algorithm 2 adds no noise.
+            "posterior_std": np.sqrt(post_var),
+            "fixed_large_step_std": np.append(0.0, np.sqrt(betas[1:])),
             "snr": abar / one_minus,
         }
 
@@ -294,6 +299,27 @@ class Schedule:
         xp = namespace(like)
         tab = self.table(name, xp=xp, device=device_of(like), dtype=dtype or like.dtype)
         return broadcast_to_batch(xp.take(tab, t, axis=0), like.ndim, xp)
+
+    def coefs(self, names: tuple[str, ...], t: Any, like: Any, xp: Any) -> tuple[Any, ...]:
+        """Several tables at ``t`` at once: the hot path of every step.
+
+        A Python int ``t`` gives Python floats (float64, no device work). A validated int64
+        vector (B,) gives arrays (B, 1, ..., 1) in ``like``'s dtype, gathered in one ``take``
+        from a (T, K) table that is built once per namespace, device and dtype.
+        """
+        if isinstance(t, int):
+            return tuple(float(getattr(self, n)[t]) for n in names)
+        dev = device_of(like)
+        key = (names, xp.__name__, str(dev), str(like.dtype))
+        stacked = self._cache.get(key)  # type: ignore[attr-defined]
+        if stacked is None:
+            table = np.stack([getattr(self, n) for n in names], axis=1)
+            stacked = _convert(table, xp, dev, like.dtype)
+            if is_concrete(stacked):
+                self._cache[key] = stacked  # type: ignore[attr-defined]
+        g = xp.take(stacked, t, axis=0)
+        g = xp.reshape(g, (g.shape[0], len(names)) + (1,) * (like.ndim - 1))
+        return tuple(g[:, k, ...] for k in range(len(names)))
 
     def __repr__(self) -> str:
         respaced = "" if np.array_equal(self.timesteps, np.arange(len(self.betas))) else ", respaced"

@@ -1,0 +1,35 @@
+"""README's examples and the core's docstring examples run as doctests (NumPy only)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CORE_MODULES = [
+    "ddpm_core.forward",
+    "ddpm_core.losses",
+    "ddpm_core.posterior",
+    "ddpm_core.respacing",
+    "ddpm_core.samplers",
+    "ddpm_core.schedules",
+    "ddpm_core.special",
+]
+
+
+def test_readme_examples_run() -> None:
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not beside the tests (installed-package run)")
+    result = doctest.testfile(str(readme), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+@pytest.mark.parametrize("name", CORE_MODULES)
+def test_docstring_examples_run(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
