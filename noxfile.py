@@ -55,3 +55,11 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6", "mypy>=1.10", "numpy", "array-api-compat")
     session.run("ruff", "check", ".")
     session.run("mypy", "ddpm_core")
+
+
+@nox.session(name="bench", python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not run by CI): core steps against a hand-written floor and diffusers."""
+    session.install(TORCH)
+    session.install(".[torch,jax]", "diffusers")
+    session.run("python", "benchmarks/bench_steps.py", *session.posargs)
