@@ -199,12 +199,14 @@ def _check_order(t: Any, t_prev: Any) -> None:
         raise ValueError("t_prev must be smaller than t for every sample (DDIM steps toward x_0)")
 
 
-def _abar_prev(schedule: Schedule, t_prev: Any, like: Any, xp: Any) -> Any:
-    """abar at ``t_prev``, and 1 where t_prev == -1 (the step to x_0)."""
+def _prev_roots(schedule: Schedule, t_prev: Any, like: Any, xp: Any) -> tuple[Any, Any, Any]:
+    """(sqrt(abar'), sqrt(1 - abar'), abar') at ``t_prev``; (1, 0, 1) where t_prev == -1."""
+    names = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "alphas_cumprod")
     if isinstance(t_prev, int):
-        return 1.0 if t_prev < 0 else float(schedule.alphas_cumprod[t_prev])
-    abar = schedule.coefs(("alphas_cumprod",), xp.clip(t_prev, 0, None), like, xp)[0]
-    return xp.where(xp.reshape(t_prev < 0, abar.shape), 1.0, abar)
+        return (1.0, 0.0, 1.0) if t_prev < 0 else schedule.coefs(names, t_prev, like, xp)
+    got = schedule.coefs(names, xp.clip(t_prev, 0, None), like, xp)
+    last = xp.reshape(t_prev < 0, got[0].shape)
+    return tuple(xp.where(last, v, g) for v, g in zip((1.0, 0.0, 1.0), got))  # type: ignore[return-value]
 
 
 def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, threshold, xp):  # type: ignore[no-untyped-def]
@@ -214,15 +216,15 @@ def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, thr
     if clip is not None or threshold is not None:
         x0 = clip_x0(x0, clip, threshold)
         eps = _eps_from_x0(schedule, x0, x, t, xp)
-    abar = schedule.coefs(("alphas_cumprod",), t, x, xp)[0]
-    abar_prev = _abar_prev(schedule, t_prev, x, xp)
+    root_prev, root_one_minus_prev, abar_prev = _prev_roots(schedule, t_prev, x, xp)
     if eta > 0:
+        abar = schedule.coefs(("alphas_cumprod",), t, x, xp)[0]
         var = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
         rest = 1.0 - abar_prev - var
         rest = max(rest, 0.0) if isinstance(rest, float) else xp.clip(rest, 0.0, None)
-        x_prev = fsqrt(abar_prev, xp) * x0 + fsqrt(rest, xp) * eps + fsqrt(var, xp) * noise
+        x_prev = root_prev * x0 + fsqrt(rest, xp) * eps + fsqrt(var, xp) * noise
     else:
-        x_prev = fsqrt(abar_prev, xp) * x0 + fsqrt(1.0 - abar_prev, xp) * eps
+        x_prev = root_prev * x0 + root_one_minus_prev * eps
     return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
 
 

@@ -71,12 +71,15 @@ def _check_betas(betas: np.ndarray) -> None:
 def _derive_tables(betas: np.ndarray) -> dict[str, np.ndarray]:
     """All float64 tables of eqs. (4), (6), (7) and (11) from the betas."""
     alphas = 1.0 - betas
-    abar = np.cumprod(alphas)
-    if betas[-1] == 1.0:
-        abar[-1] = 0.0  # exact zero terminal SNR, not a rounding residue
+    # log abar by summing log1p(-beta); 1 - abar by expm1, exact to the last digits where
+    # abar is close to 1 (small t), where 1.0 - cumprod(alphas) would lose half of them.
+    with np.errstate(divide="ignore"):
+        log_abar = np.cumsum(np.log1p(-betas))
+    abar = np.exp(log_abar)  # exactly 0 at zero terminal SNR (log1p(-1) = -inf)
+    one_minus = -np.expm1(log_abar)
     abar_prev = np.append(1.0, abar[:-1])
-    one_minus = 1.0 - abar
-    post_var = betas * (1.0 - abar_prev) / one_minus
+    one_minus_prev = np.append(0.0, one_minus[:-1])
+    post_var = betas * one_minus_prev / one_minus
     # beta~ at index 0 is 0; its log is clipped to the value at index 1 (improved DDPM).
     first = post_var[1] if len(betas) > 1 else betas[0]
     post_logvar = np.log(np.append(first, post_var[1:]))
@@ -91,12 +94,13 @@ def _derive_tables(betas: np.ndarray) -> dict[str, np.ndarray]:
             "sqrt_alphas_cumprod": np.sqrt(abar),
             "sqrt_one_minus_alphas_cumprod": np.sqrt(one_minus),
             "sqrt_recip_alphas_cumprod": 1.0 / np.sqrt(abar),
-            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1.0),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(one_minus / abar),
             "log_betas": np.log(betas),
             "posterior_variance": post_var,
             "posterior_log_variance_clipped": post_logvar,
-            "posterior_mean_coef1": betas * np.sqrt(abar_prev) / one_minus,
-            "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / one_minus,
+            # At index 0 the posterior is x_0 itself: coefficients exactly 1 and 0.
+            "posterior_mean_coef1": np.append(1.0, (betas * np.sqrt(abar_prev) / one_minus)[1:]),
+            "posterior_mean_coef2": one_minus_prev * np.sqrt(alphas) / one_minus,
             "fixed_large_variance": large_var,
             "fixed_large_log_variance": np.log(large_var),
             # The ancestral step's noise scale; 0 at index 0, where Algorithm 2 adds no noise.
