@@ -193,8 +193,9 @@ def split_model_output(model_output: Any, variance: str, channels: int | None = 
         return model_output, None
     if model_output.ndim < 2 or model_output.shape[1] % 2:
         raise ValueError(
-            f"variance={variance!r} needs a model output with an even number of channels on "
-            f"axis 1 (prediction and variance halves), got shape {tuple(model_output.shape)}"
+            f"variance={variance!r} needs model_output with an even number of channels on "
+            f"axis 1 (prediction and variance halves), got model_output.shape="
+            f"{tuple(model_output.shape)}"
         )
     c = model_output.shape[1] // 2
     if channels is not None and c != channels:
