@@ -25,6 +25,7 @@ __all__ = [
     "check_choice",
     "check_batch",
     "upcast",
+    "index_dtype",
     "cast_like",
     "fsqrt",
     "fexp",
@@ -123,7 +124,7 @@ def as_timesteps(
     minimum: int = 0,
     scalar_ok: bool = False,
 ) -> Any:
-    """Validate ``t`` and return it as an int64 vector of shape (B,) in ``like``'s namespace.
+    """Validate ``t`` and return it as an integer vector of shape (B,) in ``like``'s namespace.
 
     ``t`` is a Python int (broadcast to the batch) or an integer array of shape (B,) or ().
     Values must lie in [minimum, num_timesteps); they are checked whenever they are concrete
@@ -140,7 +141,8 @@ def as_timesteps(
         if scalar_ok:
             return t
         xp = namespace(like)
-        return xp.full((like.shape[0],), t, dtype=xp.int64, device=device_of(like))
+        dev = device_of(like)
+        return xp.full((like.shape[0],), t, dtype=index_dtype(xp, dev), device=dev)
     return _as_vector(t, like, num_timesteps, name, minimum)
 
 
@@ -165,7 +167,16 @@ def _as_vector(t: Any, like: Any, num_timesteps: int, name: str, minimum: int) -
             raise ValueError(
                 f"{name} must lie in [{minimum}, {num_timesteps}), got values in [{lo}, {hi}]"
             )
-    return t if t.dtype == xp.int64 else xp.astype(t, xp.int64)
+    return t
+
+
+def index_dtype(xp: Any, device: Any = None) -> Any:
+    """The namespace's default indexing dtype: int64, or int32 where the namespace has no
+    64-bit integers (JAX without x64), so no dtype is silently truncated."""
+    try:
+        return xp.__array_namespace_info__().default_dtypes(device=device)["indexing"]
+    except (AttributeError, TypeError, ValueError):  # pre-2023.12 namespaces
+        return xp.int64
 
 
 def upcast(x: Any, xp: Any) -> Any:

@@ -69,7 +69,7 @@ def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
 
 
 def _q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any, xp: Any) -> Any:
-    """``q_sample`` without validation (``t`` a Python int or an int64 vector)."""
+    """``q_sample`` without validation (``t`` a Python int or an integer vector)."""
     x = upcast(x0, xp)
     a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x, xp)
     return cast_like(a * x + b * noise, x0, xp)

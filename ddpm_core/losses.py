@@ -133,7 +133,7 @@ def prior_bpd(schedule: Schedule, x0: Any) -> Any:
 
 def _vlb(schedule: Schedule, pred: Any, var_values: Any, x0: Any, x_t: Any, t: Any,
          prediction: str, variance: str, clip: Any, xp: Any) -> tuple[Any, Any]:
-    """Per-sample L_{t-1} (bits/dim) and x0_hat; t an int64 vector (B,), compute dtype."""
+    """Per-sample L_{t-1} (bits/dim) and x0_hat; t an integer vector (B,), compute dtype."""
     true_mean = q_posterior_mean(schedule, x0, x_t, t, xp)
     true_logvar = schedule.coefs(("posterior_log_variance_clipped",), t, x_t, xp)[0]
     mean, x0_hat = _mean_x0(schedule, pred, x_t, t, prediction, clip, None, xp)

@@ -121,7 +121,7 @@ _STEP_STD = {"fixed_small": "posterior_std", "fixed_large": "fixed_large_step_st
 
 def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip,  # type: ignore[no-untyped-def]
                threshold, xp):
-    """``ddpm_step`` without validation (``t`` a Python int or an int64 vector)."""
+    """``ddpm_step`` without validation (``t`` a Python int or an integer vector)."""
     x = upcast(x_t, xp)
     mean, x0 = _mean_x0(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
     if variance in _STEP_STD:  # the std table is 0 at index 0: no noise on the last step
@@ -245,7 +245,7 @@ def sample_loop(
     """Run the reverse chain from ``x_T``, yielding every step (progressive generation).
 
     For each step index i = start..0 (default start = T - 1) the model is called as
-    ``model(x, t_model)`` with ``t_model`` the int64 vector of the original-chain index
+    ``model(x, t_model)`` with ``t_model`` the integer vector of the original-chain index
     ``schedule.timesteps[i]``; ``noise_fn(i)`` supplies the standard normal draws of step i
     (never called for i == 0, nor for DDIM with eta == 0, where it may be None). For a
     respaced ``schedule``, the DDPM sampler is exact on the shorter chain (its betas are

@@ -297,7 +297,7 @@ class Schedule:
     def lookup(self, name: str, t: Any, like: Any, *, dtype: Any = None) -> Any:
         """``table[t]`` shaped (B, 1, ..., 1) to broadcast against ``like``.
 
-        ``t`` must already be a validated int64 vector of shape (B,) in ``like``'s namespace
+        ``t`` must already be a validated integer vector of shape (B,) in ``like``'s namespace
         (``ddpm_core._namespace.as_timesteps``). ``dtype`` defaults to ``like.dtype``.
         """
         xp = namespace(like)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core._namespace import device_of, namespace
+from ddpm_core._namespace import device_of, index_dtype, namespace
 
 __all__ = ["uniform_weights", "LossSecondMoment", "sample_timesteps"]
 
@@ -91,7 +91,7 @@ def sample_timesteps(weights: Any, u: Any) -> tuple[Any, Any]:
 
     Returns
     -------
-    t : int64 (B,), in ``u``'s namespace and device
+    t : (B,) of the namespace's indexing dtype (int64; int32 for JAX without x64)
     importance : (B,) 1 / (T p_t), in ``u``'s dtype: multiply per-sample losses by it to
         keep the objective unbiased.
     """
@@ -104,6 +104,6 @@ def sample_timesteps(weights: Any, u: Any) -> tuple[Any, Any]:
     dev = device_of(u)
     cdf_x = xp.asarray(cdf, dtype=u.dtype, device=dev)
     t = xp.searchsorted(cdf_x, u, side="right")
-    t = xp.clip(xp.astype(t, xp.int64), 0, w.shape[0] - 1)
+    t = xp.clip(xp.astype(t, index_dtype(xp, dev)), 0, w.shape[0] - 1)
     probs = xp.asarray(w, dtype=u.dtype, device=dev)
     return t, 1.0 / (w.shape[0] * xp.take(probs, t, axis=0))
