@@ -1,0 +1,1 @@
+"""Framework backends of ddpm_core (each imports its own framework)."""

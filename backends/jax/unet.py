@@ -1,0 +1,274 @@
+"""The paper's U-Net in Flax (linen): the same network as the PyTorch one.
+
+Built from the same :func:`ddpm_core.models.unet_plan`, with the same parameter count
+for every preset and the same maths (see :mod:`ddpm_core.backends.torch.unet`):
+GroupNorm eps ``config.norm_eps`` with two-pass variance, the embedding frequencies of
+:func:`ddpm_core.models.timestep_frequencies`, attention scaled by ``C ** -0.5``,
+nearest-neighbour upsampling, and stride-2 convolutions padded ``((0, 1), (0, 1))``
+(identical to the PyTorch model's ``F.pad(x, (0, 1, 0, 1))`` + ``padding=0``).
+
+Layout: the public call takes and returns NCHW like the PyTorch model; the network
+runs in NHWC inside. The parameter tree mirrors the PyTorch ``state_dict``
+(``down.0.block.1.conv1.weight`` <-> ``params["down_0"]["block_1"]["conv1"]["kernel"]``);
+:mod:`ddpm_core.backends.convert` maps one to the other.
+
+Examples
+--------
+>>> import jax, jax.numpy as jnp
+>>> net = build_unet("tiny")
+>>> params = init_params(net, jax.random.key(0))
+>>> net.apply({"params": params}, jnp.zeros((2, 1, 8, 8)), jnp.array([0, 999])).shape
+(2, 1, 8, 8)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ddpm_core.models import (
+    BlockSpec,
+    LevelSpec,
+    Preset,
+    UNetConfig,
+    get_preset,
+    timestep_frequencies,
+    unet_plan,
+    with_head,
+)
+
+__all__ = ["UNet", "build_unet", "init_params", "timestep_embedding"]
+
+_XAVIER = nn.initializers.xavier_uniform()
+_ZEROS = nn.initializers.zeros_init()
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal embedding of the timestep indices ``t`` (B,) -> (B, dim), float32."""
+    freqs = jnp.asarray(timestep_frequencies(dim))
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+class _Layers(nn.Module):
+    """Shared factory for layers with the U-Net's initialisers and dtypes."""
+
+    config: UNetConfig
+    dtype: Any = jnp.float32
+
+    def conv(self, features: int, k: int, name: str, *, zero: bool = False,
+             stride: int = 1, padding: Any = None) -> nn.Conv:
+        pad = ((k // 2, k // 2), (k // 2, k // 2)) if padding is None else padding
+        return nn.Conv(features, (k, k), strides=(stride, stride), padding=pad,
+                       kernel_init=_ZEROS if zero else _XAVIER, bias_init=_ZEROS,
+                       dtype=self.dtype, name=name)
+
+    def dense(self, features: int, name: str) -> nn.Dense:
+        return nn.Dense(features, kernel_init=_XAVIER, bias_init=_ZEROS, dtype=self.dtype,
+                        name=name)
+
+    def norm(self, name: str) -> nn.GroupNorm:
+        return nn.GroupNorm(num_groups=self.config.num_groups, epsilon=self.config.norm_eps,
+                            use_fast_variance=False, dtype=self.dtype, name=name)
+
+
+class TimeEmbedding(_Layers):
+    """``Dense(4ch) . SiLU . Dense(4ch)`` of the sinusoidal embedding."""
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        c = self.config
+        h = self.dense(c.temb_channels, "dense_0")(timestep_embedding(t, c.ch))
+        return self.dense(c.temb_channels, "dense_1")(nn.silu(h))
+
+
+class ResBlock(_Layers):
+    """GroupNorm, SiLU, conv3x3, + Dense(SiLU(temb)), GroupNorm, SiLU, dropout, conv3x3."""
+
+    spec: BlockSpec = BlockSpec(1, 1, False)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
+        out = self.spec.out_ch
+        h = self.conv(out, 3, "conv1")(nn.silu(self.norm("norm1")(x)))
+        h = h + self.dense(out, "temb_proj")(temb)[:, None, None, :]
+        h = nn.silu(self.norm("norm2")(h))
+        h = nn.Dropout(self.config.dropout, deterministic=not train)(h)
+        h = self.conv(out, 3, "conv2", zero=True)(h)
+        if self.spec.in_ch != out:
+            x = self.conv(out, 1, "nin_shortcut")(x)
+        return x + h
+
+
+class AttnBlock(_Layers):
+    """Single-head self-attention over the H*W positions, with a residual connection."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, hgt, wid, c = x.shape
+        h = self.norm("norm")(x)
+        q, k, v = (self.conv(c, 1, n)(h).reshape(b, hgt * wid, c) for n in ("q", "k", "v"))
+        w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (c ** -0.5)
+        w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+        a = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hgt, wid, c)
+        return x + self.conv(c, 1, "proj_out", zero=True)(a)
+
+
+class Resample(_Layers):
+    """Downsample (stride-2 conv padded (0, 1), or 2x2 average pool) or Upsample
+    (nearest x2, then a 3x3 conv)."""
+
+    ch: int = 1
+    down: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        with_conv = self.config.resamp_with_conv
+        if self.down:
+            if not with_conv:
+                return nn.avg_pool(x, (2, 2), strides=(2, 2))
+            return self.conv(self.ch, 3, "conv", stride=2, padding=((0, 1), (0, 1)))(x)
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return self.conv(self.ch, 3, "conv")(x) if with_conv else x
+
+
+class Level(_Layers):
+    """One resolution level; ``__call__`` runs the down path (returns every output)."""
+
+    spec: LevelSpec = LevelSpec(0, 1, (), False)
+    down: bool = True
+
+    def setup(self) -> None:
+        kw = {"config": self.config, "dtype": self.dtype}
+        self.blocks = [ResBlock(spec=b, name=f"block_{j}", **kw)
+                       for j, b in enumerate(self.spec.blocks)]
+        self.attns = [AttnBlock(name=f"attn_{j}", **kw) if b.attn else None
+                      for j, b in enumerate(self.spec.blocks)]
+        name = "downsample" if self.down else "upsample"
+        self.resample = (Resample(ch=self.spec.blocks[-1].out_ch, down=self.down, name=name, **kw)
+                         if self.spec.resample else None)
+
+    def _block(self, j: int, h: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
+        h = self.blocks[j](h, temb, train)
+        attn = self.attns[j]
+        return h if attn is None else attn(h)
+
+    def __call__(self, h: jax.Array, temb: jax.Array, train: bool) -> list[jax.Array]:
+        outs = []
+        for j in range(len(self.blocks)):
+            h = self._block(j, h, temb, train)
+            outs.append(h)
+        if self.resample is not None:
+            outs.append(self.resample(h))
+        return outs
+
+    def up(self, h: jax.Array, hs: list[jax.Array], temb: jax.Array,
+           train: bool) -> jax.Array:
+        """Up path: each block eats ``concat(h, hs.pop())`` (channels last)."""
+        for j in range(len(self.blocks)):
+            h = self._block(j, jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+        return h if self.resample is None else self.resample(h)
+
+
+class Middle(_Layers):
+    """ResBlock, AttnBlock, ResBlock at the lowest resolution."""
+
+    ch: int = 1
+
+    @nn.compact
+    def __call__(self, h: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
+        kw = {"config": self.config, "dtype": self.dtype}
+        spec = BlockSpec(self.ch, self.ch, True)
+        h = ResBlock(spec=spec, name="block_1", **kw)(h, temb, train)
+        h = AttnBlock(name="attn_1", **kw)(h)
+        return ResBlock(spec=spec, name="block_2", **kw)(h, temb, train)
+
+
+class UNet(_Layers):
+    """The paper's U-Net: ``apply({"params": p}, x, t, train=False, rngs=...)``.
+
+    Attributes
+    ----------
+    config : UNetConfig
+        The network's shape.
+    dtype : jax dtype
+        Compute dtype (parameters stay float32); e.g. ``jnp.bfloat16`` on accelerators.
+
+    Notes
+    -----
+    ``x`` float (B, in_channels, S, S) NCHW; ``t`` (B,) integer 0-based timestep indices
+    (a scalar broadcasts), embedded as given. Returns (B, out_channels, S, S).
+    With ``train=True`` and dropout > 0, pass ``rngs={"dropout": key}``.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array | int, train: bool = False) -> jax.Array:
+        c = self.config
+        t = self._check_inputs(x, t)
+        plan, kw = unet_plan(c), {"config": c, "dtype": self.dtype}
+        temb = nn.silu(TimeEmbedding(name="temb", **kw)(t))
+        hs = [self.conv(c.ch, 3, "conv_in")(jnp.transpose(x, (0, 2, 3, 1)))]
+        for spec in plan.down:
+            hs += Level(spec=spec, down=True, name=f"down_{spec.index}", **kw)(hs[-1], temb, train)
+        h = Middle(ch=plan.mid_ch, name="mid", **kw)(hs[-1], temb, train)
+        for spec in reversed(plan.up):
+            h = Level(spec=spec, down=False, name=f"up_{spec.index}", **kw).up(h, hs, temb, train)
+        h = nn.silu(self.norm("norm_out")(h))
+        h = self.conv(c.out_channels, 3, "conv_out", zero=True)(h)
+        return jnp.transpose(h, (0, 3, 1, 2))
+
+    def _check_inputs(self, x: jax.Array, t: jax.Array | int) -> jax.Array:
+        ch, s = self.config.in_channels, self.config.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (ch, s, s):
+            raise ValueError(f"x must have shape (B, {ch}, {s}, {s}), got x.shape={x.shape}")
+        t = jnp.asarray(t)
+        if t.ndim == 0:
+            t = jnp.broadcast_to(t, (x.shape[0],))
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape ({x.shape[0]},) or be a scalar, "
+                             f"got t.shape={t.shape}")
+        return t
+
+
+def build_unet(preset_or_config: Preset | UNetConfig | str, prediction: str = "eps",
+               variance: str = "fixed_small", dtype: Any = jnp.float32) -> UNet:
+    """A :class:`UNet` module with the output head for the parameterisation.
+
+    Parameters
+    ----------
+    preset_or_config : Preset, UNetConfig or str
+        A preset, its name, or a U-Net config.
+    prediction, variance : str
+        See :func:`ddpm_core.models.output_channels` (2C outputs for a learned variance).
+    dtype : jax dtype
+        Compute dtype; parameters are float32.
+    """
+    if isinstance(preset_or_config, str):
+        preset_or_config = get_preset(preset_or_config)
+    config = preset_or_config.unet if isinstance(preset_or_config, Preset) else preset_or_config
+    if not isinstance(config, UNetConfig):
+        raise TypeError(f"preset_or_config must be a Preset, UNetConfig or preset name, "
+                        f"got {type(preset_or_config).__name__}")
+    return UNet(config=with_head(config, prediction=prediction, variance=variance), dtype=dtype)
+
+
+def _dummy_inputs(config: UNetConfig) -> tuple[jax.Array, jax.Array]:
+    s = config.image_size
+    return jnp.zeros((1, config.in_channels, s, s), jnp.float32), jnp.zeros((1,), jnp.int32)
+
+
+def init_params(model: UNet, key: jax.Array) -> dict[str, Any]:
+    """Freshly initialised parameters (the ``"params"`` collection) of ``model``.
+
+    Compiled with ``jax.jit`` (much faster than Flax's op-by-op ``init``).
+    """
+    return jax.jit(model.init)(key, *_dummy_inputs(model.config))["params"]
+
+
+def param_shapes(model: UNet) -> dict[str, Any]:
+    """The parameter tree as ``jax.ShapeDtypeStruct`` leaves, without allocating it."""
+    return jax.eval_shape(model.init, jax.random.key(0), *_dummy_inputs(model.config))["params"]

@@ -1,0 +1,190 @@
+"""The U-Net's structure, written once for every backend (NumPy only).
+
+Both backends build their layers from :func:`unet_plan`, and the canonical weight
+layout (the PyTorch ``state_dict`` names and shapes) comes from
+:func:`parameter_shapes`, so the PyTorch and Flax networks cannot drift apart.
+
+The network (Ho et al. 2020, Appendix B; the official ``diffusion_utils/models/unet.py``)::
+
+    temb = Dense(4ch) . SiLU . Dense(4ch) (sinusoid(t, ch))
+    h = conv_in(x)                                     # hs = [h]
+    for level i:  num_res_blocks x (ResBlock [+ Attn])  # each output pushed to hs
+                  Downsample (not on the last level)   # pushed to hs
+    mid: ResBlock, Attn, ResBlock
+    for level i reversed: (num_res_blocks + 1) x (ResBlock(concat(h, hs.pop())) [+ Attn])
+                  Upsample (not on level 0)
+    out = conv_out(SiLU(GroupNorm(h)))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ddpm_core.models.presets import UNetConfig
+
+__all__ = [
+    "BlockSpec",
+    "LevelSpec",
+    "UNetPlan",
+    "count_parameters",
+    "parameter_shapes",
+    "timestep_frequencies",
+    "unet_plan",
+]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One residual block: input/output widths and whether attention follows it."""
+
+    in_ch: int
+    out_ch: int
+    attn: bool
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """One resolution level of the down or up path.
+
+    ``resample`` is True where a Downsample (down path) or Upsample (up path) follows.
+    """
+
+    index: int
+    resolution: int
+    blocks: tuple[BlockSpec, ...]
+    resample: bool
+
+
+@dataclass(frozen=True)
+class UNetPlan:
+    """Channel plan of the whole U-Net; ``up`` is indexed by level (0 = full size)."""
+
+    down: tuple[LevelSpec, ...]
+    mid_ch: int
+    up: tuple[LevelSpec, ...]
+
+
+def unet_plan(config: UNetConfig) -> UNetPlan:
+    """Widths of every block, derived from ``config`` exactly as the official code does.
+
+    Examples
+    --------
+    >>> from ddpm_core.models import get_preset
+    >>> plan = unet_plan(get_preset("cifar10").unet)
+    >>> plan.up[0].blocks[-1]
+    BlockSpec(in_ch=256, out_ch=128, attn=False)
+    """
+    down, skips, ch = [], [config.ch], config.ch
+    last = len(config.ch_mult) - 1
+    for i, (mult, res) in enumerate(zip(config.ch_mult, config.resolutions, strict=True)):
+        blocks = []
+        for _ in range(config.num_res_blocks):
+            blocks.append(BlockSpec(ch, config.ch * mult, res in config.attn_resolutions))
+            ch = config.ch * mult
+            skips.append(ch)
+        if i != last:
+            skips.append(ch)
+        down.append(LevelSpec(i, res, tuple(blocks), i != last))
+    mid_ch, up = ch, []
+    for i in reversed(range(len(config.ch_mult))):
+        res, blocks = config.resolutions[i], []
+        for _ in range(config.num_res_blocks + 1):
+            out = config.ch * config.ch_mult[i]
+            blocks.append(BlockSpec(ch + skips.pop(), out, res in config.attn_resolutions))
+            ch = out
+        up.append(LevelSpec(i, res, tuple(blocks), i != 0))
+    return UNetPlan(tuple(down), mid_ch, tuple(reversed(up)))
+
+
+def _conv(name: str, out_ch: int, in_ch: int, k: int) -> dict[str, tuple[int, ...]]:
+    return {f"{name}.weight": (out_ch, in_ch, k, k), f"{name}.bias": (out_ch,)}
+
+
+def _linear(name: str, out_f: int, in_f: int) -> dict[str, tuple[int, ...]]:
+    return {f"{name}.weight": (out_f, in_f), f"{name}.bias": (out_f,)}
+
+
+def _norm(name: str, ch: int) -> dict[str, tuple[int, ...]]:
+    return {f"{name}.weight": (ch,), f"{name}.bias": (ch,)}
+
+
+def _resblock(name: str, b: BlockSpec, temb_ch: int) -> dict[str, tuple[int, ...]]:
+    shapes = {**_norm(f"{name}.norm1", b.in_ch), **_conv(f"{name}.conv1", b.out_ch, b.in_ch, 3),
+              **_linear(f"{name}.temb_proj", b.out_ch, temb_ch),
+              **_norm(f"{name}.norm2", b.out_ch), **_conv(f"{name}.conv2", b.out_ch, b.out_ch, 3)}
+    if b.in_ch != b.out_ch:
+        shapes.update(_conv(f"{name}.nin_shortcut", b.out_ch, b.in_ch, 1))
+    return shapes
+
+
+def _attn(name: str, ch: int) -> dict[str, tuple[int, ...]]:
+    shapes = _norm(f"{name}.norm", ch)
+    for part in ("q", "k", "v", "proj_out"):
+        shapes.update(_conv(f"{name}.{part}", ch, ch, 1))
+    return shapes
+
+
+def _level(prefix: str, level: LevelSpec, temb_ch: int, resample: str,
+           with_conv: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for j, b in enumerate(level.blocks):
+        shapes.update(_resblock(f"{prefix}.block.{j}", b, temb_ch))
+    for j, b in enumerate(level.blocks):
+        if b.attn:
+            shapes.update(_attn(f"{prefix}.attn.{j}", b.out_ch))
+    if level.resample and with_conv:
+        ch = level.blocks[-1].out_ch
+        shapes.update(_conv(f"{prefix}.{resample}.conv", ch, ch, 3))
+    return shapes
+
+
+def parameter_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical parameter names and shapes: the PyTorch U-Net's ``state_dict``.
+
+    Convolutions are ``(out, in, kh, kw)``, linear layers ``(out, in)``, GroupNorm
+    ``weight``/``bias`` ``(C,)``. The order is the ``state_dict`` order.
+
+    Examples
+    --------
+    >>> from ddpm_core.models import get_preset
+    >>> parameter_shapes(get_preset("tiny").unet)["conv_in.weight"]
+    (16, 1, 3, 3)
+    """
+    plan, ch, temb_ch = unet_plan(config), config.ch, config.temb_channels
+    shapes = {**_linear("temb.dense.0", temb_ch, ch), **_linear("temb.dense.1", temb_ch, temb_ch),
+              **_conv("conv_in", ch, config.in_channels, 3)}
+    for level in plan.down:
+        shapes.update(_level(f"down.{level.index}", level, temb_ch, "downsample",
+                             config.resamp_with_conv))
+    mid = BlockSpec(plan.mid_ch, plan.mid_ch, True)
+    shapes.update({**_resblock("mid.block_1", mid, temb_ch), **_attn("mid.attn_1", plan.mid_ch),
+                   **_resblock("mid.block_2", mid, temb_ch)})
+    for level in plan.up:
+        shapes.update(_level(f"up.{level.index}", level, temb_ch, "upsample",
+                             config.resamp_with_conv))
+    out_ch = plan.up[0].blocks[-1].out_ch
+    shapes.update(_norm("norm_out", out_ch))
+    shapes.update(_conv("conv_out", config.out_channels, out_ch, 3))
+    return shapes
+
+
+def count_parameters(config: UNetConfig) -> int:
+    """Number of trainable parameters of the U-Net (35,746,307 for ``cifar10``)."""
+    return sum(math.prod(s) for s in parameter_shapes(config).values())
+
+
+def timestep_frequencies(dim: int) -> np.ndarray:
+    """Frequencies of the sinusoidal timestep embedding, float32 ``(dim // 2,)``.
+
+    .. math:: \\omega_k = \\exp(-k \\log(10000) / (d/2 - 1)), \\quad k = 0..d/2-1
+
+    The embedding of ``t`` is ``concat(sin(t * omega), cos(t * omega))`` (zero-padded to
+    ``dim`` if odd), as in the official code and Transformer positional encodings.
+    Computed in float64 and rounded once, so every backend uses identical numbers.
+    """
+    half = dim // 2
+    scale = math.log(10000.0) / max(half - 1, 1)
+    return np.exp(-scale * np.arange(half, dtype=np.float64)).astype(np.float32)
