@@ -16,7 +16,7 @@ TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "array-api-strict>=2.0"]
 
 
 def _install(session: nox.Session, extra: str | None) -> None:
-    if extra == "torch":
+    if extra and "torch" in extra:
         session.install(TORCH)
     session.install(*TEST_DEPS)
     session.install(f".[{extra}]" if extra else ".")
@@ -31,13 +31,14 @@ def _pytest(session: nox.Session, backends: str, *paths: str) -> None:
 def tests_numpy(session: nox.Session) -> None:
     """The core on NumPy and array-api-strict, with NumPy alone installed."""
     _install(session, None)
-    _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_runs.py")
+    _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_runs.py",
+            "tests/test_data.py", "tests/test_metrics.py")
 
 
 @nox.session(name="tests-torch", python="3.11")
 def tests_torch(session: nox.Session) -> None:
     """The core on PyTorch, the PyTorch backend, the data and the command line."""
-    _install(session, "torch")
+    _install(session, "torch,eval")
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py")
 
 

@@ -1,0 +1,127 @@
+"""The PyTorch backend's interface to the ``ddpm`` command.
+
+The JAX backend (``ddpm_core.backends.jax.api``) has the same functions; both read and
+write the run directory described in ``ddpm_core.runs``.
+
+Examples
+--------
+>>> from ddpm_core.runs import TrainOptions
+>>> summary = train(TrainOptions(preset="tiny", out="runs/tiny", steps=20))  # doctest: +SKIP
+>>> images = sample("runs/tiny", n=16, sampler="ddim", steps=20)  # doctest: +SKIP
+>>> images.shape, images.dtype  # doctest: +SKIP
+((16, 8, 8, 1), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddpm_core.backends.torch import checkpoint as ckpt
+from ddpm_core.backends.torch import sampling
+from ddpm_core.backends.torch.training import pick_device
+from ddpm_core.backends.torch.training import train as _train
+from ddpm_core.backends.torch.unet import UNet
+from ddpm_core.runs import RunPaths, TrainOptions, make_schedule, read_run_json, to_uint8
+
+__all__ = ["interpolate", "load_run", "param_count", "progressive", "sample", "train"]
+
+
+def train(options: TrainOptions) -> dict[str, Any]:
+    """Train or resume the run ``options.out``; returns a summary dict.
+
+    Keys: ``run_dir``, ``steps``, ``steps_run``, ``seconds``, ``images_per_s``,
+    ``final_loss``, ``device``, ``world_size``.
+    """
+    return _train(options)
+
+
+def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = "auto"
+             ) -> tuple[UNet, Any, dict[str, Any]]:
+    """``(net, schedule, run_info)`` of a run directory; ``net`` is in eval mode."""
+    from ddpm_core.models import UNetConfig
+
+    info = read_run_json(run_dir)
+    paths = RunPaths.of(run_dir)
+    weights = ckpt.load_weights(paths.ema if use_ema else paths.model)
+    net = UNet(UNetConfig.from_dict(info["unet"]))
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{paths.ema if use_ema else paths.model}: weights do not match the "
+                         f"U-Net in {paths.run_json} ({e})") from e
+    net.to(pick_device(device)).eval()
+    return net, make_schedule(info["schedule"]), info
+
+
+def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
+           steps: int | None = None, eta: float = 0.0, seed: int = 0,
+           batch_size: int | None = None, use_ema: bool = True, device: str = "auto",
+           compile: bool = False) -> np.ndarray:
+    """``n`` samples of the run's (EMA) model, uint8 (n, H, W, C).
+
+    ``sampler="ddpm"`` runs Algorithm 2 on the full chain (or ``steps`` respaced steps);
+    ``"ddim"`` runs DDIM on ``steps`` steps (default 50) with ``eta``.
+    """
+    net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
+    x = sampling.generate(net, schedule, n=n, sampler=sampler, steps=steps, eta=eta,
+                          seed=seed, prediction=info["prediction"],
+                          variance=info["variance"], batch_size=batch_size, compile=compile)
+    return to_uint8(x)
+
+
+def progressive(run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: int = 10,
+                sampler: str = "ddpm", steps: int | None = None, use_ema: bool = True,
+                device: str = "auto") -> np.ndarray:
+    """x0_hat at ``frames`` evenly spaced steps, uint8 (frames, n, H, W, C) (Figure 6)."""
+    net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
+    return sampling.progressive_frames(net, schedule, n=n, frames=frames, seed=seed,
+                                       sampler=sampler, steps=steps,
+                                       prediction=info["prediction"],
+                                       variance=info["variance"])
+
+
+def interpolation_sources(info: dict[str, Any], pair: Sequence[int]) -> np.ndarray:
+    """The two source images, uint8 (2, H, W, C): ``pair`` indexes the run's held-out split.
+
+    Datasets without a held-out split (folders, .npz) use their training images.
+    """
+    from ddpm_core.data import load_dataset
+
+    try:
+        images = load_dataset(info["data"], "heldout")
+    except ValueError:
+        images = load_dataset(info["data"], "train")
+    i, j = (int(k) for k in pair)
+    for k in (i, j):
+        if not 0 <= k < images.shape[0]:
+            raise ValueError(f"pair indices must be in [0, {images.shape[0]}); got {tuple(pair)}")
+    return images[[i, j]]
+
+
+def interpolate(run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,
+                lambdas: Sequence[float] = tuple(np.linspace(0, 1, 9)),
+                pair: Sequence[int] = (0, 1), use_ema: bool = True,
+                device: str = "auto") -> np.ndarray:
+    """Interpolate two held-out images through x_t (Figure 8), uint8 (len(lambdas), H, W, C)."""
+    from ddpm_core.data import to_model_range
+
+    net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
+    src = to_model_range(interpolation_sources(info, pair))
+    return sampling.interpolate_images(net, schedule, src[0], src[1], lambdas=lambdas, t=t,
+                                       seed=seed, prediction=info["prediction"],
+                                       variance=info["variance"])
+
+
+def param_count(preset_name: str) -> int:
+    """Trainable parameters of the preset's PyTorch U-Net (built on the meta device)."""
+    from ddpm_core.models import get_preset
+
+    config = get_preset(preset_name).unet
+    with torch.device("meta"):
+        net = UNet(config)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
