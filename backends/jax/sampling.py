@@ -1,0 +1,300 @@
+r"""Sampling compiled end to end: the whole reverse chain is one ``jax.lax.scan``.
+
+Each scan step calls the U-Net and then the core's step (``ddpm_core.ddpm_step`` for
+Algorithm 2, ``ddpm_core.ddim_step`` for DDIM); the core is written against the array API,
+so under ``jax.jit`` its schedule tables become compile-time constants and the chain of K
+steps is a single XLA program with no per-step Python dispatch.
+
+Randomness
+----------
+Sample ``j`` (its index in the whole request, not in its batch) owns the key
+``k_j = fold_in(fold_in(seed_key(seed), 11), j)``; ``k_j`` is split into ``K + 1`` keys,
+the first draws ``x_T`` and key ``s + 1`` the noise ``z`` of chain step ``s``. So a seed gives the
+same image whatever the batch size, and the compiled chain and the Python loop
+(:meth:`Sampler.run_loop`, a jitted step called K times) see exactly the same noise.
+
+Chains (``chain_schedule``, the same rules as the PyTorch backend)
+-------------------------------------------------------------------
+``"ddpm"``: the full chain, or ``steps`` evenly spaced steps (respaced, exact);
+``"ddim"``: ``steps`` steps (default ``min(50, T)``) with DDIM's stride, ``eta`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_core import ddim_step, ddpm_step, q_sample
+from ddpm_core.runs import to_uint8
+from ddpm_core.schedules import Schedule
+
+__all__ = [
+    "SAMPLERS",
+    "Chain",
+    "Sampler",
+    "chain_schedule",
+    "progressive_steps",
+    "sample_keys",
+    "seed_key",
+    "to_images",
+]
+
+SAMPLERS = ("ddpm", "ddim")
+_STREAM_SAMPLE = 11  # sampling keys: fold_in(seed_key(seed), 11), then the sample index
+
+
+def chain_schedule(schedule: Schedule, sampler: str, steps: int | None) -> Schedule:
+    """The (respaced) schedule a sampler runs on.
+
+    ``ddpm``: the full chain, or ``steps`` evenly spaced steps (improved DDPM respacing);
+    ``ddim``: ``steps`` steps (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    T = schedule.num_timesteps
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                              or not 1 <= steps <= T):
+        raise ValueError(f"steps must be an integer in [1, {T}]; got {steps!r}")
+    if sampler == "ddim":
+        return schedule.respace(f"ddim{steps or min(50, T)}")
+    if steps is None or steps == T:
+        return schedule
+    return schedule.respace(str(steps))
+
+
+class Chain(NamedTuple):
+    """What one reverse step needs besides the state: schedule and parameterisation."""
+
+    schedule: Schedule
+    sampler: str = "ddpm"
+    eta: float = 0.0
+    prediction: str = "eps"
+    variance: str = "fixed_small"
+    clip: Any = True
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The PRNG key of an integer seed >= 0, using all 64 bits (``jax.random.key`` alone
+    keeps 32 without x64): ``fold_in(key(seed mod 2**32), seed >> 32)``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64); got {seed!r}")
+    lo, hi = np.uint32(int(seed) & 0xFFFFFFFF), np.uint32(int(seed) >> 32)
+    return jax.random.fold_in(jax.random.key(lo), hi)
+
+
+def sample_keys(seed: int | jax.Array, indices: Any, num_steps: int) -> jax.Array:
+    """Per-sample keys ``(B, num_steps + 1)``: row j is ``split(fold_in(k, indices[j]))``.
+
+    ``seed`` is an int or a key; ``indices`` (B,) the samples' global indices. Column 0
+    draws x_T, column ``s + 1`` the noise of chain step ``s``.
+    """
+    base = seed_key(seed) if isinstance(seed, (int, np.integer)) else seed
+    base = jax.random.fold_in(base, _STREAM_SAMPLE)
+    idx = jnp.asarray(indices, dtype=jnp.uint32)
+    return jax.vmap(lambda j: jax.random.split(jax.random.fold_in(base, j), num_steps + 1))(idx)
+
+
+def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """One standard normal draw of ``shape`` per key: (B,) keys -> (B, *shape) float32."""
+    return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+
+
+def _one_step(chain: Chain, model: Callable[[Any, Any, Any], Any], params: Any,
+              x: jax.Array, i: jax.Array, t_model: jax.Array, noise: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+    """Model call + the core's step ``i`` (respaced index); returns ``(x_prev, x0_hat)``.
+
+    Mirrors ``ddpm_core.sample_loop``: DDIM ignores a learned variance head.
+    """
+    B, C = x.shape[0], x.shape[1]
+    out = model(params, x, jnp.broadcast_to(t_model, (B,))).astype(jnp.float32)
+    iv = jnp.broadcast_to(i, (B,))
+    if chain.sampler == "ddpm":
+        step = ddpm_step(chain.schedule, out, x, iv, noise, prediction=chain.prediction,
+                         variance=chain.variance, clip=chain.clip)
+    else:
+        eta = float(chain.eta)
+        step = ddim_step(chain.schedule, out[:, :C], x, iv, iv - 1,
+                         noise if eta > 0 else None, eta=eta,
+                         prediction=chain.prediction, clip=chain.clip)
+    return step.x_prev, step.x0_hat
+
+
+class Sampler:
+    """A compiled sampler for one network, chain and shape.
+
+    Parameters
+    ----------
+    model : callable ``(params, x (B, C, H, W), t (B,) int) -> output (B, C or 2C, H, W)``
+        Usually ``lambda p, x, t: unet.apply({"params": p}, x, t)``.
+    chain : Chain
+        Schedule (already respaced with :func:`chain_schedule`) and step settings.
+    shape : (C, H, W)
+        One image's shape.
+
+    Notes
+    -----
+    The jitted programs are built once per instance and reused for every call with the
+    same batch size (the training loop keeps one instance for its sample grids).
+    """
+
+    def __init__(self, model: Callable[[Any, Any, Any], Any], chain: Chain,
+                 shape: Sequence[int]) -> None:
+        if chain.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}; got {chain.sampler!r}")
+        if not 0.0 <= float(chain.eta) <= 1.0:
+            raise ValueError(f"eta must be in [0, 1]; got {chain.eta!r}")
+        self.model, self.chain, self.shape = model, chain, tuple(int(s) for s in shape)
+        self.num_steps = chain.schedule.num_timesteps
+        self._scan = jax.jit(self._chain, static_argnames=("num_frames",))
+        self._step = jax.jit(self._loop_step)
+
+    # ------------------------------------------------------------------ tables
+
+    def _indices(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Respaced indices start..0 and the model's (original-chain) timesteps."""
+        idx = np.arange(start, -1, -1, dtype=np.int32)
+        return idx, self.chain.schedule.timesteps[idx].astype(np.int32)
+
+    def _loop_step(self, params: Any, x: jax.Array, keys: jax.Array, s: jax.Array,
+                   i: jax.Array, t_model: jax.Array) -> jax.Array:
+        """One step of :meth:`run_loop`: noise of column ``s`` of ``keys``, model, update."""
+        noise = _normal(jax.lax.dynamic_index_in_dim(keys, s, 1, keepdims=False), self.shape)
+        return _one_step(self.chain, self.model, params, x, i, t_model, noise)[0]
+
+    # ------------------------------------------------------------------ compiled chain
+
+    def _chain(self, params: Any, x: jax.Array, keys: jax.Array, idx: jax.Array,
+               t_model: jax.Array, slots: jax.Array, num_frames: int
+               ) -> tuple[jax.Array, jax.Array]:
+        """``lax.scan`` over the steps; keys (S, B), idx/t_model/slots (S,)."""
+        frames = jnp.zeros((max(num_frames, 1), *x.shape), jnp.float32)
+
+        def body(carry: tuple[jax.Array, jax.Array], xs: Any) -> tuple[Any, None]:
+            x, frames = carry
+            k, i, tm, slot = xs
+            x_prev, x0 = _one_step(self.chain, self.model, params, x, i, tm,
+                                   _normal(k, self.shape))
+            if num_frames:
+                at = jnp.maximum(slot, 0)
+                kept = jnp.where(slot >= 0, x0, frames[at])
+                frames = jax.lax.dynamic_update_index_in_dim(frames, kept, at, 0)
+            return (x_prev, frames), None
+
+        (x, frames), _ = jax.lax.scan(body, (x, frames), (keys, idx, t_model, slots))
+        return x, frames
+
+    def run(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
+            start: int | None = None, frame_steps: Sequence[int] = ()
+            ) -> tuple[jax.Array, jax.Array]:
+        """Run the chain from ``x_init`` at respaced step ``start`` (default K - 1) to x_0.
+
+        Parameters
+        ----------
+        x_init : float32 (B, C, H, W)
+        step_keys : keys (B, S) with S >= start + 1; column s is the noise of step s
+        frame_steps : respaced step indices whose x0_hat to keep, in the order kept
+
+        Returns
+        -------
+        x_0 : float32 (B, C, H, W), frames : float32 (len(frame_steps) or 1, B, C, H, W)
+        """
+        start = self.num_steps - 1 if start is None else int(start)
+        idx, t_model = self._indices(start)
+        slots = np.full(idx.shape, -1, np.int32)
+        for n, s in enumerate(frame_steps):
+            slots[start - int(s)] = n
+        keys = jnp.swapaxes(step_keys[:, : idx.size], 0, 1)
+        return self._scan(params, x_init, keys, idx, t_model, slots,
+                          num_frames=len(frame_steps))
+
+    def run_loop(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
+                 start: int | None = None) -> jax.Array:
+        """The same chain as :meth:`run` as a Python loop calling a jitted step."""
+        start = self.num_steps - 1 if start is None else int(start)
+        idx, t_model = self._indices(start)
+        x = x_init
+        for s in range(idx.size):
+            x = self._step(params, x, step_keys, np.int32(s), idx[s], t_model[s])
+        return x
+
+    # ------------------------------------------------------------------ images
+
+    def generate(self, params: Any, *, n: int, seed: int = 0, batch_size: int | None = None,
+                 frame_steps: Sequence[int] = (), loop: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` samples, float32 NCHW in [-1, 1], and the kept x0_hat frames (F, n, ...).
+
+        Batches are padded to ``batch_size`` (one compilation); sample j always uses the
+        keys of global index j.
+        """
+        bs = _check_counts(n, batch_size)
+        xs: list[np.ndarray] = []
+        fs: list[np.ndarray] = []
+        for lo in range(0, n, bs):
+            keys = sample_keys(seed, np.arange(lo, lo + bs), self.num_steps)
+            x_T = _normal(keys[:, 0], self.shape)
+            keep = min(bs, n - lo)
+            if loop:
+                x = self.run_loop(params, x_T, keys[:, 1:])
+            else:
+                x, frames = self.run(params, x_T, keys[:, 1:], frame_steps=frame_steps)
+                fs.append(np.asarray(frames[:, :keep]))
+            xs.append(np.asarray(x[:keep]))
+        kept = np.concatenate(fs, axis=1) if frame_steps and fs else np.zeros((0,), np.float32)
+        return np.concatenate(xs), kept
+
+    def interpolate(self, params: Any, x0_a: np.ndarray, x0_b: np.ndarray, *,
+                    lambdas: Sequence[float], t: int, seed: int = 0) -> np.ndarray:
+        """Encode two images to step ``t``, mix, decode (the paper's Figure 8).
+
+        ``x_t = (1 - lam) q(x_t | x0_a) + lam q(x_t | x0_b)`` with the same encoding noise
+        and the same reverse-chain noise for every ``lam``; float32 (L, C, H, W).
+        """
+        lam = np.asarray(lambdas, dtype=np.float32)
+        if lam.ndim != 1 or lam.size == 0 or lam.min() < 0 or lam.max() > 1:
+            raise ValueError(f"lambdas must be a non-empty list of numbers in [0, 1]; "
+                             f"got {lambdas!r}")
+        T = self.num_steps
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < T:
+            raise ValueError(f"t must be an integer in [0, {T}); got {t!r}")
+        L = lam.size
+        keys = sample_keys(seed, np.zeros(1), T + 1)  # one sample's keys, shared by all lam
+        enc = _normal(keys[:, :2].reshape(-1), self.shape)  # noise_a, noise_b
+        a, b = (jnp.broadcast_to(jnp.asarray(v, jnp.float32), (L, *self.shape))
+                for v in (x0_a, x0_b))
+        tt = jnp.full((L,), int(t), jnp.int32)
+        na, nb = (jnp.broadcast_to(e, (L, *self.shape)) for e in enc)
+        lam_b = jnp.asarray(lam).reshape(L, 1, 1, 1)
+        mixed = (1.0 - lam_b) * q_sample(self.chain.schedule, a, tt, na) \
+            + lam_b * q_sample(self.chain.schedule, b, tt, nb)
+        step_keys = jnp.broadcast_to(keys[:, 2:], (L, T))
+        x, _ = self.run(params, mixed, step_keys, start=int(t))
+        return np.asarray(x)
+
+
+def _check_counts(n: int, batch_size: int | None) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1; got {n!r}")
+    bs = n if batch_size is None else batch_size
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    return int(min(bs, n))
+
+
+def progressive_steps(num_steps: int, frames: int) -> list[int]:
+    """``frames`` evenly spaced step indices from K - 1 down to 0 (the last is x_0's)."""
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) \
+            or not 1 <= frames <= num_steps:
+        raise ValueError(f"frames must be an integer in [1, {num_steps}]; got {frames!r}")
+    wanted = np.unique(np.rint(np.linspace(num_steps - 1, 0, frames)).astype(int))
+    return sorted(wanted.tolist(), reverse=True)
+
+
+def to_images(x: np.ndarray) -> np.ndarray:
+    """float NCHW (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
+    return to_uint8(np.moveaxis(np.asarray(x), -3, -1))
