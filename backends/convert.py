@@ -26,7 +26,6 @@ True
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -170,21 +169,11 @@ def save_safetensors(path: str | os.PathLike, state: Mapping[str, Any],
     """
     from safetensors.numpy import save
 
+    from ddpm_core.runs import atomic_write_bytes
+
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
     data = save(arrays, metadata=metadata)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

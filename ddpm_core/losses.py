@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 from ddpm_core._namespace import (
     LN2,
     as_timesteps,
+    cast_like,
     check_batch,
     check_choice,
-    cast_like,
     check_same_shape,
     device_of,
     namespace,
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 LOSSES = ("simple", "vlb", "hybrid")
-WEIGHTINGS = (None, "min_snr")
+WEIGHTINGS = ("min_snr",)
 
 
 def normal_kl(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any) -> Any:
@@ -215,7 +215,7 @@ def loss_weights(
     return xp.take(table, t, axis=0)
 
 
-def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance):  # type: ignore[no-untyped-def]
+def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance):
     """Validate; return (xp, prediction part, variance part, x0, x_t (compute dtype), t)."""
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("variance", variance, VARIANCES)

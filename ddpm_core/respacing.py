@@ -84,7 +84,7 @@ def _evenly(T: int, n: int, timestep_spacing: str) -> np.ndarray:
     if timestep_spacing == "linspace":
         keep = np.round(np.linspace(0, T - 1, n))
     elif timestep_spacing == "leading":
-        keep = np.arange(n) * (T // n)
+        keep = np.arange(n, dtype=np.float64) * (T // n)
     else:
         keep = np.round(np.arange(T, 0, -T / n)) - 1
     return np.unique(keep.astype(np.int64))

@@ -32,11 +32,18 @@ import json
 import math
 import os
 import secrets
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ddpm_core.losses import LOSSES
+from ddpm_core.parameterization import PREDICTIONS, VARIANCES
+
+if TYPE_CHECKING:
+    from ddpm_core.schedules import Schedule
 
 __all__ = [
     "BACKENDS",
@@ -45,18 +52,22 @@ __all__ = [
     "RUN_FORMAT",
     "TIMESTEP_SAMPLERS",
     "VARIANCES",
+    "SAMPLERS",
     "CsvLog",
+    "Progress",
     "RunPaths",
     "TrainOptions",
     "atomic_write_bytes",
     "atomic_write_json",
     "batch_indices",
+    "chain_schedule",
     "check_loss_variance",
     "make_schedule",
     "resolve_options",
     "schedule_dict",
     "flip_mask",
     "image_grid",
+    "interpolation_sources",
     "read_run_json",
     "save_npz",
     "save_png",
@@ -68,9 +79,6 @@ __all__ = [
 
 RUN_FORMAT = 1
 BACKENDS = ("torch", "jax")
-LOSSES = ("simple", "vlb", "hybrid")
-PREDICTIONS = ("eps", "x0", "v", "mean")
-VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
 TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 DEVICES = ("auto", "cpu", "cuda", "gpu", "tpu")
 RUN_KEYS = ("format", "backend", "preset", "unet", "train", "schedule", "prediction",
@@ -472,7 +480,7 @@ class CsvLog:
             return []
         with self.path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        return [r for r in rows if _row_step(r) is not None and _row_step(r) <= resume_step]
+        return [r for r in rows if (step := _row_step(r)) is not None and step <= resume_step]
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Append one row (missing columns left empty, floats with 6 significant digits)."""
@@ -611,6 +619,79 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
 def save_npz(path: str | os.PathLike, **arrays: Iterable[Any]) -> Path:
     """Save arrays to an uncompressed ``.npz`` atomically."""
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+# --------------------------------------------------------------------------- shared by both backends
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def chain_schedule(schedule: Schedule, sampler: str, steps: int | None) -> Schedule:
+    """The (respaced) schedule a sampler runs on.
+
+    ``ddpm``: the full chain, or ``steps`` evenly spaced steps (improved DDPM respacing);
+    ``ddim``: ``steps`` steps (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    T = schedule.num_timesteps
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                              or not 1 <= steps <= T):
+        raise ValueError(f"steps must be an integer in [1, {T}]; got {steps!r}")
+    if sampler == "ddim":
+        return schedule.respace(f"ddim{steps or min(50, T)}")
+    if steps is None or steps == T:
+        return schedule
+    return schedule.respace(str(steps))
+
+
+def interpolation_sources(info: dict[str, Any], pair: Sequence[int]) -> np.ndarray:
+    """The two source images, uint8 (2, H, W, C): ``pair`` indexes the run's held-out split.
+
+    Datasets without a held-out split (folders, .npz) use their training images.
+    """
+    from ddpm_core.data import load_dataset
+
+    try:
+        images = load_dataset(info["data"], "heldout")
+    except ValueError:
+        images = load_dataset(info["data"], "train")
+    i, j = (int(k) for k in pair)
+    for k in (i, j):
+        if not 0 <= k < images.shape[0]:
+            raise ValueError(f"pair indices must be in [0, {images.shape[0]}); got {tuple(pair)}")
+    return images[[i, j]]
+
+
+class Progress:
+    """A one-line stderr progress display: step, loss, images/s, ETA."""
+
+    def __init__(self, total: int, batch_size: int, *, enabled: bool) -> None:
+        self.total, self.batch_size, self.enabled = total, batch_size, enabled
+        self.tty = enabled and sys.stderr.isatty()
+
+    def update(self, step: int, loss: float, ips: float) -> None:
+        """Show step ``step`` with its loss and throughput."""
+        if not self.enabled:
+            return
+        eta = _fmt_seconds((self.total - step) * self.batch_size / ips if ips > 0 else 0.0)
+        line = (f"step {step}/{self.total} ({100.0 * step / self.total:3.0f}%) | "
+                f"loss {loss:.4f} | {ips:,.0f} img/s | ETA {eta}")
+        sys.stderr.write("\r" + line.ljust(78) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the line on a terminal."""
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(round(seconds)) if math.isfinite(seconds) else 0
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"

@@ -61,10 +61,10 @@ class StepResult(NamedTuple):
 
 
 class SampleStep(NamedTuple):
-    """What a sampling loop yields after step ``index`` (0-based, counting down)."""
+    """What a sampling loop yields after step ``step`` (0-based, counting down)."""
 
-    index: int
-    x: Any  # x_{index}'s successor: the sample after this step, (B, ...)
+    step: int
+    x: Any  # the sample after this step, (B, ...)
     x0_hat: Any  # (B, ...)
 
 
@@ -119,7 +119,7 @@ def _check_step(schedule: Schedule, x_t: Any, prediction: str, variance: str) ->
 _STEP_STD = {"fixed_small": "posterior_std", "fixed_large": "fixed_large_step_std"}
 
 
-def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip,  # type: ignore[no-untyped-def]
+def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip,
                threshold, xp):
     """``ddpm_step`` without validation (``t`` a Python int or an integer vector)."""
     x = upcast(x_t, xp)
@@ -206,10 +206,10 @@ def _prev_roots(schedule: Schedule, t_prev: Any, like: Any, xp: Any) -> tuple[An
         return (1.0, 0.0, 1.0) if t_prev < 0 else schedule.coefs(names, t_prev, like, xp)
     got = schedule.coefs(names, xp.clip(t_prev, 0, None), like, xp)
     last = xp.reshape(t_prev < 0, got[0].shape)
-    return tuple(xp.where(last, v, g) for v, g in zip((1.0, 0.0, 1.0), got))  # type: ignore[return-value]
+    return tuple(xp.where(last, v, g) for v, g in zip((1.0, 0.0, 1.0), got, strict=True))
 
 
-def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, threshold, xp):  # type: ignore[no-untyped-def]
+def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, threshold, xp):
     """``ddim_step`` without validation."""
     x = upcast(x_t, xp)
     x0, eps = _x0_eps(schedule, upcast(pred, xp), x, t, prediction, xp)
@@ -253,7 +253,7 @@ def sample_loop(
 
     Yields
     ------
-    SampleStep(index, x, x0_hat), with ``x`` the state after step ``index``.
+    SampleStep(step, x, x0_hat), with ``x`` the state after step ``step``.
     """
     check_choice("sampler", sampler, SAMPLERS)
     check_batch("x_T", x_T)
@@ -271,7 +271,7 @@ def sample_loop(
                  threshold, start, needs_noise)
 
 
-def _loop(schedule, model, x, noise_fn, sampler, eta, prediction, variance, clip, threshold,  # type: ignore[no-untyped-def]
+def _loop(schedule, model, x, noise_fn, sampler, eta, prediction, variance, clip, threshold,
           start, needs_noise):
     xp = namespace(x)
     T_model = int(schedule.timesteps[-1]) + 1

@@ -139,7 +139,27 @@ class Schedule:
     """
 
     betas: np.ndarray
-    timesteps: np.ndarray | None = None
+    timesteps: Any = None  # becomes a read-only int64 array in __post_init__
+
+    # Derived in __post_init__ (float64, read-only); see TABLES.
+    alphas: np.ndarray = dataclasses.field(init=False, repr=False)
+    alphas_cumprod: np.ndarray = dataclasses.field(init=False, repr=False)
+    alphas_cumprod_prev: np.ndarray = dataclasses.field(init=False, repr=False)
+    sqrt_alphas_cumprod: np.ndarray = dataclasses.field(init=False, repr=False)
+    sqrt_one_minus_alphas_cumprod: np.ndarray = dataclasses.field(init=False, repr=False)
+    sqrt_recip_alphas_cumprod: np.ndarray = dataclasses.field(init=False, repr=False)
+    sqrt_recipm1_alphas_cumprod: np.ndarray = dataclasses.field(init=False, repr=False)
+    log_betas: np.ndarray = dataclasses.field(init=False, repr=False)
+    posterior_variance: np.ndarray = dataclasses.field(init=False, repr=False)
+    posterior_log_variance_clipped: np.ndarray = dataclasses.field(init=False, repr=False)
+    posterior_mean_coef1: np.ndarray = dataclasses.field(init=False, repr=False)
+    posterior_mean_coef2: np.ndarray = dataclasses.field(init=False, repr=False)
+    fixed_large_variance: np.ndarray = dataclasses.field(init=False, repr=False)
+    fixed_large_log_variance: np.ndarray = dataclasses.field(init=False, repr=False)
+    posterior_std: np.ndarray = dataclasses.field(init=False, repr=False)
+    fixed_large_step_std: np.ndarray = dataclasses.field(init=False, repr=False)
+    snr: np.ndarray = dataclasses.field(init=False, repr=False)
+    zero_terminal_snr: bool = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         betas = np.array(self.betas, dtype=np.float64, copy=True)

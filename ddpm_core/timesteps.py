@@ -79,7 +79,7 @@ class LossSecondMoment:
         if t_np.size and (t_np.min() < 0 or t_np.max() >= T):
             raise ValueError(f"t must lie in [0, {T}), got values in [{t_np.min()}, {t_np.max()}]")
         hist, counts = self.losses.copy(), self.counts.copy()
-        for step, value in zip(t_np, l_np):
+        for step, value in zip(t_np, l_np, strict=True):
             hist[step, :-1] = hist[step, 1:]
             hist[step, -1] = value
             counts[step] = min(counts[step] + 1, H)

@@ -36,7 +36,13 @@ from ddpm_core.backends.jax.sampling import (
 from ddpm_core.backends.jax.training import compute_dtype, pick_devices
 from ddpm_core.backends.jax.training import train as _train
 from ddpm_core.backends.jax.unet import UNet, param_shapes
-from ddpm_core.runs import RunPaths, TrainOptions, make_schedule, read_run_json
+from ddpm_core.runs import (
+    RunPaths,
+    TrainOptions,
+    interpolation_sources,
+    make_schedule,
+    read_run_json,
+)
 
 __all__ = ["interpolate", "load_run", "param_count", "progressive", "sample", "train"]
 
@@ -103,24 +109,6 @@ def progressive(run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: in
     keep = progressive_steps(s.num_steps, frames)
     _, f = s.generate(params, n=n, seed=seed, frame_steps=keep)
     return to_images(f)
-
-
-def interpolation_sources(info: dict[str, Any], pair: Sequence[int]) -> np.ndarray:
-    """The two source images, uint8 (2, H, W, C): ``pair`` indexes the run's held-out split.
-
-    Datasets without a held-out split (folders, .npz) use their training images.
-    """
-    from ddpm_core.data import load_dataset
-
-    try:
-        images = load_dataset(info["data"], "heldout")
-    except ValueError:
-        images = load_dataset(info["data"], "train")
-    i, j = (int(k) for k in pair)
-    for k in (i, j):
-        if not 0 <= k < images.shape[0]:
-            raise ValueError(f"pair indices must be in [0, {images.shape[0]}); got {tuple(pair)}")
-    return images[[i, j]]
 
 
 def interpolate(run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,

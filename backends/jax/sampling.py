@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_core import ddim_step, ddpm_step, q_sample
-from ddpm_core.runs import to_uint8
+from ddpm_core.runs import SAMPLERS, chain_schedule, to_uint8
 from ddpm_core.schedules import Schedule
 
 __all__ = [
@@ -43,27 +43,7 @@ __all__ = [
     "to_images",
 ]
 
-SAMPLERS = ("ddpm", "ddim")
 _STREAM_SAMPLE = 11  # sampling keys: fold_in(seed_key(seed), 11), then the sample index
-
-
-def chain_schedule(schedule: Schedule, sampler: str, steps: int | None) -> Schedule:
-    """The (respaced) schedule a sampler runs on.
-
-    ``ddpm``: the full chain, or ``steps`` evenly spaced steps (improved DDPM respacing);
-    ``ddim``: ``steps`` steps (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``).
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
-    T = schedule.num_timesteps
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                              or not 1 <= steps <= T):
-        raise ValueError(f"steps must be an integer in [1, {T}]; got {steps!r}")
-    if sampler == "ddim":
-        return schedule.respace(f"ddim{steps or min(50, T)}")
-    if steps is None or steps == T:
-        return schedule
-    return schedule.respace(str(steps))
 
 
 class Chain(NamedTuple):

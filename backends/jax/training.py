@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
-import sys
 import time
 from typing import Any, NamedTuple
 
@@ -58,6 +56,7 @@ from ddpm_core.data import load_dataset, to_model_range
 from ddpm_core.models import UNetConfig
 from ddpm_core.runs import (
     CsvLog,
+    Progress,
     RunPaths,
     TrainOptions,
     batch_indices,
@@ -429,7 +428,7 @@ class _Trainer:
         log = self._open_log()
         if self.main:
             write_run(o.out, o, self.cfg, self.tc, self.step)
-        progress = _Progress(total, self.tc.batch_size, enabled=o.progress and self.main)
+        progress = Progress(total, self.tc.batch_size, enabled=o.progress and self.main)
         window = _Window(start=time.perf_counter())
         while self.step < total:
             window.metrics.append(self._run_step(self.step))
@@ -446,7 +445,7 @@ class _Trainer:
                 "final_loss": self.last_loss, "device": str(self.devices[0].platform),
                 "world_size": len(self.devices)}
 
-    def _after_step(self, window: _Window, log: CsvLog | None, progress: _Progress) -> None:
+    def _after_step(self, window: _Window, log: CsvLog | None, progress: Progress) -> None:
         o, s = self.o, self.step
         boundary = (o.log_every and s % o.log_every == 0) or s == self.tc.num_steps
         ckpt_due = o.ckpt_every and s % o.ckpt_every == 0
@@ -459,7 +458,7 @@ class _Trainer:
         if grid_due:
             self._sample_grid()
 
-    def _flush(self, window: _Window, log: CsvLog | None, progress: _Progress) -> None:
+    def _flush(self, window: _Window, log: CsvLog | None, progress: Progress) -> None:
         """Read the window's metrics (one device sync), stop on NaN/inf, log a line."""
         if not window.metrics:
             return
@@ -530,30 +529,3 @@ def _host_all(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-class _Progress:
-    """A one-line stderr progress display: step, loss, images/s, ETA."""
-
-    def __init__(self, total: int, batch_size: int, *, enabled: bool) -> None:
-        self.total, self.batch_size, self.enabled = total, batch_size, enabled
-        self.tty = enabled and sys.stderr.isatty()
-
-    def update(self, step: int, loss: float, ips: float) -> None:
-        if not self.enabled:
-            return
-        eta = _fmt_seconds((self.total - step) * self.batch_size / ips if ips > 0 else 0.0)
-        line = (f"step {step}/{self.total} ({100.0 * step / self.total:3.0f}%) | "
-                f"loss {loss:.4f} | {ips:,.0f} img/s | ETA {eta}")
-        sys.stderr.write("\r" + line.ljust(78) if self.tty else line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds)) if math.isfinite(seconds) else 0
-    h, rem = divmod(seconds, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"

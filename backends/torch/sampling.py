@@ -22,31 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.runs import step_seed, to_uint8
+from ddpm_core.runs import chain_schedule, step_seed, to_uint8
 
 __all__ = ["chain_schedule", "generate", "interpolate_images", "model_fn", "progressive_frames"]
 
-SAMPLERS = ("ddpm", "ddim")
 _STREAM_SAMPLE = 11
-
-
-def chain_schedule(schedule: Any, sampler: str, steps: int | None) -> Any:
-    """The (respaced) schedule a sampler runs on.
-
-    ``ddpm``: the full chain, or ``steps`` evenly spaced steps (improved DDPM respacing);
-    ``ddim``: ``steps`` steps (default 50) with DDIM's stride (``"ddim{steps}"``).
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
-    T = schedule.num_timesteps
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                              or not 1 <= steps <= T):
-        raise ValueError(f"steps must be an integer in [1, {T}]; got {steps!r}")
-    if sampler == "ddim":
-        return schedule.respace(f"ddim{steps or min(50, T)}")
-    if steps is None or steps == T:
-        return schedule
-    return schedule.respace(str(steps))
 
 
 def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[[Any, Any], Any]:
@@ -103,7 +83,7 @@ def _run(net: nn.Module, schedule: Any, *, n: int, sampler: str, steps: int | No
         for st in sample_loop(sched, fn, x_T, noise_fn, sampler=sampler, eta=float(eta),
                               prediction=prediction, variance=variance, clip=clip):
             x = st.x
-            if keep(st.index):
+            if keep(st.step):
                 frames.append(st.x0_hat)
         out.append([*frames, x])
     return out

@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +40,7 @@ from ddpm_core.backends.torch.unet import UNet
 from ddpm_core.data import load_dataset
 from ddpm_core.runs import (
     CsvLog,
+    Progress,
     RunPaths,
     TrainOptions,
     batch_indices,
@@ -352,7 +352,7 @@ class _Trainer:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             _remove_stale_temporaries(self.paths.root)
             write_run(o.out, o, self.cfg, self.tc, s.step)
-        progress = _Progress(total, self.tc.batch_size, enabled=o.progress and self.d.main)
+        progress = Progress(total, self.tc.batch_size, enabled=o.progress and self.d.main)
         s.window_start = time.perf_counter()
         self.model.train()
         while s.step < total:
@@ -371,7 +371,7 @@ class _Trainer:
                 "world_size": self.d.world_size}
 
     def _after_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, log: CsvLog | None,
-                    progress: _Progress) -> None:
+                    progress: Progress) -> None:
         o, s = self.o, self.state
         s.window_steps += 1
         s.window_loss = s.window_loss + loss  # on the device until the next log point
@@ -406,7 +406,7 @@ class _Trainer:
         except (OSError, ValueError):
             return "none"
 
-    def _log(self, log: CsvLog | None, progress: _Progress) -> None:
+    def _log(self, log: CsvLog | None, progress: Progress) -> None:
         s = self.state
         now = time.perf_counter()
         seconds = now - s.window_start
@@ -480,30 +480,3 @@ def _tsampler_from(template: Any, arrays: dict[str, torch.Tensor]) -> Any:
     return dataclasses.replace(template, **values)
 
 
-class _Progress:
-    """A one-line stderr progress display: step, loss, images/s, ETA."""
-
-    def __init__(self, total: int, batch_size: int, *, enabled: bool) -> None:
-        self.total, self.batch_size, self.enabled = total, batch_size, enabled
-        self.tty = enabled and sys.stderr.isatty()
-
-    def update(self, step: int, loss: float, ips: float) -> None:
-        if not self.enabled:
-            return
-        eta = _fmt_seconds((self.total - step) * self.batch_size / ips if ips > 0 else 0.0)
-        line = (f"step {step}/{self.total} ({100.0 * step / self.total:3.0f}%) | "
-                f"loss {loss:.4f} | {ips:,.0f} img/s | ETA {eta}")
-        sys.stderr.write("\r" + line.ljust(78) if self.tty else line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"

@@ -25,7 +25,7 @@ def _steps(x, eps, noise, t, t_prev):
 
 
 def _check(compiled, eager):
-    for got, ref in zip(compiled, eager):
+    for got, ref in zip(compiled, eager, strict=False):
         np.testing.assert_allclose(to_numpy(got), to_numpy(ref), rtol=1e-5, atol=1e-6)
 
 

@@ -51,7 +51,9 @@ def test_q_mean_variance_matches_eq4(xp, dtype, betas, shape, data):
     assert_close(mean, np.sqrt(ref.at("abar", t, n)) * x0, xp=xp, dtype=dtype)
     assert_close(var, 1 - ref.at("abar", t, n), xp=xp, dtype=dtype, shape=bshape)
     # log(1 - abar) for abar -> 1 is relative-error sensitive: compare it in absolute terms
-    assert_close(logvar, np.log(1 - ref.at("abar", t, n)), xp=xp, dtype=dtype, shape=bshape, scale=1 / (1 - ref.abar[0]))
+    assert_close(
+        logvar, np.log(1 - ref.at("abar", t, n)), xp=xp, dtype=dtype, shape=bshape, scale=1 / (1 - ref.abar[0])
+    )
 
 
 @given(betas=schedule_betas(), shape=batch_shapes(), data=st.data())

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 
 import pytest
 
@@ -33,7 +33,11 @@ def _run(modules: tuple[str, ...]) -> dict:
     code = _SCRIPT.format(modules=modules, frameworks=FRAMEWORKS)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
         cwd=tempfile.gettempdir(),  # not the checkout: its ddpm_core/ would shadow the install
     )
     assert proc.returncode == 0, proc.stderr

@@ -78,7 +78,11 @@ def test_decoder_bin_probabilities_sum_to_one(xp):
 @pytest.mark.parametrize("log_scale", LOG_SCALES)
 def test_decoder_matches_exact_bin_mass(xp, mean, log_scale):
     x = GRID.reshape(1, 256)
-    got = to_numpy(discretized_gaussian_log_likelihood(asarray(x, xp), asarray(np.full((1, 1), mean), xp), asarray(np.full((1, 1), log_scale), xp)))
+    got = to_numpy(
+        discretized_gaussian_log_likelihood(
+            asarray(x, xp), asarray(np.full((1, 1), mean), xp), asarray(np.full((1, 1), log_scale), xp)
+        )
+    )
     expected = ref_decoder_log_likelihood(x, mean, log_scale)
     assert np.all(np.isfinite(got))
     # log-mass accurate to a relative 1e-10 (the log of a mass is well conditioned)
@@ -160,7 +164,9 @@ def test_simple_loss_is_mse_to_the_target(xp, dtype, prediction):
         "mean": ref.at("coef1", t, 3) * x0 + ref.at("coef2", t, 3) * x_t,
     }[prediction]
     out = rounded(rng.standard_normal(x0.shape), dtype)
-    got = training_losses(s, *(asarray(a, xp, dtype) for a in (out, x0, x_t)), as_t(t, xp), asarray(eps, xp, dtype), prediction=prediction)
+    got = training_losses(
+        s, *(asarray(a, xp, dtype) for a in (out, x0, x_t)), as_t(t, xp), asarray(eps, xp, dtype), prediction=prediction
+    )
     assert_close(got, mean_flat((target - out) ** 2), xp=xp, dtype=dtype, scale=20)
 
 
@@ -193,7 +199,16 @@ def test_hybrid_is_simple_plus_lambda_vlb(xp):
     eps_model = eps + 0.1 * rng.standard_normal(eps.shape)
     v = rng.uniform(-1, 1, eps.shape)
     out = np.concatenate([eps_model, v], axis=1)
-    got = training_losses(s, asarray(out, xp), asarray(x0, xp), asarray(x_t, xp), as_t(t, xp), asarray(eps, xp), loss="hybrid", variance="learned_range")
+    got = training_losses(
+        s,
+        asarray(out, xp),
+        asarray(x0, xp),
+        asarray(x_t, xp),
+        as_t(t, xp),
+        asarray(eps, xp),
+        loss="hybrid",
+        variance="learned_range",
+    )
     beta = ref.at("betas", t, 3)
     mean_model = (x_t - beta / np.sqrt(1 - abar) * eps_model) / np.sqrt(1 - beta)
     frac = (v + 1) / 2
@@ -203,7 +218,14 @@ def test_hybrid_is_simple_plus_lambda_vlb(xp):
     assert_close(got, expected, xp=xp, dtype="float64", factor=1e5)
 
 
-@pytest.mark.parametrize("prediction,form", [("eps", lambda snr: np.minimum(snr, 5) / snr), ("x0", lambda snr: np.minimum(snr, 5)), ("v", lambda snr: np.minimum(snr, 5) / (snr + 1))])
+@pytest.mark.parametrize(
+    "prediction,form",
+    [
+        ("eps", lambda snr: np.minimum(snr, 5) / snr),
+        ("x0", lambda snr: np.minimum(snr, 5)),
+        ("v", lambda snr: np.minimum(snr, 5) / (snr + 1)),
+    ],
+)
 def test_min_snr_weighting(xp, prediction, form):
     s = Schedule.linear(50, 1e-3, 0.1)
     ref = Ref(s.betas)

@@ -90,8 +90,10 @@ def test_variance_types(xp, dtype):
     B, C = 30, 2
     t = np.arange(B)
     x_t = np.zeros((B, C, 3))
-    fixed = {v: p_mean_variance(s, asarray(x_t, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp), variance=v)
-             for v in ("fixed_small", "fixed_large")}
+    fixed = {
+        v: p_mean_variance(s, asarray(x_t, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp), variance=v)
+        for v in ("fixed_small", "fixed_large")
+    }
     col = lambda a: np.reshape(a, (B, 1, 1))  # noqa: E731
     small_log = np.log(np.where(t == 0, ref.post_var[1], ref.post_var))
     assert_close(fixed["fixed_small"].log_variance, col(small_log), xp=xp, dtype=dtype)
@@ -113,13 +115,17 @@ def test_learned_range_interpolates_log_variance(xp, dtype, data):
     v = rounded(rng.uniform(-1, 1, size=(B, C, 3)), dtype)
     v[0, 0, 0], v[0, 0, 1] = -1.0, 1.0
     out_np = np.concatenate([np.zeros((B, C, 3)), v], axis=1)
-    out = p_mean_variance(s, asarray(out_np, xp, dtype), asarray(np.zeros((B, C, 3)), xp, dtype), as_t(t, xp), variance="learned_range")
+    out = p_mean_variance(
+        s, asarray(out_np, xp, dtype), asarray(np.zeros((B, C, 3)), xp, dtype), as_t(t, xp), variance="learned_range"
+    )
     frac = (v + 1) / 2  # model output in [-1, 1] mapped to [0, 1] (Nichol & Dhariwal)
     lo, hi = ref.at("post_logvar", t, 3), np.log(ref.at("betas", t, 3))
     expected = frac * hi + (1 - frac) * lo
     assert_close(out.log_variance, expected, xp=xp, dtype=dtype)
     assert_close(out.variance, np.exp(expected), xp=xp, dtype=dtype)
-    learned = p_mean_variance(s, asarray(out_np, xp, dtype), asarray(np.zeros((B, C, 3)), xp, dtype), as_t(t, xp), variance="learned")
+    learned = p_mean_variance(
+        s, asarray(out_np, xp, dtype), asarray(np.zeros((B, C, 3)), xp, dtype), as_t(t, xp), variance="learned"
+    )
     assert_close(learned.log_variance, v, xp=xp, dtype=dtype)
 
 

@@ -53,7 +53,9 @@ def test_posterior_is_bayes_rule(xp, dtype, betas, shape, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x0, x_t = rounded(rng.standard_normal(shape), dtype), rounded(rng.standard_normal(shape), dtype)
     mean_ref, var_ref = bayes_posterior(betas, x0, x_t, t)
-    mean, var, logvar = q_posterior(Schedule.from_betas(betas), asarray(x0, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp))
+    mean, var, logvar = q_posterior(
+        Schedule.from_betas(betas), asarray(x0, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp)
+    )
     bshape = (B,) + (1,) * (n - 1)
     scale = np.max(np.abs(x0)) + np.max(np.abs(x_t))
     # the table route and the Bayes route differ by the tables' own float64 rounding

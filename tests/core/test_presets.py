@@ -44,10 +44,8 @@ def test_cifar10_matches_the_paper():
     p = get_preset("cifar10")
     assert abs(count_parameters(p.unet) - 35.7e6) / 35.7e6 < 0.005
     u, tr = p.unet, p.train
-    assert (u.ch, u.ch_mult, u.num_res_blocks, u.attn_resolutions, u.dropout) == \
-        (128, (1, 2, 2, 2), 2, (16,), 0.1)
-    assert (tr.lr, tr.warmup_steps, tr.batch_size, tr.grad_clip, tr.ema_decay) == \
-        (2e-4, 5000, 128, 1.0, 0.9999)
+    assert (u.ch, u.ch_mult, u.num_res_blocks, u.attn_resolutions, u.dropout) == (128, (1, 2, 2, 2), 2, (16,), 0.1)
+    assert (tr.lr, tr.warmup_steps, tr.batch_size, tr.grad_clip, tr.ema_decay) == (2e-4, 5000, 128, 1.0, 0.9999)
     assert tr.random_flip and tr.num_timesteps == 1000
     assert (tr.schedule, tr.beta_start, tr.beta_end) == ("linear", 1e-4, 0.02)
 
@@ -99,8 +97,9 @@ def test_presets_are_frozen():
         get_preset("cifar10").unet.ch = 64  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("variance", "expected"), [
-    ("fixed_small", 3), ("fixed_large", 3), ("learned", 6), ("learned_range", 6)])
+@pytest.mark.parametrize(
+    ("variance", "expected"), [("fixed_small", 3), ("fixed_large", 3), ("learned", 6), ("learned_range", 6)]
+)
 def test_output_channels(variance, expected):
     assert output_channels(3, variance=variance) == expected
     assert with_head(get_preset("cifar10").unet, variance=variance).out_channels == expected
@@ -119,26 +118,36 @@ def _tiny(**kw):
     return dataclasses.replace(get_preset("tiny").unet, **kw)
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"image_size": 9}, "divisible"),
-    ({"attn_resolutions": (3,)}, "attn_resolutions"),
-    ({"num_groups": 5}, "num_groups"),
-    ({"dropout": 1.0}, "dropout"),
-    ({"ch_mult": ()}, "ch_mult"),
-    ({"ch_mult": (1, 0)}, "ch_mult"),
-    ({"ch": 0}, "ch"),
-    ({"num_res_blocks": 1.5}, "num_res_blocks"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"image_size": 9}, "divisible"),
+        ({"attn_resolutions": (3,)}, "attn_resolutions"),
+        ({"num_groups": 5}, "num_groups"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"ch_mult": ()}, "ch_mult"),
+        ({"ch_mult": (1, 0)}, "ch_mult"),
+        ({"ch": 0}, "ch"),
+        ({"num_res_blocks": 1.5}, "num_res_blocks"),
+    ],
+)
 def test_bad_unet_config(kw, match):
     with pytest.raises(ValueError, match=match):
         _tiny(**kw)
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"lr": 0.0}, "lr"), ({"ema_decay": 1.0}, "ema_decay"), ({"warmup_steps": -1}, "warmup"),
-    ({"grad_clip": 0.0}, "grad_clip"), ({"schedule": "cosin"}, "schedule"),
-    ({"beta_start": 0.1, "beta_end": 0.01}, "beta_start"), ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"warmup_steps": -1}, "warmup"),
+        ({"grad_clip": 0.0}, "grad_clip"),
+        ({"schedule": "cosin"}, "schedule"),
+        ({"beta_start": 0.1, "beta_end": 0.01}, "beta_start"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_bad_train_config(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
@@ -159,8 +168,12 @@ def test_parameter_shapes_without_conv_resampling_drop_resampler_weights():
     with_conv = parameter_shapes(_tiny())
     without = parameter_shapes(_tiny(resamp_with_conv=False))
     dropped = set(with_conv) - set(without)
-    assert dropped == {"down.0.downsample.conv.weight", "down.0.downsample.conv.bias",
-                       "up.1.upsample.conv.weight", "up.1.upsample.conv.bias"}
+    assert dropped == {
+        "down.0.downsample.conv.weight",
+        "down.0.downsample.conv.bias",
+        "up.1.upsample.conv.weight",
+        "up.1.upsample.conv.bias",
+    }
 
 
 def test_timestep_frequencies():
@@ -170,7 +183,9 @@ def test_timestep_frequencies():
 
 
 def test_models_import_no_framework(tmp_path):
-    code = ("import sys, ddpm_core.models, ddpm_core.backends.convert; "
-            "bad = [m for m in ('torch', 'jax', 'flax') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, ddpm_core.models, ddpm_core.backends.convert; "
+        "bad = [m for m in ('torch', 'jax', 'flax') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

@@ -48,9 +48,23 @@ def _scale(ref, t, *arrays):
 def test_ddpm_step_is_algorithm_2(xp, dtype, variance, betas, shape, data):
     t, eps, x_t, noise = _inputs(data, betas, shape, dtype)
     ref = Ref(betas)
-    got = ddpm_step(Schedule.from_betas(betas), asarray(eps, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp), asarray(noise, xp, dtype), variance=variance)
+    got = ddpm_step(
+        Schedule.from_betas(betas),
+        asarray(eps, xp, dtype),
+        asarray(x_t, xp, dtype),
+        as_t(t, xp),
+        asarray(noise, xp, dtype),
+        variance=variance,
+    )
     expected = _ref_ddpm(ref, eps, x_t, t, noise, variance)
-    assert_close(got.x_prev, expected, xp=xp, dtype=dtype, scale=_scale(ref, t, eps, x_t, noise), factor=table_factor(betas, dtype))
+    assert_close(
+        got.x_prev,
+        expected,
+        xp=xp,
+        dtype=dtype,
+        scale=_scale(ref, t, eps, x_t, noise),
+        factor=table_factor(betas, dtype),
+    )
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
@@ -71,7 +85,9 @@ def test_mixed_t_equals_separate_calls_and_int_t_broadcasts(xp, dtype):
     t = [0, 39, 5, 20]
     whole = ddpm_step(s, asarray(eps, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp), asarray(noise, xp, dtype))
     for i, ti in enumerate(t):
-        one = ddpm_step(s, *(asarray(a[i : i + 1], xp, dtype) for a in (eps, x_t)), ti, asarray(noise[i : i + 1], xp, dtype))
+        one = ddpm_step(
+            s, *(asarray(a[i : i + 1], xp, dtype) for a in (eps, x_t)), ti, asarray(noise[i : i + 1], xp, dtype)
+        )
         # batch 4 and batch 1 may vectorise differently (FMA): a few ulp, not bit-identical
         assert_close(whole.x_prev[i : i + 1, ...], to_numpy(one.x_prev), xp=xp, dtype=dtype, factor=4)
     a = ddim_step(s, asarray(eps, xp, dtype), asarray(x_t, xp, dtype), 7, 3)
@@ -103,7 +119,15 @@ def test_ddim_matches_song_et_al_eq_12(xp, dtype, betas, shape, data, eta):
     sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
     expected = np.sqrt(abar_prev) * x0 + np.sqrt(np.maximum(1 - abar_prev - sigma**2, 0)) * eps + sigma * noise
     s = Schedule.from_betas(betas)
-    got = ddim_step(s, asarray(eps, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp), as_t(t_prev, xp), asarray(noise, xp, dtype), eta=eta)
+    got = ddim_step(
+        s,
+        asarray(eps, xp, dtype),
+        asarray(x_t, xp, dtype),
+        as_t(t, xp),
+        as_t(t_prev, xp),
+        asarray(noise, xp, dtype),
+        eta=eta,
+    )
     kw = dict(xp=xp, dtype=dtype, scale=_scale(ref, t, eps, x_t, noise), factor=table_factor(betas, dtype))
     assert_close(got.x_prev, expected, **kw)
     assert_close(got.x0_hat, x0, **kw)
@@ -132,7 +156,7 @@ def test_sample_loop_yields_every_step_and_calls_the_model_with_original_indices
     noises = {i: asarray(rng.standard_normal((2, 3)), xp) for i in range(5)}
     x_T = asarray(rng.standard_normal((2, 3)), xp)
     steps = list(sample_loop(s, model, x_T, lambda i: noises[i]))
-    assert [st_.index for st_ in steps] == [4, 3, 2, 1, 0]
+    assert [st_.step for st_ in steps] == [4, 3, 2, 1, 0]
     assert seen == [[80, 80], [60, 60], [40, 40], [20, 20], [0, 0]]
     # replay with the step function: the loop is exactly Algorithm 2 on the respaced chain
     x = x_T

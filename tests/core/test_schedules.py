@@ -49,7 +49,9 @@ def test_linear_default_is_the_papers_schedule():
 
 @pytest.mark.parametrize("T,lo,hi", [(10, 1e-3, 0.2), (300, 1e-4, 0.02), (1, 0.5, 0.5)])
 def test_closed_forms(T, lo, hi):
-    np.testing.assert_allclose(Schedule.linear(T, lo, hi).betas, [lo + (hi - lo) * i / max(T - 1, 1) for i in range(T)], rtol=1e-14)
+    np.testing.assert_allclose(
+        Schedule.linear(T, lo, hi).betas, [lo + (hi - lo) * i / max(T - 1, 1) for i in range(T)], rtol=1e-14
+    )
     quad = [(math.sqrt(lo) + (math.sqrt(hi) - math.sqrt(lo)) * i / max(T - 1, 1)) ** 2 for i in range(T)]
     np.testing.assert_allclose(Schedule.quadratic(T, lo, hi).betas, quad, rtol=1e-14)
     np.testing.assert_allclose(Schedule.scaled_linear(T, lo, hi).betas, quad, rtol=1e-14)
@@ -124,7 +126,9 @@ def _lin_algorithm_1(betas):
     return 1 - alphas
 
 
-@pytest.mark.parametrize("make", [lambda: Schedule.linear(1000), lambda: Schedule.cosine(100), lambda: Schedule.scaled_linear(50)])
+@pytest.mark.parametrize(
+    "make", [lambda: Schedule.linear(1000), lambda: Schedule.cosine(100), lambda: Schedule.scaled_linear(50)]
+)
 def test_rescale_zero_terminal_snr(make):
     s = make()
     z = s.rescale_zero_terminal_snr()

@@ -26,7 +26,7 @@ def test_loss_second_moment_warm_up_then_sqrt_mean_square():
     for step in range(H * T + 3):
         t = np.array([step % T, (step + 1) % T])
         losses = rng.uniform(0.1, 5.0, size=2)
-        for ti, li in zip(t, losses):
+        for ti, li in zip(t, losses, strict=False):
             hist[int(ti)].append(float(li))
         new = state.update(t, losses)
         assert new is not state
