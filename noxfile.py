@@ -27,7 +27,7 @@ def _pytest(session: nox.Session, backends: str, *paths: str) -> None:
     session.run("pytest", *(session.posargs or paths), env=env)
 
 
-@nox.session(name="tests-numpy", python="3.11")
+@nox.session(name="tests-numpy")
 def tests_numpy(session: nox.Session) -> None:
     """The core on NumPy and array-api-strict, with NumPy alone installed."""
     _install(session, None)
@@ -35,14 +35,14 @@ def tests_numpy(session: nox.Session) -> None:
             "tests/test_data.py", "tests/test_metrics.py")
 
 
-@nox.session(name="tests-torch", python="3.11")
+@nox.session(name="tests-torch")
 def tests_torch(session: nox.Session) -> None:
     """The core on PyTorch, the PyTorch backend, the data and the command line."""
     _install(session, "torch,eval")
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py")
 
 
-@nox.session(name="tests-jax", python="3.11")
+@nox.session(name="tests-jax")
 def tests_jax(session: nox.Session) -> None:
     """The core on JAX (x64 on), the JAX backend and torch <-> JAX weight conversion."""
     session.install(TORCH)  # conversion parity tests compare against the PyTorch U-Net
@@ -50,7 +50,7 @@ def tests_jax(session: nox.Session) -> None:
     _pytest(session, "jax", "tests/core", "tests/jax")
 
 
-@nox.session(name="lint", python="3.11")
+@nox.session(name="lint")
 def lint(session: nox.Session) -> None:
     """ruff over the repository; mypy over the core."""
     session.install("ruff>=0.6", "mypy>=1.10", "numpy", "array-api-compat")
@@ -58,7 +58,7 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "ddpm_core")
 
 
-@nox.session(name="bench", python="3.11")
+@nox.session(name="bench")
 def bench(session: nox.Session) -> None:
     """Benchmarks (not run by CI): core steps against a hand-written floor and diffusers."""
     session.install(TORCH)
