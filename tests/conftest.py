@@ -9,7 +9,7 @@ Hypothesis: profile ``ci`` (default; 30 examples, derandomized, no deadline) or 
 (300 examples, random), chosen with ``HYPOTHESIS_PROFILE``. The terminal summary reports
 how many Hypothesis examples the session ran.
 
-Helpers (``asarray``, ``assert_close``, float64 references) live in ``ddpm_testing.py``.
+Helpers (``asarray``, ``assert_close``, float64 references) live in ``support/ddpm_testing.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import sys
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The helpers live in tests/support: putting tests/ itself on sys.path would let the folders
+# tests/torch and tests/jax shadow the real frameworks as namespace packages.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 from ddpm_testing import BACKENDS, import_backend, selected_backends  # noqa: E402
 
