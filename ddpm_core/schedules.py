@@ -71,12 +71,13 @@ def _check_betas(betas: np.ndarray) -> None:
 def _derive_tables(betas: np.ndarray) -> dict[str, np.ndarray]:
     """All float64 tables of eqs. (4), (6), (7) and (11) from the betas."""
     alphas = 1.0 - betas
-    # log abar by summing log1p(-beta); 1 - abar by expm1, exact to the last digits where
-    # abar is close to 1 (small t), where 1.0 - cumprod(alphas) would lose half of them.
+    abar = np.cumprod(alphas)  # exactly 0 at zero terminal SNR
+    # Where abar is close to 1 (small t), 1.0 - abar would lose up to half the digits of
+    # 1 - abar; there -expm1(sum log1p(-beta)) keeps them (its partial sums are small, so
+    # their rounding is too). Elsewhere the subtraction is exact enough and cumprod wins.
     with np.errstate(divide="ignore"):
         log_abar = np.cumsum(np.log1p(-betas))
-    abar = np.exp(log_abar)  # exactly 0 at zero terminal SNR (log1p(-1) = -inf)
-    one_minus = -np.expm1(log_abar)
+    one_minus = np.where(abar > 0.5, -np.expm1(log_abar), 1.0 - abar)
     abar_prev = np.append(1.0, abar[:-1])
     one_minus_prev = np.append(0.0, one_minus[:-1])
     post_var = betas * one_minus_prev / one_minus
