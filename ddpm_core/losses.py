@@ -168,12 +168,17 @@ def vlb_terms(
 def training_target(schedule: Schedule, x0: Any, x_t: Any, t: Any, noise: Any, prediction: str) -> Any:
     """The regression target of ``prediction`` for L_simple: eps, x_0, v or mu~(x_t, x_0)."""
     check_choice("prediction", prediction, PREDICTIONS)
+    return _training_target(schedule, x0, x_t, as_timesteps(t, x_t, schedule.num_timesteps, scalar_ok=True),
+                            noise, prediction)
+
+
+def _training_target(schedule: Schedule, x0: Any, x_t: Any, t: Any, noise: Any, prediction: str) -> Any:
+    """``training_target`` without validation (``t`` a Python int or a validated vector)."""
     if prediction == "eps":
         return noise
     if prediction == "x0":
         return x0
     xp = namespace(x_t)
-    t = as_timesteps(t, x_t, schedule.num_timesteps, scalar_ok=True)
     x, x0_c = upcast(x_t, xp), upcast(x0, xp)
     if prediction == "mean":
         return cast_like(q_posterior_mean(schedule, x0_c, x, t, xp), x_t, xp)
@@ -275,7 +280,7 @@ def training_losses(
     if loss == "vlb":
         vb = _vlb(schedule, pred, var_values, x0_c, x, t, prediction, variance, None, xp)[0]
         return cast_like(T * vb, x_t, xp)
-    target = upcast(training_target(schedule, x0, x_t, t, noise, prediction), xp)
+    target = upcast(_training_target(schedule, x0, x_t, t, noise, prediction), xp)
     mse = _mean_flat((target - pred) ** 2)
     if weighting is not None:
         mse = mse * loss_weights(schedule, t, x, weighting=weighting, prediction=prediction,
