@@ -29,6 +29,9 @@ __all__ = [
     "cast_like",
     "fsqrt",
     "fexp",
+    "lincomb",
+    "take_rows",
+    "clip_to",
 ]
 
 
@@ -162,12 +165,22 @@ def _as_vector(t: Any, like: Any, num_timesteps: int, name: str, minimum: int) -
             f"batch, got {name}.shape={tuple(t.shape)}"
         )
     if is_concrete(t):
-        lo, hi = int(xp.min(t)), int(xp.max(t))
+        lo, hi = _min_max(t, xp)
         if lo < minimum or hi >= num_timesteps:
             raise ValueError(
                 f"{name} must lie in [{minimum}, {num_timesteps}), got values in [{lo}, {hi}]"
             )
     return t
+
+
+def _min_max(t: Any, xp: Any) -> tuple[int, int]:
+    """(min, max) of a concrete integer array as Python ints (torch: one device sync)."""
+    if _is_torch(xp):
+        lo, hi = t.aminmax()
+        if t.device.type != "cpu":
+            lo, hi = xp.stack((lo, hi)).tolist()
+        return int(lo), int(hi)
+    return int(xp.min(t)), int(xp.max(t))
 
 
 def index_dtype(xp: Any, device: Any = None) -> Any:
@@ -201,3 +214,78 @@ def fexp(v: Any, xp: Any) -> Any:
 
 
 LN2 = math.log(2.0)
+
+
+def lincomb(xp: Any, *terms: tuple[Any, Any]) -> Any:
+    """sum(c * a for c, a in terms): the linear combinations every step is made of.
+
+    Each coefficient ``c`` is a Python float or an array that broadcasts into the shape of
+    the terms (e.g. (B, 1, ..., 1) per-sample coefficients); the arrays ``a`` share one shape.
+    Terms whose coefficient is the float 0.0 are left out (so a zero std ignores its noise).
+    The result is always a new array. Under PyTorch the sum is accumulated into that array
+    with fused multiply-adds (``torch.add(alpha=)``, ``add_(alpha=)``, ``addcmul_``): one
+    kernel per term where the plain expression needs two. Other namespaces evaluate the
+    plain expression.
+    """
+    kept = [(c, a) for c, a in terms if not (isinstance(c, float) and c == 0.0)] or [terms[0]]
+    if _is_torch(xp):
+        return _torch_lincomb(kept)
+    out = kept[0][0] * kept[0][1]
+    for c, a in kept[1:]:
+        out = out + c * a
+    return out
+
+
+_TORCH_NAMESPACES: dict[int, bool] = {}
+
+
+def _is_torch(xp: Any) -> bool:
+    known = _TORCH_NAMESPACES.get(id(xp))
+    if known is None:
+        known = _TORCH_NAMESPACES[id(xp)] = bool(array_api_compat.is_torch_namespace(xp))
+    return known
+
+
+def _torch_lincomb(terms: list[tuple[Any, Any]]) -> Any:
+    (c0, a0), (c1, a1) = terms[0], terms[1] if len(terms) > 1 else (None, None)
+    if isinstance(c0, float) and c0 == 1.0 and isinstance(c1, float) and _fits(a0, a1):
+        out, rest = a0.add(a1, alpha=c1), terms[2:]  # x + c y in one kernel
+    else:
+        out, rest = a0 * c0, terms[1:]
+    for c, a in rest:
+        if not _fits(out, a):
+            out = out + c * a  # type promotion or broadcasting: the plain expression
+        elif isinstance(c, float):
+            out.add_(a, alpha=c)
+        elif c.dtype == out.dtype and _broadcasts_into(c.shape, out.shape):
+            out.addcmul_(c, a)
+        else:
+            out = out + c * a
+    return out
+
+
+def clip_to(x: Any, lo: float, hi: float, xp: Any) -> Any:
+    """``x`` clipped to [lo, hi] (a new array; torch: one ``clamp``)."""
+    if _is_torch(xp):
+        return x.clamp(lo, hi)
+    return xp.clip(x, lo, hi)
+
+
+def _broadcasts_into(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    """True when an array of shape ``small`` broadcasts to ``big`` without growing it."""
+    if len(small) > len(big):
+        return False
+    return all(s in (1, b) for s, b in zip(small[::-1], big[::-1], strict=False))
+
+
+def take_rows(table: Any, t: Any, xp: Any) -> Any:
+    """``table[t]`` along axis 0 for an integer vector ``t`` (torch: one ``index_select``)."""
+    if _is_torch(xp):
+        if str(t.dtype) in ("torch.int64", "torch.int32"):
+            return table.index_select(0, t)
+    return xp.take(table, t, axis=0)
+
+
+def _fits(out: Any, a: Any) -> bool:
+    """True when ``a`` can be accumulated into ``out`` in place (same shape and dtype)."""
+    return a.shape == out.shape and a.dtype == out.dtype

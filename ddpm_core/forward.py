@@ -18,6 +18,7 @@ from ddpm_core._namespace import (
     cast_like,
     check_batch,
     check_same_shape,
+    lincomb,
     namespace,
     upcast,
 )
@@ -72,7 +73,7 @@ def _q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any, xp: Any) -> Any:
     """``q_sample`` without validation (``t`` a Python int or an integer vector)."""
     x = upcast(x0, xp)
     a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x, xp)
-    return cast_like(a * x + b * noise, x0, xp)
+    return cast_like(lincomb(xp, (a, x), (b, noise)), x0, xp)
 
 
 def q_step_sample(schedule: Schedule, x_prev: Any, t: Any, noise: Any) -> Any:

@@ -28,6 +28,8 @@ from ddpm_core._namespace import (
     check_batch,
     check_choice,
     check_same_shape,
+    clip_to,
+    lincomb,
     namespace,
     upcast,
 )
@@ -69,10 +71,10 @@ def _x0_eps(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, xp
     """(x0_hat, eps_hat) from a prediction of any type."""
     if prediction == "eps":
         a, b = schedule.coefs(("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"), t, x_t, xp)
-        return a * x_t - b * pred, pred
+        return lincomb(xp, (a, x_t), (-b, pred)), pred
     if prediction == "v":
         a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x_t, xp)
-        return a * x_t - b * pred, b * x_t + a * pred
+        return lincomb(xp, (a, x_t), (-b, pred)), lincomb(xp, (b, x_t), (a, pred))
     if prediction == "mean":
         c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x_t, xp)
         x0 = (pred - c2 * x_t) / c1
@@ -148,13 +150,17 @@ def clip_x0(x0: Any, clip: Any = None, threshold: float | None = None) -> Any:
         Dynamic thresholding: s = max(1, quantile(|x0|, threshold)) per sample, then
         x0 = clip(x0, -s, s) / s. Applied before ``clip``.
     """
-    xp = namespace(x0)
+    return _clip_x0(x0, clip, threshold, namespace(x0))
+
+
+def _clip_x0(x0: Any, clip: Any, threshold: float | None, xp: Any) -> Any:
+    """``clip_x0`` in a known namespace."""
     if threshold is not None:
         x0 = _dynamic_threshold(x0, threshold, xp)
     if clip is None or clip is False:
         return x0
     lo, hi = _clip_range(clip)
-    return xp.clip(x0, lo, hi)
+    return clip_to(x0, lo, hi, xp)
 
 
 def _clip_range(clip: Any) -> tuple[float, float]:
@@ -221,7 +227,7 @@ def _log_variance(schedule: Schedule, var_values: Any, x_t: Any, t: Any, varianc
 def _mean_x0(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, clip: Any,
              threshold: float | None, xp: Any) -> tuple[Any, Any]:
     """(mu_theta, x0_hat): the reverse mean of eq. (11) via mu~(x_t, clipped x0_hat)."""
-    x0 = clip_x0(_x0_eps(schedule, pred, x_t, t, prediction, xp)[0], clip, threshold)
+    x0 = _clip_x0(_x0_eps(schedule, pred, x_t, t, prediction, xp)[0], clip, threshold, xp)
     if prediction == "mean":
         return pred, x0
     return q_posterior_mean(schedule, x0, x_t, t, xp), x0

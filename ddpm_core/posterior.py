@@ -19,6 +19,7 @@ from ddpm_core._namespace import (
     cast_like,
     check_batch,
     check_same_shape,
+    lincomb,
     namespace,
     upcast,
 )
@@ -60,4 +61,4 @@ def q_posterior(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> tuple[Any, Any
 def q_posterior_mean(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> Any:
     """mu~_t(x_t, x_0) of eq. (7); ``t`` a Python int or a validated int64 vector (B,)."""
     c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x_t, xp)
-    return c1 * x0 + c2 * x_t
+    return lincomb(xp, (c1, x0), (c2, x_t))

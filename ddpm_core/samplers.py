@@ -30,7 +30,9 @@ from ddpm_core._namespace import (
     check_same_shape,
     device_of,
     fsqrt,
+    index_dtype,
     is_concrete,
+    lincomb,
     namespace,
     upcast,
 )
@@ -39,11 +41,10 @@ from ddpm_core.parameterization import (
     PREDICTIONS,
     VARIANCES,
     _check_zero_snr,
+    _clip_x0,
     _eps_from_x0,
     _log_variance,
-    _mean_x0,
     _x0_eps,
-    clip_x0,
     split_model_output,
 )
 from ddpm_core.schedules import Schedule
@@ -123,13 +124,20 @@ def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, 
                threshold, xp):
     """``ddpm_step`` without validation (``t`` a Python int or an integer vector)."""
     x = upcast(x_t, xp)
-    mean, x0 = _mean_x0(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
+    pred = upcast(pred, xp)
+    x0 = _clip_x0(_x0_eps(schedule, pred, x, t, prediction, xp)[0], clip, threshold, xp)
     if variance in _STEP_STD:  # the std table is 0 at index 0: no noise on the last step
         std = schedule.coefs((_STEP_STD[variance],), t, x, xp)[0]
     else:
         log_var = _log_variance(schedule, upcast(var_values, xp), x, t, variance, xp)
         std = xp.exp(0.5 * log_var) * _nonzero(t, x, xp)
-    return StepResult(cast_like(mean + std * noise, x_t, xp), cast_like(x0, x_t, xp))
+    if prediction == "mean":
+        mean_terms = ((1.0, pred),)
+    else:  # mu~(x_t, x0_hat), eq. (7), with the noise term fused into the same sum
+        c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x, xp)
+        mean_terms = ((c1, x0), (c2, x))
+    x_prev = lincomb(xp, *mean_terms, (std, noise))
+    return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
 
 
 def _nonzero(t: Any, like: Any, xp: Any) -> Any:
@@ -214,7 +222,7 @@ def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, thr
     x = upcast(x_t, xp)
     x0, eps = _x0_eps(schedule, upcast(pred, xp), x, t, prediction, xp)
     if clip is not None or threshold is not None:
-        x0 = clip_x0(x0, clip, threshold)
+        x0 = _clip_x0(x0, clip, threshold, xp)
         eps = _eps_from_x0(schedule, x0, x, t, xp)
     root_prev, root_one_minus_prev, abar_prev = _prev_roots(schedule, t_prev, x, xp)
     if eta > 0:
@@ -222,9 +230,9 @@ def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, thr
         var = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
         rest = 1.0 - abar_prev - var
         rest = max(rest, 0.0) if isinstance(rest, float) else xp.clip(rest, 0.0, None)
-        x_prev = root_prev * x0 + fsqrt(rest, xp) * eps + fsqrt(var, xp) * noise
+        x_prev = lincomb(xp, (root_prev, x0), (fsqrt(rest, xp), eps), (fsqrt(var, xp), noise))
     else:
-        x_prev = root_prev * x0 + root_one_minus_prev * eps
+        x_prev = lincomb(xp, (root_prev, x0), (root_one_minus_prev, eps))
     return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
 
 
@@ -274,10 +282,11 @@ def sample_loop(
 def _loop(schedule, model, x, noise_fn, sampler, eta, prediction, variance, clip, threshold,
           start, needs_noise):
     xp = namespace(x)
-    T_model = int(schedule.timesteps[-1]) + 1
+    dev = device_of(x)
+    t_dtype = index_dtype(xp, dev)
     zeros = None
     for i in range(start, -1, -1):
-        out = model(x, as_timesteps(int(schedule.timesteps[i]), x, T_model))
+        out = model(x, xp.full((x.shape[0],), int(schedule.timesteps[i]), dtype=t_dtype, device=dev))
         pred, var_values = split_model_output(out, variance) if sampler == "ddpm" else (
             _prediction_part(out, x), None)
         check_same_shape("x", x, "model output (prediction part)", pred)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core._namespace import broadcast_to_batch, device_of, is_concrete, namespace
+from ddpm_core._namespace import broadcast_to_batch, device_of, is_concrete, namespace, take_rows
 
 __all__ = ["Schedule", "TABLES"]
 
@@ -342,7 +342,7 @@ class Schedule:
             stacked = _convert(table, xp, dev, like.dtype)
             if is_concrete(stacked):
                 self._cache[key] = stacked  # type: ignore[attr-defined]
-        g = xp.take(stacked, t, axis=0)
+        g = take_rows(stacked, t, xp)
         g = xp.reshape(g, (g.shape[0], len(names)) + (1,) * (like.ndim - 1))
         return tuple(g[:, k, ...] for k in range(len(names)))
 
