@@ -61,10 +61,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(name="bench")
 def bench(session: nox.Session) -> None:
-    """Benchmarks (not run by CI): core steps against a hand-written floor and diffusers."""
+    """Benchmarks (not run by CI): steps, chains and training, side by side with diffusers.
+
+    ``nox -s bench`` runs all three; ``nox -s bench -- steps chain`` picks some.
+    """
     session.install(TORCH)
     session.install(".[torch,jax]", "diffusers")
-    session.run("python", "benchmarks/bench_steps.py", *session.posargs)
+    for name in session.posargs or ["steps", "chain", "train"]:
+        if name not in ("steps", "chain", "train"):
+            session.error(f"unknown benchmark {name!r}; choose from steps, chain, train")
+        session.run("python", f"benchmarks/bench_{name}.py")
 
 
 @nox.session(name="ablation")

@@ -1,20 +1,25 @@
 """Sampler-step cost of the core against a hand-written floor and against diffusers.
 
-One thread, a 16x3x32x32 float32 batch, noise passed in (the RNG is timed separately).
-Contenders run interleaved, round by round, in one process; the table gives the median
-over rounds of each contender's per-call median, and its ratio to the floor.
+One thread, a 16x3x32x32 float32 batch, noise passed in (the RNG is timed in its own row).
+Every contender of a backend runs interleaved, round by round, in one process; a time is
+the median over rounds of the per-call median. Each row gives the floor, ddpm_core and
+(for PyTorch, where installed) diffusers, with ``core/floor`` and ``core/diffusers``.
 
-    python benchmarks/bench_steps.py [--rounds 30] [--calls 20]
+    python benchmarks/bench_steps.py [--rounds 30] [--calls 20] [--json out.json]
 
-The floors do the same arithmetic as the core with precomputed scalar coefficients:
-x0 = a x - b eps; mean = c1 x0 + c2 x; x_prev = mean + sigma z (ddpm_step returns x0_hat
+The floors do the same arithmetic as the core with precomputed coefficients, written the
+fastest obvious way: x0 = a x - b eps; x_prev = c1 x0 + c2 x + sd z (ddpm_step returns x0
 too, so the floor computes it); DDIM: sqrt(abar') x0 + sqrt(1 - abar') eps; q_sample:
-torch.add(a x, eps, alpha=b).
+``torch.add(a x, eps, alpha=b)`` for one t and ``torch.addcmul(a[t] x, b[t], eps)`` for a
+per-sample t. diffusers runs with its randn patched to return the same noise, and with
+``clip_sample`` matching the row.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,9 +30,10 @@ import ddpm_core as dc
 
 SHAPE = (16, 3, 32, 32)
 STEP = 500
+Fn = Callable[[], object]
 
 
-def _median_call(fn: Callable[[], object], calls: int) -> float:
+def _median_call(fn: Fn, calls: int) -> float:
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
@@ -36,7 +42,7 @@ def _median_call(fn: Callable[[], object], calls: int) -> float:
     return statistics.median(times)
 
 
-def run(contenders: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, float]:
+def run(contenders: dict[str, Fn], rounds: int, calls: int) -> dict[str, float]:
     """Interleave the contenders round by round; return the median per-call time of each."""
     for fn in contenders.values():
         for _ in range(10):
@@ -60,7 +66,11 @@ def _coefs(s: dc.Schedule, i: int) -> dict[str, float]:
     }
 
 
-def torch_contenders(s: dc.Schedule) -> dict[str, Callable[[], object]]:
+# Each backend returns {row: {"floor": fn, "core": fn, "diffusers": fn (optional)}}.
+Rows = dict[str, dict[str, Fn]]
+
+
+def torch_rows(s: dc.Schedule) -> Rows:
     import torch
 
     torch.set_num_threads(1)
@@ -68,6 +78,10 @@ def torch_contenders(s: dc.Schedule) -> dict[str, Callable[[], object]]:
     x, eps, z = (torch.randn(SHAPE, generator=g) for _ in range(3))
     c = _coefs(s, STEP)
     tv = torch.full((SHAPE[0],), STEP)
+    tab = {k: torch.as_tensor(getattr(s, k), dtype=torch.float32) for k in (
+        "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
+        "posterior_mean_coef2", "posterior_std", "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod")}
 
     def floor_ddpm(clip: bool = False):  # noqa: ANN202
         x0 = c["a"] * x - c["b"] * eps
@@ -75,106 +89,162 @@ def torch_contenders(s: dc.Schedule) -> dict[str, Callable[[], object]]:
             x0 = x0.clamp(-1, 1)
         return c["c1"] * x0 + c["c2"] * x + c["sd"] * z, x0
 
+    def floor_ddpm_vector():  # noqa: ANN202
+        a, b, c1, c2, sd = (tab[k][tv].view(-1, 1, 1, 1) for k in (
+            "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
+            "posterior_mean_coef2", "posterior_std"))
+        x0 = a * x - b * eps
+        return c1 * x0 + c2 * x + sd * z, x0
+
     def floor_ddim():  # noqa: ANN202
         x0 = c["a"] * x - c["b"] * eps
         return c["abar_prev"] ** 0.5 * x0 + (1 - c["abar_prev"]) ** 0.5 * eps, x0
 
-    out = {
-        "torch floor ddpm": floor_ddpm,
-        "torch ddpm_step": lambda: dc.ddpm_step(s, eps, x, STEP, z),
-        "torch ddpm_step t-vector": lambda: dc.ddpm_step(s, eps, x, tv, z),
-        "torch floor ddpm clip": lambda: floor_ddpm(True),
-        "torch ddpm_step clip": lambda: dc.ddpm_step(s, eps, x, STEP, z, clip=True),
-        "torch floor ddpm+randn": lambda: (floor_ddpm(), torch.randn(SHAPE, generator=g)),
-        "torch ddpm_step+randn": lambda: dc.ddpm_step(s, eps, x, STEP, torch.randn(SHAPE, generator=g)),
-        "torch floor ddim": floor_ddim,
-        "torch ddim_step": lambda: dc.ddim_step(s, eps, x, STEP, STEP - 1),
-        "torch floor q_sample": lambda: torch.add(x * c["abar"] ** 0.5, eps, alpha=(1 - c["abar"]) ** 0.5),
-        "torch q_sample": lambda: dc.q_sample(s, x, STEP, eps),
+    def floor_q_vector():  # noqa: ANN202
+        a = tab["sqrt_alphas_cumprod"][tv].view(-1, 1, 1, 1)
+        b = tab["sqrt_one_minus_alphas_cumprod"][tv].view(-1, 1, 1, 1)
+        return torch.addcmul(a * x, b, eps)
+
+    rows: Rows = {
+        "ddpm_step": {"floor": floor_ddpm, "core": lambda: dc.ddpm_step(s, eps, x, STEP, z)},
+        "ddpm_step clip": {"floor": lambda: floor_ddpm(True),
+                           "core": lambda: dc.ddpm_step(s, eps, x, STEP, z, clip=True)},
+        "ddpm_step + torch.randn": {
+            "floor": lambda: (floor_ddpm(), torch.randn(SHAPE, generator=g)),
+            "core": lambda: dc.ddpm_step(s, eps, x, STEP, torch.randn(SHAPE, generator=g))},
+        "ddpm_step t-vector": {"floor": floor_ddpm_vector,
+                               "core": lambda: dc.ddpm_step(s, eps, x, tv, z)},
+        "ddim_step eta=0": {"floor": floor_ddim, "core": lambda: dc.ddim_step(s, eps, x, STEP, STEP - 1)},
+        "q_sample": {"floor": lambda: torch.add(x * c["abar"] ** 0.5, eps, alpha=(1 - c["abar"]) ** 0.5),
+                     "core": lambda: dc.q_sample(s, x, STEP, eps)},
+        "q_sample t-vector": {"floor": floor_q_vector, "core": lambda: dc.q_sample(s, x, tv, eps)},
     }
-    out.update(_diffusers_contenders(s, x, eps, z))
-    return out
+    for name, fn in _diffusers(s, x, eps, z, tv).items():
+        rows[name]["diffusers"] = fn
+    return rows
 
 
-def _diffusers_contenders(s: dc.Schedule, x, eps, z) -> dict[str, Callable[[], object]]:  # noqa: ANN001
+def _diffusers(s: dc.Schedule, x, eps, z, tv) -> dict[str, Fn]:  # noqa: ANN001
     try:
         import diffusers
         import diffusers.schedulers.scheduling_ddpm as ddpm_mod
-        import torch
     except ImportError:
         return {}
     ddpm_mod.randn_tensor = lambda *a, **k: z  # the same noise, no RNG: like-for-like
-    ddpm = diffusers.DDPMScheduler(num_train_timesteps=s.num_timesteps, beta_schedule="linear")
-    ddim = diffusers.DDIMScheduler(num_train_timesteps=s.num_timesteps, beta_schedule="linear")
+    kw = {"num_train_timesteps": s.num_timesteps, "beta_schedule": "linear"}
+    ddpm = diffusers.DDPMScheduler(clip_sample=False, **kw)
+    ddpm_clip = diffusers.DDPMScheduler(clip_sample=True, **kw)
+    ddim = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **kw)
     ddim.set_timesteps(s.num_timesteps)
-    tv = torch.full((SHAPE[0],), STEP)
     return {
-        "diffusers DDPMScheduler.step": lambda: ddpm.step(eps, STEP, x),
-        "diffusers DDIMScheduler.step": lambda: ddim.step(eps, STEP, x, eta=0.0),
-        "diffusers add_noise": lambda: ddpm.add_noise(x, eps, tv),
+        "ddpm_step": lambda: ddpm.step(eps, STEP, x),
+        "ddpm_step clip": lambda: ddpm_clip.step(eps, STEP, x),
+        "ddim_step eta=0": lambda: ddim.step(eps, STEP, x, eta=0.0),
+        "q_sample t-vector": lambda: ddpm.add_noise(x, eps, tv),
     }
 
 
-def numpy_contenders(s: dc.Schedule) -> dict[str, Callable[[], object]]:
+def numpy_rows(s: dc.Schedule) -> Rows:
     rng = np.random.default_rng(0)
     x, eps, z = (rng.standard_normal(SHAPE, dtype=np.float32) for _ in range(3))
-    c = _coefs(s, STEP)
+    c = {k: np.float32(v) for k, v in _coefs(s, STEP).items()}
+    ra, rb = np.float32(c["abar_prev"] ** 0.5), np.float32((1 - c["abar_prev"]) ** 0.5)
 
     def floor_ddpm():  # noqa: ANN202
-        x0 = np.float32(c["a"]) * x - np.float32(c["b"]) * eps
-        return np.float32(c["c1"]) * x0 + np.float32(c["c2"]) * x + np.float32(c["sd"]) * z, x0
+        x0 = c["a"] * x - c["b"] * eps
+        return c["c1"] * x0 + c["c2"] * x + c["sd"] * z, x0
 
+    def floor_ddim():  # noqa: ANN202
+        x0 = c["a"] * x - c["b"] * eps
+        return ra * x0 + rb * eps, x0
+
+    qa, qb = np.float32(c["abar"] ** 0.5), np.float32((1 - c["abar"]) ** 0.5)
     return {
-        "numpy floor ddpm": floor_ddpm,
-        "numpy ddpm_step": lambda: dc.ddpm_step(s, eps, x, STEP, z),
+        "ddpm_step": {"floor": floor_ddpm, "core": lambda: dc.ddpm_step(s, eps, x, STEP, z)},
+        "ddim_step eta=0": {"floor": floor_ddim, "core": lambda: dc.ddim_step(s, eps, x, STEP, STEP - 1)},
+        "q_sample": {"floor": lambda: qa * x + qb * eps, "core": lambda: dc.q_sample(s, x, STEP, eps)},
     }
 
 
-def jax_contenders(s: dc.Schedule) -> dict[str, Callable[[], object]]:
+def jax_rows(s: dc.Schedule) -> Rows:
     try:
         import jax
-        import jax.numpy as jnp
     except ImportError:
         return {}
     key = jax.random.PRNGKey(0)
     x, eps, z = (jax.random.normal(k, SHAPE) for k in jax.random.split(key, 3))
     c = _coefs(s, STEP)
 
-    @jax.jit
     def floor_ddpm(x, eps, z):  # noqa: ANN001, ANN202
         x0 = c["a"] * x - c["b"] * eps
         return c["c1"] * x0 + c["c2"] * x + c["sd"] * z, x0
 
-    ours = jax.jit(lambda x, eps, z: tuple(dc.ddpm_step(s, eps, x, STEP, z)))
-    del jnp
+    def floor_ddim(x, eps, z):  # noqa: ANN001, ANN202
+        x0 = c["a"] * x - c["b"] * eps
+        return c["abar_prev"] ** 0.5 * x0 + (1 - c["abar_prev"]) ** 0.5 * eps, x0
+
+    def floor_q(x, eps, z):  # noqa: ANN001, ANN202
+        return c["abar"] ** 0.5 * x + (1 - c["abar"]) ** 0.5 * eps
+
+    def jitted(f: Callable) -> Fn:  # noqa: ANN202
+        g = jax.jit(f)
+        return lambda: jax.block_until_ready(g(x, eps, z))
+
     return {
-        "jax floor ddpm (jit)": lambda: jax.block_until_ready(floor_ddpm(x, eps, z)),
-        "jax ddpm_step (jit)": lambda: jax.block_until_ready(ours(x, eps, z)),
+        "ddpm_step (jit)": {"floor": jitted(floor_ddpm),
+                            "core": jitted(lambda x, e, z: tuple(dc.ddpm_step(s, e, x, STEP, z)))},
+        "ddim_step eta=0 (jit)": {"floor": jitted(floor_ddim),
+                                  "core": jitted(lambda x, e, z: tuple(dc.ddim_step(s, e, x, STEP, STEP - 1)))},
+        "q_sample (jit)": {"floor": jitted(floor_q), "core": jitted(lambda x, e, z: dc.q_sample(s, x, STEP, e))},
     }
+
+
+def measure(rows: Rows, rounds: int, calls: int) -> dict[str, dict[str, float]]:
+    """Time every contender of ``rows`` interleaved; {row: {contender: seconds}}."""
+    flat = {(r, k): fn for r, group in rows.items() for k, fn in group.items()}
+    times = run({f"{r}|{k}": fn for (r, k), fn in flat.items()}, rounds, calls)
+    out: dict[str, dict[str, float]] = {}
+    for key, sec in times.items():
+        r, k = key.split("|")
+        out.setdefault(r, {})[k] = sec
+    return out
+
+
+def table(backend: str, results: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown rows: floor, core, diffusers (us) and the two ratios."""
+    lines = []
+    for row, t in results.items():
+        dif = t.get("diffusers")
+        cells = [f"{backend} {row}", f"{t['floor'] * 1e6:.1f}", f"{t['core'] * 1e6:.1f}",
+                 "-" if dif is None else f"{dif * 1e6:.1f}", f"{t['core'] / t['floor']:.2f}x",
+                 "-" if dif is None else f"{t['core'] / dif:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--json", help="also write the raw medians (seconds) here")
     args = parser.parse_args()
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     s = dc.Schedule.linear(1000)
-    groups = [torch_contenders, numpy_contenders, jax_contenders]
-    print(f"{'contender':34s} {'median us':>10s} {'vs floor':>9s}")
-    for make in groups:
+    print("| step (16x3x32x32 float32, 1 thread) | floor us | core us | diffusers us "
+          "| core/floor | core/diffusers |")
+    print("|---|---|---|---|---|---|")
+    raw = {}
+    for backend, make in (("torch", torch_rows), ("numpy", numpy_rows), ("jax", jax_rows)):
         try:
-            contenders = make(s)
+            rows = make(s)
         except ImportError:
             continue
-        if not contenders:
-            continue
-        times = run(contenders, args.rounds, args.calls)
-        floor = None
-        for name, sec in times.items():
-            if "floor" in name:
-                floor = sec
-            ratio = f"{sec / floor:8.2f}x" if floor else ""
-            print(f"{name:34s} {sec * 1e6:10.1f} {ratio:>9s}")
+        if rows:
+            raw[backend] = measure(rows, args.rounds, args.calls)
+            print("\n".join(table(backend, raw[backend])), flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(raw, f, indent=1)
 
 
 if __name__ == "__main__":

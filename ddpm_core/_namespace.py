@@ -154,7 +154,7 @@ def _as_vector(t: Any, like: Any, num_timesteps: int, name: str, minimum: int) -
     batch = like.shape[0]
     if isinstance(t, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
         t = xp.asarray(t, device=device_of(like))  # NumPy index arrays work with any backend
-    t_xp = namespace(t)
+    t_xp = xp if type(t) is type(like) else namespace(t)
     if not t_xp.isdtype(t.dtype, "integral"):
         raise TypeError(f"{name} must be an integer array, got dtype {t.dtype}")
     if t.ndim == 0:
