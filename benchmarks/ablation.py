@@ -42,10 +42,17 @@ def run_row(name: str, settings: dict[str, str], args: argparse.Namespace) -> di
     from ddpm_core import evaluation
     from ddpm_core.backends.torch import api
     from ddpm_core.backends.torch import evaluation as te
-    from ddpm_core.runs import RunPaths, TrainOptions, read_run_json
+    from ddpm_core.runs import RunPaths, TrainOptions, atomic_write_json, read_run_json
 
     out = Path(args.root) / name.replace(", ", "-").replace(" ", "_")
     done = RunPaths.of(out).run_json.is_file() and read_run_json(out)["step"] >= args.steps
+    evaluated = out / "ablation-row.json"
+    wanted = {k: getattr(args, k) for k in ("steps", "seed", "fid_n", "bpd_n", "sampler",
+                                             "sample_steps", "reference_n")}
+    if done and evaluated.is_file():
+        previous = json.loads(evaluated.read_text(encoding="utf-8"))
+        if previous.get("eval") == wanted:  # already measured with these settings
+            return previous["row"]
     row: dict[str, Any] = {"row": name, **settings}
     if not done:
         summary = api.train(TrainOptions(
@@ -62,7 +69,22 @@ def run_row(name: str, settings: dict[str, str], args: argparse.Namespace) -> di
         fid = evaluation.fid_report(out, images, reference_n=args.reference_n,
                                     cache_dir=Path(args.root) / "fid-cache")
         row.update({k: fid[k] for k in ("fid", "kid", "kid_std", "floor_fid", "floor_kid")})
+    if "train_s" not in row:  # trained earlier (or resumed): the run's own record
+        row["train_s"] = _train_seconds(out)
+    atomic_write_json(evaluated, {"eval": wanted, "row": row})
     return row
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """Training wall time from the run's log.csv (its last logged ``seconds``), if any."""
+    log = run_dir / "log.csv"
+    if not log.is_file():
+        return None
+    import csv
+
+    with open(log, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return sum(float(r["seconds"]) for r in rows) if rows and "seconds" in rows[0] else None
 
 
 def _fmt(value: Any, digits: int) -> str:

@@ -12,9 +12,9 @@ alone; the share of wall time spent outside the network is 1 - network / chain.
 Every chain is the ancestral sampler with x0 clipping on a respaced chain of K steps.
 Models: ``null`` (output = 0.1 x: the chain's own overhead), the ``tiny`` preset at batch 1
 and the ``mnist`` preset at batch 16, randomly initialised. One thread per backend;
-contenders interleaved round by round, medians over rounds.
+contenders interleaved round by round, medians over rounds (20, 15 and 5 rounds).
 
-    python benchmarks/bench_chain.py [--rounds 5] [--models null,tiny,mnist] [--json out.json]
+    python benchmarks/bench_chain.py [--rounds 1] [--models null,tiny,mnist] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import numpy as np
 import ddpm_core as dc
 from ddpm_core.runs import chain_schedule
 
-CASES = {"null": ("tiny", 1, 200), "tiny": ("tiny", 1, 100), "mnist": ("mnist", 16, 20)}
+# model: (preset, batch, chain steps K, rounds at --rounds 1)
+CASES = {"null": ("tiny", 1, 200, 20), "tiny": ("tiny", 1, 100, 15), "mnist": ("mnist", 16, 20, 5)}
 
 
 def _interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -61,7 +62,7 @@ def jax_case(model_name: str, rounds: int) -> dict[str, float]:
     from ddpm_core.backends.jax.unet import build_unet, init_params
     from ddpm_core.models import get_preset
 
-    preset_name, batch, K = CASES[model_name]
+    preset_name, batch, K, _ = CASES[model_name]
     cfg = get_preset(preset_name).unet
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     if model_name == "null":
@@ -117,7 +118,7 @@ def torch_case(model_name: str, rounds: int) -> dict[str, float]:
     from ddpm_core.backends.torch.sampling import model_fn
     from ddpm_core.backends.torch.unet import build_unet
 
-    preset_name, batch, K = CASES[model_name]
+    preset_name, batch, K, _ = CASES[model_name]
     torch.manual_seed(0)
     net = build_unet(preset_name)
     cfg = net.config
@@ -159,7 +160,7 @@ def torch_case(model_name: str, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1, help="multiplies each model's rounds")
     p.add_argument("--models", default="null,tiny,mnist")
     p.add_argument("--backends", default="torch,jax")
     p.add_argument("--json", help="also write the raw numbers here")
@@ -175,7 +176,7 @@ def main() -> None:
               "| scan/hand | loop/scan | compile s |")
         print("|---|---|---|---|---|---|---|---|")
         for m in models:
-            r = raw.setdefault("jax", {})[m] = jax_case(m, args.rounds)
+            r = raw.setdefault("jax", {})[m] = jax_case(m, args.rounds * CASES[m][3])
             print(f"| {m} b{CASES[m][1]} | {CASES[m][2]} | {r['scan_step_s'] * 1e6:.1f} | "
                   f"{r['loop_step_s'] * 1e6:.1f} | {r['hand_step_s'] * 1e6:.1f} | "
                   f"{r['scan_step_s'] / r['hand_step_s']:.2f}x | "
@@ -185,7 +186,7 @@ def main() -> None:
               "| network us/step | core/hand | outside network |")
         print("|---|---|---|---|---|---|---|")
         for m in models:
-            r = raw.setdefault("torch", {})[m] = torch_case(m, args.rounds)
+            r = raw.setdefault("torch", {})[m] = torch_case(m, args.rounds * CASES[m][3])
             print(f"| {m} b{CASES[m][1]} | {CASES[m][2]} | {r['core_step_s'] * 1e6:.1f} | "
                   f"{r['hand_step_s'] * 1e6:.1f} | {r['network_step_s'] * 1e6:.1f} | "
                   f"{r['core_step_s'] / r['hand_step_s']:.2f}x | "

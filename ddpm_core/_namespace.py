@@ -39,8 +39,18 @@ def namespace(*arrays: Any, xp: Any = None) -> Any:
     """Return the array namespace of ``arrays`` (or ``xp`` when given)."""
     if xp is not None:
         return xp
+    if len(arrays) == 1:  # the hot path: one array, its namespace cached by type
+        known = _NAMESPACE_OF_TYPE.get(type(arrays[0]))
+        if known is not None:
+            return known
     arrays = tuple(a for a in arrays if a is not None and not isinstance(a, (int, float)))
-    return array_api_compat.array_namespace(*arrays)
+    found = array_api_compat.array_namespace(*arrays)
+    if len(arrays) == 1:
+        _NAMESPACE_OF_TYPE[type(arrays[0])] = found
+    return found
+
+
+_NAMESPACE_OF_TYPE: dict[type, Any] = {}
 
 
 def device_of(x: Any) -> Any:
