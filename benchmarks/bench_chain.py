@@ -158,6 +158,25 @@ def torch_case(model_name: str, rounds: int) -> dict[str, float]:
     return out
 
 
+def _jax_cells(r: dict[str, float]) -> list[str]:
+    return [f"{r['scan_step_s'] * 1e6:.1f}", f"{r['loop_step_s'] * 1e6:.1f}", f"{r['hand_step_s'] * 1e6:.1f}",
+            f"{r['scan_step_s'] / r['hand_step_s']:.2f}x", f"{r['loop_step_s'] / r['scan_step_s']:.2f}x",
+            f"{r['compile_s']:.2f}"]
+
+
+def _torch_cells(r: dict[str, float]) -> list[str]:
+    return [f"{r['core_step_s'] * 1e6:.1f}", f"{r['hand_step_s'] * 1e6:.1f}", f"{r['network_step_s'] * 1e6:.1f}",
+            f"{r['core_step_s'] / r['hand_step_s']:.2f}x", f"{100 * r['outside_network']:.1f}%"]
+
+
+TABLES = {
+    "jax": (jax_case, "JAX chain (1 thread) | K | scan us/step | loop us/step | hand scan us/step | "
+                      "scan/hand | loop/scan | compile s", _jax_cells),
+    "torch": (torch_case, "PyTorch chain (1 thread) | K | sample_loop us/step | hand loop us/step | "
+                          "network us/step | core/hand | outside network", _torch_cells),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=1, help="multiplies each model's rounds")
@@ -169,28 +188,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    models = args.models.split(",")
     raw: dict[str, dict[str, dict[str, float]]] = {}
-    if "jax" in args.backends:
-        print("| JAX chain (1 thread) | K | scan us/step | loop us/step | hand scan us/step "
-              "| scan/hand | loop/scan | compile s |")
-        print("|---|---|---|---|---|---|---|---|")
-        for m in models:
-            r = raw.setdefault("jax", {})[m] = jax_case(m, args.rounds * CASES[m][3])
-            print(f"| {m} b{CASES[m][1]} | {CASES[m][2]} | {r['scan_step_s'] * 1e6:.1f} | "
-                  f"{r['loop_step_s'] * 1e6:.1f} | {r['hand_step_s'] * 1e6:.1f} | "
-                  f"{r['scan_step_s'] / r['hand_step_s']:.2f}x | "
-                  f"{r['loop_step_s'] / r['scan_step_s']:.2f}x | {r['compile_s']:.2f} |", flush=True)
-    if "torch" in args.backends:
-        print("\n| PyTorch chain (1 thread) | K | sample_loop us/step | hand loop us/step "
-              "| network us/step | core/hand | outside network |")
-        print("|---|---|---|---|---|---|---|")
-        for m in models:
-            r = raw.setdefault("torch", {})[m] = torch_case(m, args.rounds * CASES[m][3])
-            print(f"| {m} b{CASES[m][1]} | {CASES[m][2]} | {r['core_step_s'] * 1e6:.1f} | "
-                  f"{r['hand_step_s'] * 1e6:.1f} | {r['network_step_s'] * 1e6:.1f} | "
-                  f"{r['core_step_s'] / r['hand_step_s']:.2f}x | "
-                  f"{100 * r['outside_network']:.1f}% |", flush=True)
+    for backend, (case, header, cells) in TABLES.items():
+        if backend not in args.backends:
+            continue
+        print(f"\n| {header} |\n|" + "---|" * (header.count("|") + 1))
+        for m in args.models.split(","):
+            r = raw.setdefault(backend, {})[m] = case(m, args.rounds * CASES[m][3])
+            print(f"| {m} b{CASES[m][1]} | {CASES[m][2]} | " + " | ".join(cells(r)) + " |", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(raw, f, indent=1)
