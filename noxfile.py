@@ -32,7 +32,7 @@ def tests_numpy(session: nox.Session) -> None:
     """The core on NumPy and array-api-strict, with NumPy alone installed."""
     _install(session, None)
     _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_runs.py",
-            "tests/test_data.py", "tests/test_metrics.py")
+            "tests/test_data.py", "tests/test_metrics.py", "tests/test_benchmarks.py")
 
 
 @nox.session(name="tests-torch")
@@ -40,7 +40,7 @@ def tests_torch(session: nox.Session) -> None:
     """The core on PyTorch, the PyTorch backend, the data and the command line."""
     _install(session, "torch,eval")
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py",
-            "tests/test_eval.py")
+            "tests/test_eval.py", "tests/test_benchmarks.py")
 
 
 @nox.session(name="tests-jax")
@@ -48,7 +48,7 @@ def tests_jax(session: nox.Session) -> None:
     """The core on JAX (x64 on), the JAX backend and torch <-> JAX weight conversion."""
     session.install(TORCH)  # conversion parity tests compare against the PyTorch U-Net
     _install(session, "jax")
-    _pytest(session, "jax", "tests/core", "tests/jax", "tests/test_eval.py")
+    _pytest(session, "jax", "tests/core", "tests/jax", "tests/test_eval.py", "tests/test_benchmarks.py")
 
 
 @nox.session(name="lint")
@@ -66,7 +66,9 @@ def bench(session: nox.Session) -> None:
     ``nox -s bench`` runs all three; ``nox -s bench -- steps chain`` picks some.
     """
     session.install(TORCH)
-    session.install(".[torch,jax]", "diffusers")
+    session.install(".[torch,jax]", "diffusers", "pytest>=8")
+    # every contender of a row computes the same thing (with diffusers installed, theirs too)
+    session.run("pytest", "-q", "tests/test_benchmarks.py")
     for name in session.posargs or ["steps", "chain", "train"]:
         if name not in ("steps", "chain", "train"):
             session.error(f"unknown benchmark {name!r}; choose from steps, chain, train")

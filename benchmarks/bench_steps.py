@@ -78,7 +78,7 @@ def torch_rows(s: dc.Schedule) -> Rows:
     x, eps, z = (torch.randn(SHAPE, generator=g) for _ in range(3))
     c = _coefs(s, STEP)
     tv = torch.full((SHAPE[0],), STEP)
-    tab = {k: torch.as_tensor(getattr(s, k), dtype=torch.float32) for k in (
+    tab = {k: torch.tensor(np.array(getattr(s, k)), dtype=torch.float32) for k in (
         "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
         "posterior_mean_coef2", "posterior_std", "sqrt_alphas_cumprod",
         "sqrt_one_minus_alphas_cumprod")}

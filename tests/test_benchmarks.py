@@ -1,0 +1,58 @@
+"""The step benchmark compares like with like: every contender of a row computes the same thing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_steps.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_steps", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _first(result) -> np.ndarray:
+    """x_prev (or x_t) of a contender's result: a tuple, a StepResult, a diffusers output."""
+    for attr in ("prev_sample", "x_prev"):
+        if hasattr(result, attr):
+            result = getattr(result, attr)
+            break
+    else:
+        if isinstance(result, tuple):
+            result = result[0]
+    return np.asarray(result, dtype=np.float64)
+
+
+def _check_rows(rows, rtol: float) -> None:
+    for name, contenders in rows.items():
+        if "randn" in name:
+            continue  # draws fresh noise per call: nothing to compare
+        reference = _first(contenders["core"]())
+        for who, fn in contenders.items():
+            np.testing.assert_allclose(_first(fn()), reference, rtol=rtol, atol=rtol,
+                                       err_msg=f"{name}: {who} differs from the core")
+
+
+def test_numpy_floors_match_the_core():
+    bench = _bench()
+    _check_rows(bench.numpy_rows(bench.dc.Schedule.linear(1000)), rtol=1e-5)
+
+
+def test_torch_floors_and_diffusers_match_the_core():
+    pytest.importorskip("torch")
+    bench = _bench()
+    rows = bench.torch_rows(bench.dc.Schedule.linear(1000))
+    _check_rows(rows, rtol=1e-5)
+
+
+def test_jax_floors_match_the_core():
+    pytest.importorskip("jax")
+    bench = _bench()
+    _check_rows(bench.jax_rows(bench.dc.Schedule.linear(1000)), rtol=1e-5)
