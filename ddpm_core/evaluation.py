@@ -168,7 +168,7 @@ def _plot_png(table: np.ndarray) -> bytes:
     for k, (y, label) in enumerate(panels):
         ax = fig.add_subplot(1, 3, k + 1)
         ax.plot(t, y)
-        ax.set_xlabel("t (paper's 1-based step; chain runs right to left)")
+        ax.set_xlabel("t (1-based; sampling runs left to right)", fontsize=8)
         ax.set_ylabel(label)
         ax.invert_xaxis()
     ax = fig.add_subplot(1, 3, 3)
