@@ -93,17 +93,19 @@ def _fmt(value: Any, digits: int) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The Markdown table of the rows (missing metrics as '-')."""
-    lines = ["| objective | FID | KID x 1e3 | floor FID | bits/dim | train s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| objective | FID | floor FID | KID x 1e3 | floor KID x 1e3 | bits/dim | train s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        kid = None if r.get("kid") is None else 1e3 * r["kid"]
-        lines.append(f"| {r['row']} | {_fmt(r.get('fid'), 2)} | {_fmt(kid, 2)} | "
-                     f"{_fmt(r.get('floor_fid'), 2)} | {_fmt(r.get('bpd'), 3)} | "
+        kid, floor_kid = (None if r.get(k) is None else 1e3 * r[k] for k in ("kid", "floor_kid"))
+        lines.append(f"| {r['row']} | {_fmt(r.get('fid'), 2)} | {_fmt(r.get('floor_fid'), 2)} | "
+                     f"{_fmt(kid, 2)} | {_fmt(floor_kid, 2)} | {_fmt(r.get('bpd'), 3)} | "
                      f"{_fmt(r.get('train_s'), 0)} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ddpm_core.runs import atomic_write_bytes
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="runs/ablation")
     p.add_argument("--preset", default="mnist")
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows)
     Path(args.root).mkdir(parents=True, exist_ok=True)
-    (Path(args.root) / "ablation.md").write_text(table + "\n", encoding="utf-8")
+    atomic_write_bytes(Path(args.root) / "ablation.md", (table + "\n").encode())
     print(table)
     return 0
 

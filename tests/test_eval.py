@@ -192,3 +192,36 @@ def test_shared_latent_rejects_bad_t(tiny_run):
 
     with pytest.raises(ValueError, match="ts must"):
         te.shared_latent(tiny_run, ts=(T_TEST,))
+
+
+def _ablation_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_measures_each_row_once(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    from ddpm_core.backends.torch import evaluation as te
+
+    ablation = _ablation_module()
+    root = tmp_path / "ablation"
+    shutil.copytree(tiny_run, root / "eps-L_simple-fixed")  # a finished row (step 0 >= --steps 0)
+    argv = ["--root", str(root), "--steps", "0", "--fid-n", "0", "--bpd-n", "1", "--rows", "1"]
+    assert ablation.main(argv) == 0
+    table = (root / "ablation.md").read_text(encoding="utf-8")
+    row = next(line for line in table.splitlines() if line.startswith("| eps, L_simple, fixed |"))
+    bpd = float(row.split("|")[6])
+    assert 0 < bpd < 20
+    calls = []
+    monkeypatch.setattr(te, "bpd", lambda *a, **k: calls.append(k) or {"bpd": 1.0})
+    assert ablation.main(argv) == 0  # same settings: the stored measurement is reused
+    assert calls == [] and (root / "ablation.md").read_text(encoding="utf-8") == table
+    assert ablation.main([*argv[:-4], "--bpd-n", "2", "--rows", "1"]) == 0  # new settings: measured
+    assert len(calls) == 1 and calls[0]["n"] == 2
