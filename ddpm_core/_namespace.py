@@ -30,7 +30,7 @@ __all__ = [
     "fsqrt",
     "fexp",
     "lincomb",
-    "take_rows",
+    "take_along",
     "clip_to",
 ]
 
@@ -263,14 +263,12 @@ def _torch_lincomb(terms: list[tuple[Any, Any]]) -> Any:
     else:
         out, rest = a0 * c0, terms[1:]
     for c, a in rest:
-        if not _fits(out, a):
-            out = out + c * a  # type promotion or broadcasting: the plain expression
-        elif isinstance(c, float):
+        if _fits(out, a) and isinstance(c, float):
             out.add_(a, alpha=c)
-        elif c.dtype == out.dtype and _broadcasts_into(c.shape, out.shape):
+        elif _fits(out, a) and c.dtype == out.dtype and _broadcasts_into(c.shape, out.shape):
             out.addcmul_(c, a)
         else:
-            out = out + c * a
+            out = out + c * a  # type promotion or broadcasting: the plain expression
     return out
 
 
@@ -288,12 +286,11 @@ def _broadcasts_into(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
     return all(s in (1, b) for s, b in zip(small[::-1], big[::-1], strict=False))
 
 
-def take_rows(table: Any, t: Any, xp: Any) -> Any:
-    """``table[t]`` along axis 0 for an integer vector ``t`` (torch: one ``index_select``)."""
-    if _is_torch(xp):
-        if str(t.dtype) in ("torch.int64", "torch.int32"):
-            return table.index_select(0, t)
-    return xp.take(table, t, axis=0)
+def take_along(table: Any, t: Any, axis: int, xp: Any) -> Any:
+    """``xp.take(table, t, axis=axis)`` for an integer vector ``t`` (torch: one ``index_select``)."""
+    if _is_torch(xp) and str(t.dtype) in ("torch.int64", "torch.int32"):
+        return table.index_select(axis, t)
+    return xp.take(table, t, axis=axis)
 
 
 def _fits(out: Any, a: Any) -> bool:

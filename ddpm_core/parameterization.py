@@ -33,7 +33,7 @@ from ddpm_core._namespace import (
     namespace,
     upcast,
 )
-from ddpm_core.posterior import q_posterior_mean
+from ddpm_core.posterior import posterior_mean_terms, q_posterior_mean
 from ddpm_core.schedules import Schedule
 
 __all__ = [
@@ -227,10 +227,17 @@ def _log_variance(schedule: Schedule, var_values: Any, x_t: Any, t: Any, varianc
 def _mean_x0(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, clip: Any,
              threshold: float | None, xp: Any) -> tuple[Any, Any]:
     """(mu_theta, x0_hat): the reverse mean of eq. (11) via mu~(x_t, clipped x0_hat)."""
+    terms, x0 = _mean_terms(schedule, pred, x_t, t, prediction, clip, threshold, xp)
+    return (pred if prediction == "mean" else lincomb(xp, *terms)), x0
+
+
+def _mean_terms(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, clip: Any,
+                threshold: float | None, xp: Any) -> tuple[tuple[tuple[Any, Any], ...], Any]:
+    """(mu_theta as ``lincomb`` terms, x0_hat): a mean prediction is mu_theta itself."""
     x0 = _clip_x0(_x0_eps(schedule, pred, x_t, t, prediction, xp)[0], clip, threshold, xp)
     if prediction == "mean":
-        return pred, x0
-    return q_posterior_mean(schedule, x0, x_t, t, xp), x0
+        return ((1.0, pred),), x0
+    return posterior_mean_terms(schedule, x0, x_t, t, xp), x0
 
 
 def p_mean_variance(

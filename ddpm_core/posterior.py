@@ -60,5 +60,11 @@ def q_posterior(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> tuple[Any, Any
 
 def q_posterior_mean(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> Any:
     """mu~_t(x_t, x_0) of eq. (7); ``t`` a Python int or a validated int64 vector (B,)."""
+    return lincomb(xp, *posterior_mean_terms(schedule, x0, x_t, t, xp))
+
+
+def posterior_mean_terms(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> tuple[tuple[Any, Any], ...]:
+    """mu~_t of eq. (7) as ``lincomb`` terms ((coef1, x_0), (coef2, x_t)), so that callers can
+    fuse further terms (the sampler's noise) into the same sum."""
     c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x_t, xp)
-    return lincomb(xp, (c1, x0), (c2, x_t))
+    return (c1, x0), (c2, x_t)

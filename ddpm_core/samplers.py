@@ -44,6 +44,7 @@ from ddpm_core.parameterization import (
     _clip_x0,
     _eps_from_x0,
     _log_variance,
+    _mean_terms,
     _x0_eps,
     split_model_output,
 )
@@ -124,19 +125,13 @@ def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, 
                threshold, xp):
     """``ddpm_step`` without validation (``t`` a Python int or an integer vector)."""
     x = upcast(x_t, xp)
-    pred = upcast(pred, xp)
-    x0 = _clip_x0(_x0_eps(schedule, pred, x, t, prediction, xp)[0], clip, threshold, xp)
+    mean_terms, x0 = _mean_terms(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
     if variance in _STEP_STD:  # the std table is 0 at index 0: no noise on the last step
         std = schedule.coefs((_STEP_STD[variance],), t, x, xp)[0]
     else:
         log_var = _log_variance(schedule, upcast(var_values, xp), x, t, variance, xp)
         std = xp.exp(0.5 * log_var) * _nonzero(t, x, xp)
-    if prediction == "mean":
-        mean_terms = ((1.0, pred),)
-    else:  # mu~(x_t, x0_hat), eq. (7), with the noise term fused into the same sum
-        c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x, xp)
-        mean_terms = ((c1, x0), (c2, x))
-    x_prev = lincomb(xp, *mean_terms, (std, noise))
+    x_prev = lincomb(xp, *mean_terms, (std, noise))  # mu_theta + sigma z as one sum
     return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core._namespace import _is_torch, broadcast_to_batch, device_of, is_concrete, namespace, take_rows
+from ddpm_core._namespace import broadcast_to_batch, device_of, is_concrete, namespace, take_along
 
 __all__ = ["Schedule", "TABLES"]
 
@@ -328,38 +328,21 @@ class Schedule:
     def coefs(self, names: tuple[str, ...], t: Any, like: Any, xp: Any) -> tuple[Any, ...]:
         """Several tables at ``t`` at once: the hot path of every step.
 
-        A Python int ``t`` gives Python floats (float64, no device work). A validated int64
+        A Python int ``t`` gives Python floats (float64, no device work). A validated integer
         vector (B,) gives arrays (B, 1, ..., 1) in ``like``'s dtype, gathered in one ``take``
-        from a (T, K) table that is built once per namespace, device and dtype.
+        from a (K, T) table that is built once per namespace, device and dtype.
         """
         if isinstance(t, int):
             return tuple(float(getattr(self, n)[t]) for n in names)
-        if _is_torch(xp) and str(t.dtype) in ("torch.int64", "torch.int32"):
-            return self._torch_coefs(names, t, like)
         dev = device_of(like)
-        key = (names, xp.__name__, str(dev), str(like.dtype))
-        stacked = self._cache.get(key)  # type: ignore[attr-defined]
-        if stacked is None:
-            table = np.stack([getattr(self, n) for n in names], axis=1)
-            stacked = _convert(table, xp, dev, like.dtype)
-            if is_concrete(stacked):
-                self._cache[key] = stacked  # type: ignore[attr-defined]
-        g = take_rows(stacked, t, xp)
-        g = xp.reshape(g, (g.shape[0], len(names)) + (1,) * (like.ndim - 1))
-        return tuple(g[:, k, ...] for k in range(len(names)))
-
-    def _torch_coefs(self, names: tuple[str, ...], t: Any, like: Any) -> tuple[Any, ...]:
-        """``coefs`` for torch: one ``index_select`` from a cached (K, T) table, then unbind."""
-        key = (names, "torch", like.device, like.dtype)
+        key = (names, xp.__name__, dev, like.dtype)  # devices and dtypes hash in every namespace
         table = self._cache.get(key)  # type: ignore[attr-defined]
         if table is None:
-            import torch
-
-            table = torch.from_numpy(np.stack([getattr(self, n) for n in names])).to(like.device, like.dtype)
+            table = _convert(np.stack([getattr(self, n) for n in names]), xp, dev, like.dtype)
             if is_concrete(table):
                 self._cache[key] = table  # type: ignore[attr-defined]
-        g = table.index_select(1, t)
-        return g.view((len(names), t.shape[0]) + (1,) * (like.ndim - 1)).unbind(0)
+        g = xp.reshape(take_along(table, t, 1, xp), (len(names), t.shape[0]) + (1,) * (like.ndim - 1))
+        return tuple(g[k, ...] for k in range(len(names)))
 
     def __repr__(self) -> str:
         respaced = "" if np.array_equal(self.timesteps, np.arange(len(self.betas))) else ", respaced"
