@@ -18,6 +18,7 @@ from ddpm_core.models.presets import (
     get_preset,
     list_presets,
     output_channels,
+    unet_config,
     with_head,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "get_preset",
     "list_presets",
     "output_channels",
+    "unet_config",
     "parameter_shapes",
     "timestep_frequencies",
     "unet_plan",

@@ -32,6 +32,7 @@ __all__ = [
     "get_preset",
     "list_presets",
     "output_channels",
+    "unet_config",
     "with_head",
 ]
 
@@ -187,6 +188,25 @@ def with_head(config: UNetConfig, *, prediction: str = "eps",
     """
     out = output_channels(config.in_channels, prediction=prediction, variance=variance)
     return dataclasses.replace(config, out_channels=out)
+
+
+def unet_config(preset_or_config: Preset | UNetConfig | str, *, prediction: str = "eps",
+                variance: str = "fixed_small") -> UNetConfig:
+    """The U-Net config of a preset, a preset name or a config, with the head for the
+    parameterisation (what both backends' ``build_unet`` build).
+
+    Examples
+    --------
+    >>> unet_config("tiny", variance="learned_range").out_channels
+    2
+    """
+    if isinstance(preset_or_config, str):
+        preset_or_config = get_preset(preset_or_config)
+    config = preset_or_config.unet if isinstance(preset_or_config, Preset) else preset_or_config
+    if not isinstance(config, UNetConfig):
+        raise TypeError(f"preset_or_config must be a Preset, UNetConfig or preset name, "
+                        f"got {type(preset_or_config).__name__}")
+    return with_head(config, prediction=prediction, variance=variance)
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,9 @@ from ddpm_core.models import (
     LevelSpec,
     Preset,
     UNetConfig,
-    get_preset,
     timestep_frequencies,
+    unet_config,
     unet_plan,
-    with_head,
 )
 
 __all__ = ["UNet", "build_unet", "init_params", "timestep_embedding"]
@@ -247,13 +246,8 @@ def build_unet(preset_or_config: Preset | UNetConfig | str, prediction: str = "e
     dtype : jax dtype
         Compute dtype; parameters are float32.
     """
-    if isinstance(preset_or_config, str):
-        preset_or_config = get_preset(preset_or_config)
-    config = preset_or_config.unet if isinstance(preset_or_config, Preset) else preset_or_config
-    if not isinstance(config, UNetConfig):
-        raise TypeError(f"preset_or_config must be a Preset, UNetConfig or preset name, "
-                        f"got {type(preset_or_config).__name__}")
-    return UNet(config=with_head(config, prediction=prediction, variance=variance), dtype=dtype)
+    config = unet_config(preset_or_config, prediction=prediction, variance=variance)
+    return UNet(config=config, dtype=dtype)
 
 
 def _dummy_inputs(config: UNetConfig) -> tuple[jax.Array, jax.Array]:

@@ -31,9 +31,8 @@ from ddpm_core.models import (
     LevelSpec,
     Preset,
     UNetConfig,
-    get_preset,
+    unet_config,
     unet_plan,
-    with_head,
 )
 
 __all__ = ["UNet", "build_unet", "timestep_embedding"]
@@ -302,10 +301,4 @@ def build_unet(preset_or_config: Preset | UNetConfig | str, prediction: str = "e
     >>> build_unet("tiny", variance="learned_range").config.out_channels
     2
     """
-    if isinstance(preset_or_config, str):
-        preset_or_config = get_preset(preset_or_config)
-    config = preset_or_config.unet if isinstance(preset_or_config, Preset) else preset_or_config
-    if not isinstance(config, UNetConfig):
-        raise TypeError(f"preset_or_config must be a Preset, UNetConfig or preset name, "
-                        f"got {type(preset_or_config).__name__}")
-    return UNet(with_head(config, prediction=prediction, variance=variance))
+    return UNet(unet_config(preset_or_config, prediction=prediction, variance=variance))
