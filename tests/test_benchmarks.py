@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_steps.py"
+from ddpm_testing import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_steps", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_steps")
 
 
 def _first(result) -> np.ndarray:

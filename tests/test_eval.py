@@ -194,23 +194,14 @@ def test_shared_latent_rejects_bad_t(tiny_run):
         te.shared_latent(tiny_run, ts=(T_TEST,))
 
 
-def _ablation_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
-    spec = importlib.util.spec_from_file_location("ablation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ablation_measures_each_row_once(tiny_run, tmp_path, monkeypatch):
     import shutil
 
+    from ddpm_testing import load_benchmark
+
     from ddpm_core.backends.torch import evaluation as te
 
-    ablation = _ablation_module()
+    ablation = load_benchmark("ablation")
     root = tmp_path / "ablation"
     shutil.copytree(tiny_run, root / "eps-L_simple-fixed")  # a finished row (step 0 >= --steps 0)
     argv = ["--root", str(root), "--steps", "0", "--fid-n", "0", "--bpd-n", "1", "--rows", "1"]

@@ -327,3 +327,15 @@ def table_factor(betas, dtype, base: float = DEFAULT_FACTOR) -> float:
     b = np.asarray(betas, dtype=np.float64)
     table_err = (8 * len(b) + 4.0 / b[0]) * np.finfo(np.float64).eps
     return base + table_err / eps_of(dtype)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (benchmarks are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -19,15 +19,6 @@ from safetensors.torch import load_file  # noqa: E402
 from ddpm_core.backends.torch import api, checkpoint  # noqa: E402
 from ddpm_core.runs import TrainOptions, read_run_json  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # every source of randomness on: dropout, flips, importance-sampled t, a learned variance
 RANDOM = dict(preset="tiny", log_every=1, progress=False, sample_n=2, dropout=0.1,
               random_flip=True, timestep_sampler="loss-second-moment", loss="hybrid",

@@ -13,14 +13,6 @@ from ddpm_core.backends.torch.unet import UNet  # noqa: E402
 from ddpm_core.models import get_preset, with_head  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _net(variance="fixed_small", seed=0):
     torch.manual_seed(seed)
     net = UNet(with_head(get_preset("tiny").unet, variance=variance))

@@ -15,14 +15,6 @@ from ddpm_core.backends.torch.unet import UNet  # noqa: E402
 from ddpm_core.runs import TrainOptions, read_run_json  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def options(tmp_path, **kw):
     base = dict(preset="tiny", out=str(tmp_path / "run"), steps=4, log_every=1, ckpt_every=0,
                 progress=False, sample_n=4)
