@@ -335,13 +335,14 @@ class Schedule:
         if isinstance(t, int):
             return tuple(float(getattr(self, n)[t]) for n in names)
         dev = device_of(like)
-        key = (names, xp.__name__, dev, like.dtype)  # devices and dtypes hash in every namespace
+        key = (names, xp.__name__, dev, like.dtype, like.ndim)  # devices, dtypes hash everywhere
         table = self._cache.get(key)  # type: ignore[attr-defined]
-        if table is None:
-            table = _convert(np.stack([getattr(self, n) for n in names]), xp, dev, like.dtype)
+        if table is None:  # (K, T, 1, ..., 1): a gather along axis 1 is already broadcastable
+            stacked = np.stack([getattr(self, n) for n in names])
+            table = _convert(stacked.reshape(stacked.shape + (1,) * (like.ndim - 1)), xp, dev, like.dtype)
             if is_concrete(table):
                 self._cache[key] = table  # type: ignore[attr-defined]
-        g = xp.reshape(take_along(table, t, 1, xp), (len(names), t.shape[0]) + (1,) * (like.ndim - 1))
+        g = take_along(table, t, 1, xp)
         return tuple(g[k, ...] for k in range(len(names)))
 
     def __repr__(self) -> str:
