@@ -39,10 +39,12 @@ ROWS = (
 
 def run_row(name: str, settings: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """Train one row (or reuse a finished run) and evaluate it."""
-    from ddpm_core import evaluation
+    from ddpm_core.app import evaluation
+    from ddpm_core.app.atomic import atomic_write_json
+    from ddpm_core.app.options import TrainOptions
+    from ddpm_core.app.rundir import RunPaths, read_run_json
     from ddpm_core.backends.torch import api
     from ddpm_core.backends.torch import evaluation as te
-    from ddpm_core.runs import RunPaths, TrainOptions, atomic_write_json, read_run_json
 
     out = Path(args.root) / name.replace(", ", "-").replace(" ", "_")
     done = RunPaths.of(out).run_json.is_file() and read_run_json(out)["step"] >= args.steps
@@ -104,7 +106,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_core.runs import atomic_write_bytes
+    from ddpm_core.app.atomic import atomic_write_bytes
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="runs/ablation")

@@ -1,8 +1,8 @@
-"""``python -m ddpm_core`` is the ``ddpm`` command."""
+"""``python -m ddpm_core`` is the ``ddpm`` command (``ddpm_core.app.cli``)."""
 
 import sys
 
-from ddpm_core.cli import main
+from ddpm_core.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from ddpm_core import cli
+from ddpm_core.app import cli
 
 COMMANDS = ("train", "sample", "progressive", "interpolate", "presets")
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from ddpm_core import cli, evaluation
+from ddpm_core.app import cli, evaluation
 
 T_TEST = 20
 
@@ -21,10 +21,10 @@ T_TEST = 20
 def tiny_run(tmp_path_factory):
     torch = pytest.importorskip("torch")
     pytest.importorskip("sklearn")
+    from ddpm_core.app.rundir import RunPaths, write_run_json
     from ddpm_core.backends.torch import checkpoint as ckpt
     from ddpm_core.backends.torch.unet import UNet
     from ddpm_core.models import get_preset
-    from ddpm_core.runs import RunPaths, write_run_json
 
     run = tmp_path_factory.mktemp("tiny-eval")
     preset = get_preset("tiny")

@@ -1,13 +1,13 @@
 """The JAX backend's interface to the ``ddpm`` command.
 
 The same functions, arguments and results as ``ddpm_core.backends.torch.api``; both read
-and write the run directory described in ``ddpm_core.runs``. Sampling only needs
+and write the run directory described in ``ddpm_core.app.rundir``. Sampling only needs
 ``run.json`` and ``ema.safetensors`` (canonical layout), so it works on a run trained by
 either backend.
 
 Examples
 --------
->>> from ddpm_core.runs import TrainOptions
+>>> from ddpm_core.app.options import TrainOptions
 >>> opts = TrainOptions(preset="tiny", out="runs/tiny", backend="jax", steps=20)
 >>> summary = train(opts)  # doctest: +SKIP
 >>> images = sample("runs/tiny", n=16, sampler="ddim", steps=20)  # doctest: +SKIP
@@ -25,6 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from ddpm_core.app.chains import interpolation_sources
+from ddpm_core.app.options import TrainOptions
+from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.sampling import (
     Chain,
@@ -36,13 +39,6 @@ from ddpm_core.backends.jax.sampling import (
 from ddpm_core.backends.jax.training import compute_dtype, pick_devices
 from ddpm_core.backends.jax.training import train as _train
 from ddpm_core.backends.jax.unet import UNet, param_shapes
-from ddpm_core.runs import (
-    RunPaths,
-    TrainOptions,
-    interpolation_sources,
-    make_schedule,
-    read_run_json,
-)
 
 __all__ = ["interpolate", "load_run", "param_count", "progressive", "sample", "train"]
 

@@ -1,6 +1,6 @@
 """Checkpoints of the JAX backend: safetensors only (nothing pickled), written atomically.
 
-Files in the run directory (``ddpm_core.runs.RunPaths``):
+Files in the run directory (``ddpm_core.app.rundir.RunPaths``):
 
 ``state-jax.safetensors``
     The resumable state, in **one** file so that it is replaced atomically as a whole:
@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ddpm_core.app.rundir import RunPaths
 from ddpm_core.backends.convert import (
     flax_to_torch,
     load_safetensors,
@@ -35,7 +36,6 @@ from ddpm_core.backends.convert import (
     torch_to_flax,
 )
 from ddpm_core.models import UNetConfig
-from ddpm_core.runs import RunPaths
 
 __all__ = [
     "STATE_FORMAT",

@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_core.backends.jax import api
-from ddpm_core.backends.jax.unet import UNet
-from ddpm_core.evaluation import (
+from ddpm_core.app.evaluation import (
     batch_noise_fn,
     check_positive_int,
     heldout_images,
     summarize_bpd,
 )
+from ddpm_core.backends.jax import api
+from ddpm_core.backends.jax.unet import UNet
 
 __all__ = ["bpd"]
 

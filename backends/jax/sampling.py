@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_core import ddim_step, ddpm_step, q_sample
-from ddpm_core.runs import SAMPLERS, chain_schedule, to_uint8
+from ddpm_core.app.chains import SAMPLERS, chain_schedule
+from ddpm_core.app.images import to_uint8
 from ddpm_core.schedules import Schedule
 
 __all__ = [

@@ -1,11 +1,11 @@
 """The PyTorch backend's interface to the ``ddpm`` command.
 
 The JAX backend (``ddpm_core.backends.jax.api``) has the same functions; both read and
-write the run directory described in ``ddpm_core.runs``.
+write the run directory described in ``ddpm_core.app.rundir``.
 
 Examples
 --------
->>> from ddpm_core.runs import TrainOptions
+>>> from ddpm_core.app.options import TrainOptions
 >>> summary = train(TrainOptions(preset="tiny", out="runs/tiny", steps=20))  # doctest: +SKIP
 >>> images = sample("runs/tiny", n=16, sampler="ddim", steps=20)  # doctest: +SKIP
 >>> images.shape, images.dtype  # doctest: +SKIP
@@ -21,19 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm_core.app.chains import interpolation_sources
+from ddpm_core.app.images import to_uint8
+from ddpm_core.app.options import TrainOptions
+from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch import sampling
 from ddpm_core.backends.torch.training import pick_device
 from ddpm_core.backends.torch.training import train as _train
 from ddpm_core.backends.torch.unet import UNet
-from ddpm_core.runs import (
-    RunPaths,
-    TrainOptions,
-    interpolation_sources,
-    make_schedule,
-    read_run_json,
-    to_uint8,
-)
 
 __all__ = ["interpolate", "load_run", "param_count", "progressive", "sample", "train"]
 

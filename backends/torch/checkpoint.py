@@ -1,6 +1,6 @@
 """Checkpoints of the PyTorch backend: safetensors only, written atomically.
 
-Files in the run directory (``ddpm_core.runs.RunPaths``):
+Files in the run directory (``ddpm_core.app.rundir.RunPaths``):
 
 ``state-torch.safetensors``
     The resumable state, in **one** file so that it is replaced atomically as a whole:
@@ -29,7 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as _save_bytes
 
-from ddpm_core.runs import RunPaths, atomic_write_bytes
+from ddpm_core.app.atomic import atomic_write_bytes
+from ddpm_core.app.rundir import RunPaths
 
 __all__ = [
     "STATE_KEY",

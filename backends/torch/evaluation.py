@@ -3,7 +3,7 @@
 Every one of the T terms of eq. (5) is evaluated by the core's
 :func:`ddpm_core.bits_per_dim` (T network calls per batch) on the first ``n`` images of the
 run's held-out split. The noise of image j at step t is ``default_rng([seed, j, t])``
-(``ddpm_core.evaluation.batch_noise_fn``), the same as the JAX backend's, so both backends
+(``ddpm_core.app.evaluation.batch_noise_fn``), the same as the JAX backend's, so both backends
 give the same numbers on the same weights.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm_core.backends.torch import api
-from ddpm_core.evaluation import (
+from ddpm_core.app.evaluation import (
     batch_noise_fn,
     check_positive_int,
     heldout_images,
     summarize_bpd,
 )
+from ddpm_core.backends.torch import api
 
 __all__ = ["bpd", "shared_latent"]
 
@@ -93,9 +93,9 @@ def shared_latent(run_dir: str | os.PathLike, *, index: int = 0,
     and the ``k`` decodes.
     """
     from ddpm_core import interpolate, q_sample
+    from ddpm_core.app.images import to_uint8
     from ddpm_core.backends.torch.sampling import model_fn
     from ddpm_core.data import to_model_range
-    from ddpm_core.runs import to_uint8
 
     k = check_positive_int("k", k)
     net, schedule, info = api.load_run(run_dir, use_ema=use_ema, device=device)

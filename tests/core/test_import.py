@@ -13,7 +13,8 @@ import tempfile
 import pytest
 
 FRAMEWORKS = ("torch", "jax", "jaxlib", "flax", "optax", "tensorflow")
-MODULES = ("ddpm_core", "ddpm_core.models", "ddpm_core.cli", "ddpm_core.data", "ddpm_core.runs")
+MODULES = ("ddpm_core", "ddpm_core.models", "ddpm_core.app.cli", "ddpm_core.app.trainer", "ddpm_core.data",
+           "ddpm_core.runs")
 
 _SCRIPT = """
 import importlib, importlib.util, json, sys

@@ -104,10 +104,10 @@ def test_mismatch_and_garbage_fail_with_the_file_name(setup, tmp_path):
 def test_torch_run_samples_with_jax(tmp_path):
     """A run directory whose weights were written by the PyTorch backend samples with JAX."""
     torch = pytest.importorskip("torch")
+    from ddpm_core.app.rundir import schedule_dict, write_run_json
     from ddpm_core.backends.jax import api
     from ddpm_core.backends.torch.checkpoint import save_weights
     from ddpm_core.backends.torch.unet import UNet
-    from ddpm_core.runs import schedule_dict, write_run_json
 
     preset = get_preset("tiny")
     torch.manual_seed(0)

@@ -23,16 +23,16 @@ pytest.importorskip("sklearn")
 SCRIPT = textwrap.dedent("""
     import dataclasses, json, sys
     import jax, numpy as np
-    from ddpm_core.runs import TrainOptions
+    from ddpm_core.app import trainer
+    from ddpm_core.app.options import TrainOptions, resolve_options
     from ddpm_core.backends.jax import sampling as sample, training as tr
 
     assert len(jax.devices()) == 2, jax.devices()
     opts = TrainOptions(preset="tiny", out="unused", backend="jax", batch_size=8)
-    preset, unet, train = tr.resolve_options(opts)
+    preset, unet, train = resolve_options(opts)
     # A one-level U-Net: the property under test is the sharding, and it compiles fast.
     unet = dataclasses.replace(unet, ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4)
-    data = tr._load_train_data(opts, preset, unet)
-    T = train.num_timesteps
+    data = trainer._load_train_data(opts, preset, unet)
     result = {}
     key = sample.seed_key(opts.seed)
     mesh1 = tr.make_mesh(jax.devices()[:1])
@@ -46,8 +46,8 @@ SCRIPT = textwrap.dedent("""
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         losses = []
         for s in range(3):
-            arrays = tr.host_batch(data, opts, train, s, T, None)
-            x0, t, w = (jax.device_put(a, sharding) for a in arrays)
+            batch = trainer.host_batch(data, opts.seed, s, train, None)
+            x0, t, w = tr.device_batch(batch, sharding)
             if n == 2:
                 assert len(x0.sharding.device_set) == 2
             state, m = step_fn(state, key, np.int32(s), x0, t, w)

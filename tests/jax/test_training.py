@@ -10,9 +10,10 @@ pytest.importorskip("flax")
 pytest.importorskip("optax")
 pytest.importorskip("sklearn")
 
+from ddpm_core.app.options import TrainOptions  # noqa: E402
+from ddpm_core.app.rundir import read_run_json  # noqa: E402
 from ddpm_core.backends.jax import api, checkpoint, training  # noqa: E402
 from ddpm_core.backends.jax.training import NonFiniteLossError  # noqa: E402
-from ddpm_core.runs import TrainOptions, read_run_json  # noqa: E402
 
 STEPS = 24
 
@@ -80,13 +81,15 @@ def test_resume_needs_a_checkpoint(tmp_path):
 
 
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = training.host_batch
+    real = training.device_batch
+    calls = {"n": 0}
 
-    def poisoned(data, opts, train, step, *args, **kw):
-        x0, t, w = real(data, opts, train, step, *args, **kw)
-        return (x0 * np.nan if step >= 6 else x0), t, w
+    def poisoned(batch, sharding):
+        calls["n"] += 1  # call n is step n - 1
+        x0, t, w = real(batch, sharding)
+        return (x0 * np.nan if calls["n"] >= 7 else x0), t, w
 
-    monkeypatch.setattr(training, "host_batch", poisoned)
+    monkeypatch.setattr(training, "device_batch", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"step 7.*\(step 4\)"):
         api.train(options(out, ckpt_every=4, log_every=4, steps=12))

@@ -25,7 +25,7 @@ from safetensors.torch import load_file  # noqa: E402
 _WORKER = """
 import sys, torch
 torch.set_num_threads(1)
-from ddpm_core.runs import TrainOptions
+from ddpm_core.app.options import TrainOptions
 from ddpm_core.backends.torch import api
 api.train(TrainOptions(preset="tiny", out=sys.argv[1], steps=5, batch_size=8, log_every=1,
                        ckpt_every=0, progress=False, sample_n=1, random_flip=True))

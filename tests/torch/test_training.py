@@ -9,10 +9,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 import ddpm_core  # noqa: E402
+from ddpm_core.app.options import TrainOptions  # noqa: E402
+from ddpm_core.app.rundir import read_run_json  # noqa: E402
 from ddpm_core.backends.torch import api, checkpoint  # noqa: E402
 from ddpm_core.backends.torch.training import NonFiniteLossError  # noqa: E402
 from ddpm_core.backends.torch.unet import UNet  # noqa: E402
-from ddpm_core.runs import TrainOptions, read_run_json  # noqa: E402
 
 
 def options(tmp_path, **kw):

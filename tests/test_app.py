@@ -1,4 +1,5 @@
-"""ddpm_core.runs: options, run.json, atomic files, CSV log, determinism, images (NumPy only)."""
+"""The application layer (ddpm_core.app): options, run.json, atomic files, CSV log, determinism,
+images (NumPy only), and the ddpm_core.runs compatibility names."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from ddpm_core import runs
-from ddpm_core.runs import TrainOptions
+from ddpm_core.app import atomic, images, logs, options, rundir, seeding
+from ddpm_core.app.options import TrainOptions
 
 # --------------------------------------------------------------------------- options
 
@@ -59,7 +61,7 @@ def test_options_are_frozen_and_replace_validates():
 def test_resolve_options_applies_overrides_to_the_preset():
     o = TrainOptions(preset="tiny", out="x", steps=7, lr=3e-4, batch_size=4, warmup=0,
                      loss="hybrid", variance="learned_range", dropout=0.2)
-    preset, unet, train = runs.resolve_options(o)
+    preset, unet, train = options.resolve_options(o)
     assert (train.num_steps, train.lr, train.batch_size, train.warmup_steps) == (7, 3e-4, 4, 0)
     assert unet.out_channels == 2 * preset.channels and unet.dropout == 0.2
     assert preset.train.num_steps != 7  # the preset itself is untouched
@@ -69,22 +71,22 @@ def test_resolve_options_applies_overrides_to_the_preset():
 
 def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path):
     path = tmp_path / "sub" / "f.bin"
-    runs.atomic_write_bytes(path, b"one")
-    runs.atomic_write_bytes(path, b"two")
+    atomic.atomic_write_bytes(path, b"one")
+    atomic.atomic_write_bytes(path, b"two")
     assert path.read_bytes() == b"two"
     assert sorted(p.name for p in path.parent.iterdir()) == ["f.bin"]
 
 
 def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "f.json"
-    runs.atomic_write_json(path, {"a": 1})
+    atomic.atomic_write_json(path, {"a": 1})
 
     def boom(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        runs.atomic_write_json(path, {"a": 2})
+        atomic.atomic_write_json(path, {"a": 2})
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
@@ -93,7 +95,7 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
 def test_atomic_write_respects_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        runs.atomic_write_bytes(tmp_path / "f", b"x")
+        atomic.atomic_write_bytes(tmp_path / "f", b"x")
     finally:
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
@@ -105,117 +107,127 @@ def _write(run_dir, **kw):
                                                "beta_start": 1e-4, "beta_end": 0.02},
                 prediction="eps", variance="fixed_small", data="digits", step=3)
     args.update(kw)
-    return runs.write_run_json(run_dir, **args)
+    return rundir.write_run_json(run_dir, **args)
 
 
 def test_run_json_round_trip(tmp_path):
     written = _write(tmp_path, step=np.int64(5))
-    read = runs.read_run_json(tmp_path)
+    read = rundir.read_run_json(tmp_path)
     assert read == written and read["format"] == 1 and read["step"] == 5
     assert read["unet"]["ch_mult"] == [1, 2]
 
 
 def test_run_json_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="run.json"):
-        runs.read_run_json(tmp_path)
+        rundir.read_run_json(tmp_path)
     (tmp_path / "run.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"run\.json: not a readable"):
-        runs.read_run_json(tmp_path)
+        rundir.read_run_json(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(ValueError, match="format 99 is not supported"):
-        runs.read_run_json(tmp_path)
+        rundir.read_run_json(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"format": 1, "backend": "torch"}))
     with pytest.raises(ValueError, match="missing keys"):
-        runs.read_run_json(tmp_path)
+        rundir.read_run_json(tmp_path)
     with pytest.raises(ValueError, match="prediction must be one of"):
         _write(tmp_path, prediction="noise")
 
 
 def test_schedule_dict_round_trips_through_make_schedule():
-    train = runs.resolve_options(TrainOptions(preset="tiny", out="x"))[2]
-    sched = runs.make_schedule(runs.schedule_dict(train))
+    train = options.resolve_options(TrainOptions(preset="tiny", out="x"))[2]
+    sched = rundir.make_schedule(rundir.schedule_dict(train))
     assert sched.num_timesteps == train.num_timesteps
     np.testing.assert_allclose(sched.betas[[0, -1]], [train.beta_start, train.beta_end])
     with pytest.raises(ValueError, match="schedule name must be one of"):
-        runs.make_schedule({"name": "exp", "num_timesteps": 10})
+        rundir.make_schedule({"name": "exp", "num_timesteps": 10})
 
 
 # --------------------------------------------------------------------------- CSV log
 
 def test_csv_log_resume_drops_rows_after_the_checkpoint(tmp_path):
-    log = runs.CsvLog(tmp_path / "log.csv", ["step", "loss"])
+    log = logs.CsvLog(tmp_path / "log.csv", ["step", "loss"])
     for s in (10, 20, 30):
         log.append({"step": s, "loss": 1.0 / s})
-    resumed = runs.CsvLog(tmp_path / "log.csv", ["step", "loss"], resume_step=20)
+    resumed = logs.CsvLog(tmp_path / "log.csv", ["step", "loss"], resume_step=20)
     assert [r["step"] for r in resumed.read()] == ["10", "20"]
-    fresh = runs.CsvLog(tmp_path / "log.csv", ["step", "loss"])
+    fresh = logs.CsvLog(tmp_path / "log.csv", ["step", "loss"])
     assert fresh.read() == []
 
 
 # --------------------------------------------------------------------------- determinism
 
 def test_step_seed_depends_only_on_its_arguments():
-    assert runs.step_seed(0, 5) == runs.step_seed(0, 5)
-    seeds = {runs.step_seed(s, k, j) for s in range(3) for k in range(3) for j in range(3)}
+    assert seeding.step_seed(0, 5) == seeding.step_seed(0, 5)
+    seeds = {seeding.step_seed(s, k, j) for s in range(3) for k in range(3) for j in range(3)}
     assert len(seeds) == 27
     assert all(0 <= s < 2**63 for s in seeds)
 
 
 def test_batch_indices_visit_every_example_once_per_epoch():
     n, b = 10, 4
-    seq = np.concatenate([runs.batch_indices(3, s, n, b) for s in range(5)])  # 20 = 2 epochs
+    seq = np.concatenate([seeding.batch_indices(3, s, n, b) for s in range(5)])  # 20 = 2 epochs
     assert sorted(seq[:10]) == list(range(10)) and sorted(seq[10:]) == list(range(10))
     assert not np.array_equal(seq[:10], seq[10:])  # a new permutation each epoch
     assert not np.array_equal(seq, np.concatenate(
-        [runs.batch_indices(4, s, n, b) for s in range(5)]))  # depends on the seed
+        [seeding.batch_indices(4, s, n, b) for s in range(5)]))  # depends on the seed
 
 
 def test_batch_indices_of_ranks_tile_the_global_batch():
     for step in range(4):
-        whole = runs.batch_indices(1, step, 7, 6)
-        parts = [runs.batch_indices(1, step, 7, 6, rank=r, world_size=3) for r in range(3)]
+        whole = seeding.batch_indices(1, step, 7, 6)
+        parts = [seeding.batch_indices(1, step, 7, 6, rank=r, world_size=3) for r in range(3)]
         np.testing.assert_array_equal(np.concatenate(parts), whole)
-        flips = [runs.flip_mask(1, step, 6, rank=r, world_size=3) for r in range(3)]
-        np.testing.assert_array_equal(np.concatenate(flips), runs.flip_mask(1, step, 6))
+        flips = [seeding.flip_mask(1, step, 6, rank=r, world_size=3) for r in range(3)]
+        np.testing.assert_array_equal(np.concatenate(flips), seeding.flip_mask(1, step, 6))
     with pytest.raises(ValueError, match="divisible by world_size"):
-        runs.batch_indices(0, 0, 10, 5, world_size=2)
+        seeding.batch_indices(0, 0, 10, 5, world_size=2)
     with pytest.raises(ValueError, match="rank must be in"):
-        runs.batch_indices(0, 0, 10, 4, rank=2, world_size=2)
+        seeding.batch_indices(0, 0, 10, 4, rank=2, world_size=2)
 
 
 # --------------------------------------------------------------------------- images
 
 def test_to_uint8_inverts_the_model_scaling():
     u = np.arange(256, dtype=np.uint8)
-    np.testing.assert_array_equal(runs.to_uint8(u / 127.5 - 1.0), u)
-    np.testing.assert_array_equal(runs.to_uint8(np.array([-3.0, 3.0])), [0, 255])
+    np.testing.assert_array_equal(images.to_uint8(u / 127.5 - 1.0), u)
+    np.testing.assert_array_equal(images.to_uint8(np.array([-3.0, 3.0])), [0, 255])
 
 
 def test_image_grid_places_every_image():
     imgs = np.stack([np.full((3, 4, 1), k, np.uint8) for k in range(5)])
-    grid = runs.image_grid(imgs, ncols=2, pad=1, pad_value=255)
+    grid = images.image_grid(imgs, ncols=2, pad=1, pad_value=255)
     assert grid.shape == (3 * 4 + 1, 2 * 5 + 1, 1)
     assert grid[1, 1, 0] == 0 and grid[1 + 4, 1 + 5, 0] == 3 and grid[1 + 8, 1, 0] == 4
     assert grid[1 + 8, 1 + 5, 0] == 255  # empty cell
     with pytest.raises(ValueError, match="uint8 array of shape"):
-        runs.image_grid(imgs.astype(np.float32))
+        images.image_grid(imgs.astype(np.float32))
 
 
 def test_save_png_round_trips(tmp_path):
     pil = pytest.importorskip("PIL.Image")
     img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    runs.save_png(tmp_path / "a.png", img)
+    images.save_png(tmp_path / "a.png", img)
     np.testing.assert_array_equal(np.asarray(pil.open(tmp_path / "a.png")), img)
-    runs.save_png(tmp_path / "g.png", img[:, :, :1])
+    images.save_png(tmp_path / "g.png", img[:, :, :1])
     assert np.asarray(pil.open(tmp_path / "g.png")).shape == (5, 7)
     with pytest.raises(ValueError, match="image must be uint8"):
-        runs.save_png(tmp_path / "b.png", img[:, :, :2])
+        images.save_png(tmp_path / "b.png", img[:, :, :2])
 
 
-def test_runs_imports_no_framework(tmp_path):
-    code = ("import sys, ddpm_core.runs, ddpm_core.data, ddpm_core.cli;"
+def test_app_imports_no_framework(tmp_path):
+    code = ("import sys, ddpm_core.runs, ddpm_core.data, ddpm_core.app.cli, ddpm_core.app.trainer,"
+            " ddpm_core.app.evaluation;"
             "bad = [m for m in ('torch', 'jax', 'flax', 'PIL', 'sklearn', 'mlxtend')"
             " if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_runs_keeps_the_documented_names():
+    from ddpm_core.app import chains, trainer
+
+    assert runs.TrainOptions is options.TrainOptions and runs.RunPaths is rundir.RunPaths
+    assert runs.chain_schedule is chains.chain_schedule and runs.step_seed is seeding.step_seed
+    assert set(runs.__all__) <= set(dir(runs))
+    assert trainer.host_batch.__module__ == "ddpm_core.app.trainer"

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core import runs
+from ddpm_core.app import rundir
+from ddpm_core.app.atomic import atomic_write_bytes
 
 __all__ = [
     "BPD_KEYS",
@@ -148,8 +149,8 @@ def write_rate_distortion(prefix: str | os.PathLike, table: np.ndarray) -> tuple
         writer.writerow([int(t), f"{rate:.9g}", f"{dist:.9g}"])
     csv_path = prefix.with_name(prefix.name + ".csv")
     png_path = prefix.with_name(prefix.name + ".png")
-    runs.atomic_write_bytes(csv_path, buf.getvalue().encode())
-    runs.atomic_write_bytes(png_path, _plot_png(table))
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    atomic_write_bytes(png_path, _plot_png(table))
     return csv_path, png_path
 
 
@@ -235,7 +236,7 @@ def fid_report(run_dir: str | os.PathLike, samples: np.ndarray, *,
                          f"{samples.dtype} {samples.shape}")
     if reference_n is not None and (isinstance(reference_n, bool) or reference_n < 2):
         raise ValueError(f"reference_n must be an integer >= 2; got {reference_n!r}")
-    info = runs.read_run_json(run_dir)
+    info = rundir.read_run_json(run_dir)
     cache = Path(cache_dir) if cache_dir is not None else Path(run_dir) / "fid-cache"
     extract = extractor if extractor is not None else inception.InceptionFeatures()
     data = str(info["data"])

@@ -1,0 +1,52 @@
+"""The ``ddpm`` command (also ``python -m ddpm_core``).
+
+Subcommands::
+
+    ddpm train --backend torch --preset mnist --out runs/mnist [--steps N] [--resume] ...
+    ddpm sample --run runs/mnist --n 64 [--sampler ddpm|ddim --steps K --eta E] --out s.png
+    ddpm progressive --run runs/mnist --n 8 --frames 10 --out progressive.png   (Figure 6)
+    ddpm interpolate --run runs/mnist --pair 0 1 --t 500 --out interp.png       (Figure 8)
+    ddpm presets [--json]
+    ddpm eval bpd --run runs/mnist --n 100 [--json]               (the bound, bits/dim)
+    ddpm eval rate-distortion --run runs/mnist --n 100 --out rd   (Figure 5: rd.csv, rd.png)
+    ddpm eval fid --run runs/mnist --n 500 [--sampler ddim --steps 50] [--json]
+    ddpm eval shared-latent --run runs/mnist --t 250 500 750 --k 6 --out fig7.png (Figure 7)
+
+The parser is in ``parser``, the subcommands in ``commands`` and ``evaluate``. Backends are
+imported only when a subcommand needs one; a missing framework is reported with the extra
+to install. This package imports neither framework.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ddpm_core.app.cli.backends import BackendUnavailable, load_backend
+from ddpm_core.app.cli.commands import cmd_interpolate, cmd_presets, cmd_progressive, cmd_sample, cmd_train
+from ddpm_core.app.cli.evaluate import cmd_eval
+from ddpm_core.app.cli.parser import build_parser
+
+__all__ = ["BackendUnavailable", "build_parser", "load_backend", "main"]
+
+_COMMANDS = {"sample": cmd_sample, "progressive": cmd_progressive,
+             "interpolate": cmd_interpolate, "presets": cmd_presets, "eval": cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ddpm``; returns the exit status (2 for usage errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args, parser)
+        return _COMMANDS[args.command](args)
+    except (BackendUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # NaN/inf loss (NonFiniteLossError)
+        print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ddpm {args.command}: interrupted", file=sys.stderr)
+        return 130

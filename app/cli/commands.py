@@ -1,0 +1,122 @@
+"""The subcommands that train, sample and list: one short function each, which calls one
+library function and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_core.app.cli.backends import (
+    BackendUnavailable,
+    call,
+    default_train_backend,
+    installed,
+    load_backend,
+    run_backend,
+)
+from ddpm_core.app.images import image_grid, save_npz, save_png
+from ddpm_core.app.options import BACKENDS, TrainOptions, resolve_options
+from ddpm_core.app.rundir import read_run_json
+
+__all__ = ["cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "cmd_train",
+           "write_grid"]
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    backend = args.backend or default_train_backend()
+    try:
+        options = TrainOptions(
+            preset=args.preset, out=args.out, backend=backend, steps=args.steps,
+            resume=args.resume, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+            warmup=args.warmup, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+            dropout=args.dropout, random_flip=args.flip, loss=args.loss,
+            prediction=args.prediction, variance=args.variance,
+            timestep_sampler=args.timestep_sampler, data=args.data, log_every=args.log_every,
+            sample_every=args.sample_every, ckpt_every=args.ckpt_every,
+            sample_n=args.sample_n, compile=args.compile, device=args.device,
+            progress=not args.quiet)
+        resolve_options(options)
+    except ValueError as e:
+        parser.error(str(e))
+    summary = load_backend(backend).train(options)
+    print(f"trained {summary['steps_run']} steps (now at step {summary['steps']}) in "
+          f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s, final loss "
+          f"{summary['final_loss']:.4f}; run directory {summary['run_dir']}")
+    return 0
+
+
+def write_grid(out: str, grid_images: np.ndarray, arrays: dict[str, np.ndarray],
+               ncols: int | None = None) -> None:
+    """A PNG grid at ``out`` and the arrays in an .npz beside it."""
+    path = Path(out)
+    save_png(path, image_grid(grid_images, ncols=ncols))
+    save_npz(path.with_suffix(".npz"), **arrays)
+    print(f"wrote {path} and {path.with_suffix('.npz')}")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    api = load_backend(run_backend(args.run, args.backend))
+    images = call(api.sample, args.run, n=args.n, sampler=args.sampler, steps=args.steps,
+                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                        use_ema=not args.no_ema, device=args.device, compile=args.compile)
+    write_grid(args.out, images, {"images": images})
+    return 0
+
+
+def cmd_progressive(args: argparse.Namespace) -> int:
+    api = load_backend(run_backend(args.run, args.backend))
+    frames = call(api.progressive, args.run, n=args.n, seed=args.seed, frames=args.frames,
+                             sampler=args.sampler, steps=args.steps,
+                             use_ema=not args.no_ema, device=args.device)
+    rows = frames.transpose(1, 0, 2, 3, 4).reshape(-1, *frames.shape[2:])
+    write_grid(args.out, rows, {"frames": frames}, ncols=frames.shape[0])
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    api = load_backend(run_backend(args.run, args.backend))
+    from ddpm_core.data import load_dataset
+
+    info = read_run_json(args.run)
+    pairs = args.pair or [[0, 1]]
+    try:
+        held = load_dataset(info["data"], "heldout")
+    except ValueError:
+        held = load_dataset(info["data"], "train")
+    rows, mixes = [], []
+    for i, j in pairs:
+        mixed = call(api.interpolate, args.run, seed=args.seed, t=args.t, lambdas=args.lambdas,
+                                pair=(i, j), use_ema=not args.no_ema, device=args.device)
+        rows += [held[i], *mixed, held[j]]
+        mixes.append(mixed)
+    write_grid(args.out, np.stack(rows), {"interpolations": np.stack(mixes),
+                                           "pairs": np.asarray(pairs),
+                                           "lambdas": np.asarray(args.lambdas)},
+                ncols=len(args.lambdas) + 2)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from ddpm_core.models import get_preset, list_presets
+
+    backends = {}
+    for name in BACKENDS:
+        if installed(name):
+            try:
+                backends[name] = load_backend(name)
+            except BackendUnavailable as e:
+                print(f"note: {e}", file=sys.stderr)
+    table = {p: {b: int(api.param_count(p)) for b, api in backends.items()} for p in list_presets()}
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    print(f"{'preset':<12} {'size':>9}  " + "  ".join(f"{b:>12}" for b in backends))
+    for p, counts in table.items():
+        pre = get_preset(p)
+        size = f"{pre.image_size}x{pre.image_size}x{pre.channels}"
+        print(f"{p:<12} {size:>9}  " + "  ".join(f"{counts[b]:>12,}" for b in backends))
+    return 0

@@ -1,0 +1,248 @@
+"""The ``ddpm`` argument parser: value types, options shared by several subcommands, and
+one ``_add_*`` function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ddpm_core.app.options import (
+    BACKENDS,
+    DEVICES,
+    LOSSES,
+    PREDICTIONS,
+    TIMESTEP_SAMPLERS,
+    VARIANCES,
+)
+
+__all__ = ["build_parser", "float_in", "int_at_least"]
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+# --------------------------------------------------------------------------- value types
+
+def int_at_least(low: int) -> Any:
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; got {text!r}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def float_in(low: float, high: float, *, low_open: bool = True) -> Any:
+    """An argparse type: a number in (low, high] (or [low, high])."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        ok = (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            lo = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"must be a number in {lo}{low}, {high}]; "
+                                             f"got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _lambdas(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers in [0, 1]; got {text!r}")
+    return values
+
+
+def _presets() -> list[str]:
+    from ddpm_core.models import list_presets
+
+    return list_presets()
+
+
+# --------------------------------------------------------------------------- shared options
+
+def _add_run_options(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    """--run, --backend, --seed, --no-ema, --device: every subcommand that reads a run."""
+    p.add_argument("--run", required=True, help="run directory written by `ddpm train`")
+    if backend:
+        p.add_argument("--backend", choices=BACKENDS, help="default: the run's backend")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def _add_chain_options(p: argparse.ArgumentParser, *, eta: bool) -> None:
+    """--sampler, --steps (and --eta): the chain a sampling subcommand runs."""
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--steps", type=int_at_least(1),
+                   help="sampling steps (ddpm: respaced chain; ddim: default 50)")
+    if eta:
+        p.add_argument("--eta", type=float_in(0.0, 1.0, low_open=False), default=0.0)
+
+
+def _add_json(p: argparse.ArgumentParser, fields: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print one JSON object ({fields})")
+
+
+# --------------------------------------------------------------------------- subcommands
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train (or resume) a model",
+                       description="Train a DDPM (Algorithm 1) and write a run directory. "
+                                   "Unset options take the preset's defaults.")
+    p.add_argument("--backend", choices=BACKENDS, help="default: torch if installed, else jax")
+    p.add_argument("--preset", required=True, choices=_presets())
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--steps", type=int_at_least(1), help="total optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--batch-size", type=int_at_least(1), help="global batch size")
+    p.add_argument("--lr", type=float_in(0.0, 1.0))
+    p.add_argument("--warmup", type=int_at_least(0), help="linear warm-up steps")
+    p.add_argument("--grad-clip", type=float_in(0.0, float("inf")))
+    p.add_argument("--ema-decay", type=float_in(0.0, 0.999999999, low_open=False))
+    p.add_argument("--dropout", type=float_in(0.0, 0.99, low_open=False))
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips")
+    p.add_argument("--loss", choices=LOSSES)
+    p.add_argument("--prediction", choices=PREDICTIONS)
+    p.add_argument("--variance", choices=VARIANCES)
+    p.add_argument("--timestep-sampler", choices=TIMESTEP_SAMPLERS, default="uniform")
+    p.add_argument("--data", help="mnist, digits, a folder of images, an .npz or "
+                                  "cifar-10-python.tar.gz (default: the preset's)")
+    p.add_argument("--log-every", type=int_at_least(0), default=50)
+    p.add_argument("--sample-every", type=int_at_least(0), default=0,
+                   help="write an EMA sample grid every N steps (0: only at the end)")
+    p.add_argument("--ckpt-every", type=int_at_least(0), default=1000)
+    p.add_argument("--sample-n", type=int_at_least(1), default=64)
+    p.add_argument("--compile", action="store_true", help="torch.compile on CUDA")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _add_sample(sub: Any) -> None:
+    p = sub.add_parser("sample", help="sample images from a run",
+                       description="Sample with ancestral DDPM (Algorithm 2) or DDIM; writes "
+                                   "a PNG grid and an .npz of uint8 samples.")
+    _add_run_options(p)
+    _add_chain_options(p, eta=True)
+    p.add_argument("--out", default="samples.png", help="PNG grid (an .npz is written beside it)")
+    p.add_argument("--n", type=int_at_least(1), default=64)
+    p.add_argument("--batch-size", type=int_at_least(1))
+    p.add_argument("--compile", action="store_true", help="compile the model call on CUDA")
+
+
+def _add_progressive(sub: Any) -> None:
+    p = sub.add_parser("progressive", help="x0 predictions along the chain (Figure 6)",
+                       description="Rows: samples; columns: x0_hat at evenly spaced steps.")
+    _add_run_options(p)
+    _add_chain_options(p, eta=False)
+    p.add_argument("--out", default="progressive.png",
+                   help="PNG grid (an .npz is written beside it)")
+    p.add_argument("--n", type=int_at_least(1), default=8)
+    p.add_argument("--frames", type=int_at_least(1), default=10)
+
+
+def _add_interpolate(sub: Any) -> None:
+    p = sub.add_parser("interpolate", help="interpolate held-out images through x_t (Figure 8)",
+                       description="Each row: source a, decoded mixes (1-l) x_t^a + l x_t^b, "
+                                   "source b.")
+    _add_run_options(p)
+    p.add_argument("--pair", type=int_at_least(0), nargs=2, action="append",
+                   metavar=("I", "J"), help="held-out image indices (repeatable; default 0 1)")
+    p.add_argument("--t", type=int_at_least(0), default=500, help="0-based step to encode to")
+    p.add_argument("--lambdas", type=_lambdas, default=[i / 8 for i in range(9)],
+                   help="comma-separated mixing weights in [0, 1]")
+    p.add_argument("--out", default="interpolate.png")
+
+
+def _add_presets(sub: Any) -> None:
+    p = sub.add_parser("presets", help="list presets and parameter counts",
+                       description="Every preset with its parameter count for each "
+                                   "installed backend.")
+    p.add_argument("--json", action="store_true", help="print {preset: {backend: count}}")
+
+
+def _add_eval_common(p: argparse.ArgumentParser, n_default: int) -> None:
+    _add_run_options(p)
+    p.add_argument("--n", type=int_at_least(1), default=n_default,
+                   help=f"number of images (default {n_default})")
+    p.add_argument("--batch-size", type=int_at_least(1))
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a run: bits/dim, rate-distortion, FID/KID",
+                       description="Evaluation as in the paper (Ho et al. 2020): the true "
+                                   "variational bound, its rate-distortion curve (Figure 5) "
+                                   "and FID/KID against the training split.")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+    b = esub.add_parser("bpd", help="the variational bound in bits/dim (every term)",
+                        description="The bound of eq. (5) on the first N held-out images, "
+                                    "all T terms evaluated exactly, printed as L_T, the sum "
+                                    "of L_{t-1} for t >= 2, L_0 and the total.")
+    _add_eval_common(b, 100)
+    b.add_argument("--clip", action=argparse.BooleanOptionalAction, default=False,
+                   help="clip x0_hat to [-1, 1] in the model's mean (default: no)")
+    _add_json(b, "bpd, prior, terms, decoder, n")
+    r = esub.add_parser("rate-distortion", help="rate and distortion against t (Figure 5)",
+                        description="Writes PREFIX.csv (t, rate in bits/dim, RMSE of x0_hat "
+                                    "on [0, 255]) and PREFIX.png.")
+    _add_eval_common(r, 100)
+    r.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip x0_hat to [-1, 1] (default: yes; unclipped estimates at "
+                        "large t are far outside the pixel range)")
+    r.add_argument("--out", default="rate-distortion", help="output prefix")
+    _add_eval_fid(esub)
+    _add_eval_shared_latent(esub)
+
+
+def _add_eval_fid(esub: Any) -> None:
+    f = esub.add_parser("fid", help="FID and KID of samples against the training split",
+                        description="Samples N images with the (EMA) model; FID and KID "
+                                    "against the training split, and the held-out floor "
+                                    "(N held-out images against the training split). Needs "
+                                    'pip install "ddpm-core[eval]".')
+    _add_eval_common(f, 500)
+    _add_chain_options(f, eta=True)
+    f.add_argument("--reference-n", type=int_at_least(2),
+                   help="use the first N training images as the reference (default: all)")
+    f.add_argument("--kid-subsets", type=int_at_least(1), default=100)
+    f.add_argument("--kid-subset-size", type=int_at_least(2), default=1000)
+    f.add_argument("--cache-dir", help="reference feature cache (default: <run>/fid-cache)")
+    _add_json(f, "fid, kid, kid_std, floor_fid, floor_kid, n")
+
+
+def _add_eval_shared_latent(esub: Any) -> None:
+    s = esub.add_parser("shared-latent", help="samples sharing one latent x_t (Figure 7)",
+                        description="Encodes held-out image --index to each --t, then decodes "
+                                    "it --k times with different noise. Rows: t; columns: "
+                                    "source, x_t, the k samples. PyTorch backend.")
+    _add_run_options(s, backend=False)
+    s.add_argument("--index", type=int_at_least(0), default=0, help="held-out image")
+    s.add_argument("--t", type=int_at_least(0), nargs="+", default=[250, 500, 750],
+                   help="0-based steps to encode to")
+    s.add_argument("--k", type=int_at_least(1), default=6, help="samples per latent")
+    s.add_argument("--out", default="shared-latent.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ddpm`` argument parser."""
+    parser = argparse.ArgumentParser(prog="ddpm", description="Denoising Diffusion "
+                                     "Probabilistic Models (Ho et al. 2020).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_sample, _add_progressive, _add_interpolate, _add_presets,
+                _add_eval):
+        add(sub)
+    return parser

@@ -1,0 +1,99 @@
+"""The CSV log of a run and the progress line on stderr."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ddpm_core.app.atomic import atomic_write_bytes
+
+__all__ = ["LOG_FIELDS", "CsvLog", "Progress"]
+
+LOG_FIELDS = ("step", "loss", "grad_norm", "lr", "images_per_s", "seconds")
+
+
+class CsvLog:
+    """Append-only CSV log with a fixed header.
+
+    Parameters
+    ----------
+    path : path
+    fields : sequence of str
+        Column names; the first should be ``"step"``.
+    resume_step : int, optional
+        When given and the file exists, rows with ``step > resume_step`` (written after
+        the checkpoint being resumed) are dropped first, so the log matches the weights.
+        Otherwise an existing file is replaced.
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str], *,
+                 resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.fields = list(fields)
+        rows = self._kept_rows(resume_step) if resume_step is not None else []
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
+
+    def _kept_rows(self, resume_step: int) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [r for r in rows if (step := _row_step(r)) is not None and step <= resume_step]
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Append one row (missing columns left empty, floats with 6 significant digits)."""
+        out = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        with self.path.open("a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(out)
+
+    def read(self) -> list[dict[str, str]]:
+        with self.path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+
+def _row_step(row: Mapping[str, str]) -> int | None:
+    try:
+        return int(row.get("step", ""))
+    except ValueError:
+        return None
+
+
+class Progress:
+    """A one-line stderr progress display: step, loss, images/s, ETA."""
+
+    def __init__(self, total: int, batch_size: int, *, enabled: bool) -> None:
+        self.total, self.batch_size, self.enabled = total, batch_size, enabled
+        self.tty = enabled and sys.stderr.isatty()
+
+    def update(self, step: int, loss: float, ips: float) -> None:
+        """Show step ``step`` with its loss and throughput."""
+        if not self.enabled:
+            return
+        eta = _fmt_seconds((self.total - step) * self.batch_size / ips if ips > 0 else 0.0)
+        line = (f"step {step}/{self.total} ({100.0 * step / self.total:3.0f}%) | "
+                f"loss {loss:.4f} | {ips:,.0f} img/s | ETA {eta}")
+        sys.stderr.write("\r" + line.ljust(78) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the line on a terminal."""
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(round(seconds)) if math.isfinite(seconds) else 0
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"

@@ -1,0 +1,202 @@
+"""Training options: ``TrainOptions``, their validation, and their resolution against a preset.
+
+``TrainOptions`` holds what a user asks for (``None`` = the preset's default);
+:func:`resolve_options` turns it into the ``(preset, unet, train)`` configs that both
+backends build from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ddpm_core.losses import LOSSES
+from ddpm_core.parameterization import PREDICTIONS, VARIANCES
+
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "LOSSES",
+    "PREDICTIONS",
+    "TIMESTEP_SAMPLERS",
+    "VARIANCES",
+    "TrainOptions",
+    "check_choice",
+    "check_int",
+    "check_loss_variance",
+    "resolve_options",
+]
+
+BACKENDS = ("torch", "jax")
+TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
+DEVICES = ("auto", "cpu", "cuda", "gpu", "tpu")
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, optional: bool = True,
+                 low_open: bool = True, high_open: bool = False) -> None:
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"{name} must be a number in {lo}{low}, {high}{hi}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``ddpm train`` needs; ``None`` means "the preset's default".
+
+    Parameters
+    ----------
+    preset : str
+        Model preset name (``ddpm_core.models.list_presets()``).
+    out : str
+        Run directory (created; with ``resume`` it must hold a run of the same preset).
+    backend : {"torch", "jax"}
+    steps : int, optional
+        Total optimizer steps (absolute, also when resuming).
+    resume : bool
+        Continue from the checkpoint in ``out``.
+    seed : int
+        Seeds the initial weights, data order, flips, timesteps and noise.
+    batch_size, lr, warmup, grad_clip, ema_decay, dropout, random_flip : optional
+        Overrides of the preset's training defaults (SPEC.md: 128, 2e-4, 5000, 1.0,
+        0.9999, 0.1, True for CIFAR10). ``batch_size`` is the global batch.
+    loss : {"simple", "vlb", "hybrid"}, optional
+        L_simple (eq. 14), the bound (eq. 5) or L_simple + lambda * L_vlb.
+    prediction : {"eps", "x0", "v", "mean"}, optional
+    variance : {"fixed_small", "fixed_large", "learned", "learned_range"}, optional
+    timestep_sampler : {"uniform", "loss-second-moment"}
+    data : str, optional
+        Dataset name or path (``ddpm_core.data.load_dataset``); default the preset's.
+    log_every, sample_every, ckpt_every : int
+        Intervals in steps; 0 disables (a checkpoint is always written at the end).
+    sample_n : int
+        Images in each EMA sample grid.
+    compile : bool
+        ``torch.compile`` / ``jax.jit`` extras on accelerators.
+    device : {"auto", "cpu", "cuda", "gpu", "tpu"}
+    progress : bool
+        Print a progress line to stderr.
+    """
+
+    preset: str
+    out: str
+    backend: str = "torch"
+    steps: int | None = None
+    resume: bool = False
+    seed: int = 0
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    dropout: float | None = None
+    random_flip: bool | None = None
+    loss: str | None = None
+    prediction: str | None = None
+    variance: str | None = None
+    timestep_sampler: str = "uniform"
+    data: str | None = None
+    log_every: int = 50
+    sample_every: int = 0
+    ckpt_every: int = 1000
+    sample_n: int = 64
+    compile: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.preset, str) or not self.preset:
+            raise ValueError(f"preset must be a non-empty preset name; got {self.preset!r}")
+        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out):
+            raise ValueError(f"out must be a directory path; got {self.out!r}")
+        check_choice("backend", self.backend, BACKENDS)
+        for name, allowed in (("loss", LOSSES), ("prediction", PREDICTIONS),
+                              ("variance", VARIANCES)):
+            if getattr(self, name) is not None:
+                check_choice(name, getattr(self, name), allowed)
+        check_choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
+        check_choice("device", self.device, DEVICES)
+        check_int("steps", self.steps, 1, optional=True)
+        check_int("seed", self.seed, 0)
+        check_int("batch_size", self.batch_size, 1, optional=True)
+        check_int("warmup", self.warmup, 0, optional=True)
+        for name in ("log_every", "sample_every", "ckpt_every"):
+            check_int(name, getattr(self, name), 0)
+        check_int("sample_n", self.sample_n, 1)
+        _check_float("lr", self.lr, 0.0, 1.0)
+        _check_float("grad_clip", self.grad_clip, 0.0, math.inf, high_open=True)
+        _check_float("ema_decay", self.ema_decay, 0.0, 1.0, low_open=False, high_open=True)
+        _check_float("dropout", self.dropout, 0.0, 1.0, low_open=False, high_open=True)
+        if self.loss is not None and self.variance is not None:
+            check_loss_variance(self.loss, self.variance)
+
+    def replace(self, **changes: Any) -> TrainOptions:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        d = dataclasses.asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+
+def check_loss_variance(loss: str, variance: str) -> None:
+    """A learned variance needs a loss that trains it; "hybrid" needs a learned variance."""
+    learned = variance in ("learned", "learned_range")
+    if loss == "hybrid" and not learned:
+        raise ValueError("loss='hybrid' needs variance='learned' or 'learned_range'; "
+                         f"got variance={variance!r}")
+    if learned and loss == "simple":
+        raise ValueError(f"variance={variance!r} is only trained by loss='vlb' or 'hybrid' "
+                         "(L_simple gives the variance no gradient); got loss='simple'")
+
+
+_TRAIN_OVERRIDES = {"steps": "num_steps", "warmup": "warmup_steps", "batch_size": "batch_size",
+                    "lr": "lr", "grad_clip": "grad_clip", "ema_decay": "ema_decay",
+                    "random_flip": "random_flip", "loss": "loss", "prediction": "prediction",
+                    "variance": "variance"}
+
+
+def resolve_options(options: TrainOptions) -> tuple[Any, Any, Any]:
+    """The preset with ``options``' overrides applied: ``(preset, unet, train)``.
+
+    ``train`` is the preset's ``TrainConfig`` with every non-``None`` override
+    (steps -> num_steps, warmup -> warmup_steps, batch_size, lr, grad_clip, ema_decay,
+    random_flip, loss, prediction, variance); ``unet`` has the output head for the
+    prediction/variance and the ``dropout`` override. Both backends build from these.
+    """
+    from ddpm_core.models import get_preset, with_head
+
+    preset = get_preset(options.preset)
+    changes = {field: getattr(options, opt) for opt, field in _TRAIN_OVERRIDES.items()
+               if getattr(options, opt) is not None}
+    train = dataclasses.replace(preset.train, **changes)
+    check_loss_variance(train.loss, train.variance)
+    unet = with_head(preset.unet, prediction=train.prediction, variance=train.variance)
+    if options.dropout is not None:
+        unet = dataclasses.replace(unet, dropout=float(options.dropout))
+    return preset, unet, train

@@ -1,0 +1,176 @@
+"""The run directory: its paths, run.json and the schedule it records.
+
+::
+
+    RUN/
+      run.json               format 1: backend, preset, unet, train, schedule, prediction,
+                             variance, data, step (see docs/CONTRACT.md)
+      model.safetensors      raw weights, canonical PyTorch ``state_dict`` naming
+      ema.safetensors        EMA weights (what samples)
+      state-<backend>.*      optimizer, step, RNG (never pickled objects)
+      log.csv                one row per logged step
+      samples/step-XXXXXX.png
+
+Everything is written atomically (``ddpm_core.app.atomic``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_core.app.atomic import atomic_write_json
+from ddpm_core.app.options import BACKENDS, PREDICTIONS, VARIANCES, TrainOptions, check_choice, check_int
+
+__all__ = [
+    "RUN_FORMAT",
+    "RUN_KEYS",
+    "RunPaths",
+    "make_schedule",
+    "read_run_json",
+    "schedule_dict",
+    "write_run",
+    "write_run_json",
+]
+
+RUN_FORMAT = 1
+RUN_KEYS = ("format", "backend", "preset", "unet", "train", "schedule", "prediction",
+            "variance", "data", "step")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """The files of one run directory."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> RunPaths:
+        return cls(Path(run_dir))
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def ema(self) -> Path:
+        return self.root / "ema.safetensors"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.csv"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def state(self, backend: str, suffix: str) -> Path:
+        """``state-<backend><suffix>``, e.g. ``state("torch", ".json")``."""
+        return self.root / f"state-{backend}{suffix}"
+
+    def sample_png(self, step: int) -> Path:
+        return self.samples / f"step-{step:06d}.png"
+
+
+def write_run_json(run_dir: str | os.PathLike, *, backend: str, preset: str, unet: Any,
+                   train: Any, schedule: Mapping[str, Any], prediction: str, variance: str,
+                   data: str, step: int, **extra: Any) -> dict[str, Any]:
+    """Write ``run_dir/run.json`` (format 1) atomically and return the dict written.
+
+    ``unet`` and ``train`` may be dataclasses (e.g. ``Preset.unet``) or mappings; the
+    effective training settings belong in ``train``. ``extra`` keys (e.g. ``options``,
+    ``loss``) are stored alongside.
+    """
+    check_choice("backend", backend, BACKENDS)
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("variance", variance, VARIANCES)
+    check_int("step", step, 0)
+    info = {"format": RUN_FORMAT, "backend": backend, "preset": preset, "unet": _plain(unet),
+            "train": _plain(train), "schedule": _plain(schedule), "prediction": prediction,
+            "variance": variance, "data": str(data), "step": int(step)}
+    info.update({k: _plain(v) for k, v in extra.items()})
+    atomic_write_json(RunPaths.of(run_dir).run_json, info)
+    return info
+
+
+def write_run(run_dir: str | os.PathLike, options: TrainOptions, unet: Any, train: Any,
+              step: int) -> dict[str, Any]:
+    """run.json of a training run (both backends call this, so the files agree).
+
+    ``unet``/``train`` are the resolved configs of :func:`resolve_options`.
+    """
+    return write_run_json(run_dir, backend=options.backend, preset=options.preset, unet=unet,
+                          train=train, schedule=schedule_dict(train),
+                          prediction=train.prediction, variance=train.variance,
+                          data=options.data or _preset_data(options.preset), step=step,
+                          seed=options.seed, timestep_sampler=options.timestep_sampler)
+
+
+def _preset_data(name: str) -> str:
+    from ddpm_core.models import get_preset
+
+    return get_preset(name).data
+
+
+def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``run_dir/run.json``; errors name the file and the problem."""
+    path = RunPaths.of(run_dir).run_json
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run.json; is {run_dir!s} a run directory "
+                                "written by `ddpm train`?")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable run.json ({e})") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    if info.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path}: format {info.get('format')!r} is not supported "
+                         f"(this version reads format {RUN_FORMAT})")
+    missing = [k for k in RUN_KEYS if k not in info]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    return info
+
+
+def schedule_dict(train: Any) -> dict[str, Any]:
+    """The ``schedule`` entry of run.json from a ``TrainConfig``."""
+    return {"name": train.schedule, "num_timesteps": train.num_timesteps,
+            "beta_start": train.beta_start, "beta_end": train.beta_end}
+
+
+def make_schedule(schedule: Mapping[str, Any]) -> Any:
+    """``ddpm_core.Schedule`` from a run.json ``schedule`` dict (see :func:`schedule_dict`)."""
+    from ddpm_core import Schedule
+
+    name, T = schedule["name"], int(schedule["num_timesteps"])
+    if name == "cosine":
+        return Schedule.cosine(T)
+    if name in ("linear", "quadratic", "sigmoid", "scaled_linear"):
+        return getattr(Schedule, name)(T, beta_start=float(schedule["beta_start"]),
+                                       beta_end=float(schedule["beta_end"]))
+    raise ValueError(f"schedule name must be one of linear, quadratic, sigmoid, "
+                     f"scaled_linear, cosine; got {name!r}")
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses/mappings/tuples -> JSON-ready dicts and lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
