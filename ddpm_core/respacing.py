@@ -6,7 +6,14 @@ decides *which* steps. Accepted ``spacing`` forms:
 - ``int`` N, or ``"N"`` with an explicit ``timestep_spacing``: N steps placed by
   ``"linspace"`` (round(linspace(0, T-1, N)), the default), ``"leading"``
   (0, T//N, 2 T//N, ...) or ``"trailing"`` (round(arange(T, 0, -T/N)) - 1, always keeps T-1).
-- ``"ddimN"``: the evenly strided steps range(0, T, stride) with exactly N elements (DDIM).
+- ``"ddimN"``: DDIM's evenly strided steps, always exactly N of them for any N in [1, T].
+  When an integer stride gives exactly N steps, they are range(0, T, ceil(T / N)), the
+  strided range of the DDIM paper's code; otherwise (e.g. N = 60 of T = 1000) the stride is
+  the fraction T / N and the steps are floor(i T / N) for i = 0..N-1, so consecutive steps
+  are floor(T / N) or ceil(T / N) apart. Both start at 0 (the paper's t = 1) and reach
+  within one stride of T - 1. (diffusers' ``"leading"``, i (T // N), stops at N - 1 for
+  every N > T / 2, leaving up to half the chain unvisited; it is available as
+  ``timestep_spacing="leading"``.)
 - ``"a,b,c"``: section counts (improved DDPM): T is cut into equal sections and section j
   keeps its given number of evenly spaced steps, both ends included.
 - a sequence of ints: those steps.
@@ -33,6 +40,10 @@ def space_timesteps(num_timesteps: int, spacing: Any, *, timestep_spacing: str =
     --------
     >>> space_timesteps(1000, "ddim4").tolist()
     [0, 250, 500, 750]
+    >>> space_timesteps(10, "ddim4").tolist()     # the integer stride 3
+    [0, 3, 6, 9]
+    >>> space_timesteps(10, "ddim6").tolist()     # no integer stride: floor(i * 10 / 6)
+    [0, 1, 3, 5, 6, 8]
     >>> space_timesteps(10, 4, timestep_spacing="trailing").tolist()
     [1, 4, 7, 9]
     """
@@ -91,11 +102,16 @@ def _evenly(T: int, n: int, timestep_spacing: str) -> np.ndarray:
 
 
 def _ddim(T: int, n: int) -> np.ndarray:
+    """range(0, T, ceil(T / n)) if that has n steps, else floor(i T / n), i = 0..n-1.
+
+    ceil(T / n) is the only candidate: a stride s gives ceil(T / s) steps, which is n only
+    for T / n <= s < T / (n - 1), and ceil(T / s) <= n for every s >= ceil(T / n).
+    """
     _check_count(T, n)
-    for stride in range(1, T + 1):
-        if len(range(0, T, stride)) == n:
-            return np.arange(0, T, stride, dtype=np.int64)
-    raise ValueError(f"spacing='ddim{n}': no integer stride gives exactly {n} of {T} steps")
+    stride = -(-T // n)
+    if len(range(0, T, stride)) == n:
+        return np.arange(0, T, stride, dtype=np.int64)
+    return np.arange(n, dtype=np.int64) * T // n
 
 
 def _sections(T: int, counts: list[int]) -> np.ndarray:

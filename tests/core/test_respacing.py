@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ddpm_core.posterior import q_posterior
+from ddpm_core.respacing import space_timesteps
 from ddpm_core.schedules import Schedule
 
 
@@ -80,6 +81,42 @@ def test_respaced_posterior_is_bayes_between_kept_steps(xp):
     assert_close(mean, exp_mean, xp=xp, dtype="float64", factor=1e3)
     assert_close(var, exp_var, xp=xp, dtype="float64", factor=1e3)
     assert math.isfinite(float(to_numpy(var).sum()))
+
+
+def _strided_ranges(T):
+    """{N: range(0, T, s)} for every integer stride s, the smallest s for each count N."""
+    ranges = {}
+    for stride in range(T, 0, -1):
+        ranges[len(range(0, T, stride))] = np.arange(0, T, stride)
+    return ranges
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, 10, 97, 1000, 1024])
+def test_ddimN_gives_every_count_and_stays_strided_where_it_can(T):
+    """Every N in [1, T]: N sorted steps from 0, each gap floor(T/N) or ceil(T/N) (issue 12.10);
+    where an integer stride gives exactly N, the strided range itself (unchanged behaviour)."""
+    strided = _strided_ranges(T)
+    for n in range(1, T + 1):
+        kept = space_timesteps(T, f"ddim{n}")
+        assert kept.dtype == np.int64 and len(kept) == n and kept[0] == 0, n
+        gaps = np.diff(kept)
+        assert set(gaps.tolist()) <= {T // n, -(-T // n)}, n
+        assert T - 1 - kept[-1] < -(-T // n), n  # within one stride of the last step
+        if n in strided:
+            np.testing.assert_array_equal(kept, strided[n])
+        else:
+            np.testing.assert_array_equal(kept, [i * T // n for i in range(n)])
+    if T == 1000:
+        assert len(strided) == 63  # the 937 other counts used to be refused
+
+
+def test_ddimN_without_an_integer_stride_is_the_floored_fractional_stride():
+    kept = Schedule.linear(1000).respace("ddim60").timesteps
+    np.testing.assert_array_equal(kept[:4], [0, 16, 33, 50])
+    assert kept[-1] == 983 and len(kept) == 60
+    # diffusers' "leading" stops at N - 1 when N > T / 2; ddimN still spans the chain
+    assert space_timesteps(1000, 600, timestep_spacing="leading")[-1] == 599
+    assert space_timesteps(1000, "ddim600")[-1] == 998
 
 
 @pytest.mark.parametrize("spacing", ["ddim0", "abc", "2000", "0,5", [], [0, 1000], "ddim", 3.5])
