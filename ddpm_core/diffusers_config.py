@@ -51,6 +51,7 @@ from ddpm_core.schedules import Schedule
 __all__ = [
     "SCHEDULER_DEFAULTS",
     "SchedulerSettings",
+    "merged_config",
     "read_scheduler_config",
     "schedule_entry",
     "schedule_from_entry",
@@ -150,21 +151,31 @@ def _choice(field: str, value: Any, table: Mapping[str, str]) -> str:
     return table[value]
 
 
-def _merged(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config with diffusers' defaults filled in; unknown fields are an error."""
+def merged_config(config: Mapping[str, Any], class_name: str, defaults: Mapping[str, Any], *,
+                  ignored: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A diffusers config (``config.json``) with the class's defaults filled in.
+
+    ``_class_name`` must be ``class_name`` (when present); ``_...`` metadata and the
+    ``ignored`` fields are dropped; any other field the class does not know is an error.
+    """
     if not isinstance(config, Mapping):
-        raise TypeError(f"config must be a mapping (scheduler_config.json), got {type(config).__name__}")
-    cls = config.get("_class_name", "DDPMScheduler")
-    if cls != "DDPMScheduler":
-        raise _fail("_class_name", cls, "only DDPMScheduler configs are read")
+        raise TypeError(f"config must be a mapping (a {class_name} config), got {type(config).__name__}")
+    cls = config.get("_class_name", class_name)
+    if cls != class_name:
+        raise ValueError(f"{class_name} config field _class_name={cls!r} cannot be represented: "
+                         f"only {class_name} configs are read")
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in defaults and k not in ignored)
+    if unknown:
+        raise ValueError(f"{class_name} config has fields that {class_name} does not know: {unknown}")
+    return {**defaults, **{k: v for k, v in config.items() if k in defaults}}
+
+
+def _merged(config: Mapping[str, Any]) -> dict[str, Any]:
+    merged = merged_config(config, "DDPMScheduler", SCHEDULER_DEFAULTS, ignored=(*_IGNORED, "predict_epsilon"))
     legacy = config.get("predict_epsilon", True)
     if legacy is not True:  # diffusers < 0.10 spelled prediction_type="sample" like this
         raise _fail("predict_epsilon", legacy, "write prediction_type='sample' instead")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in SCHEDULER_DEFAULTS
-                     and k not in _IGNORED and k != "predict_epsilon")
-    if unknown:
-        raise ValueError(f"scheduler config has fields that DDPMScheduler does not know: {unknown}")
-    return {**SCHEDULER_DEFAULTS, **{k: v for k, v in config.items() if k in SCHEDULER_DEFAULTS}}
+    return merged
 
 
 # --------------------------------------------------------------------------- diffusers -> ours
