@@ -453,11 +453,12 @@ def _train_section(base: TrainConfig, schedule: Mapping[str, Any], prediction: s
     can say it) schedule; run.json's ``schedule`` entry stays the authority."""
     train = dataclasses.replace(base, prediction=prediction, variance=variance,
                                 num_timesteps=schedule["num_timesteps"])
-    start, end = schedule.get("beta_start"), schedule.get("beta_end")
-    if schedule["name"] != "betas" and not schedule.get("rescale_zero_terminal_snr") \
-            and 0 < start <= end < 1:
-        train = dataclasses.replace(train, schedule=schedule["name"], beta_start=start, beta_end=end)
-    return train
+    if schedule["name"] == "betas" or schedule.get("rescale_zero_terminal_snr"):
+        return train  # a TrainConfig has no field for given or rescaled betas
+    start, end = float(schedule["beta_start"]), float(schedule["beta_end"])
+    if not 0 < start <= end < 1:  # TrainConfig's own limits
+        return train
+    return dataclasses.replace(train, schedule=schedule["name"], beta_start=start, beta_end=end)
 
 
 def _folder_configs(info: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
