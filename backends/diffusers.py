@@ -277,13 +277,12 @@ def _diffusers_name(name: str, levels: int) -> str:
         kind, n = mods[1].split("_")
         head, mods = ["mid_block", "attentions" if kind == "attn" else "resnets",
                       str(int(n) - 1 if kind == "block" else 0)], mods[2:]
-    elif mods[0] in ("down", "up"):
-        i = int(mods[1]) if mods[0] == "down" else levels - 1 - int(mods[1])
-        part = {"block": "resnets", "attn": "attentions", "downsample": "downsamplers",
-                "upsample": "upsamplers"}[mods[2]]
-        index = "0" if part.endswith("samplers") else mods[3]
-        head = [f"{mods[0]}_blocks", str(i), part, index]
-        mods = mods[4:] if not part.endswith("samplers") else mods[3:]
+    elif mods[0] in ("down", "up"):  # up blocks run from the lowest resolution
+        block = [f"{mods[0]}_blocks", str(int(mods[1]) if mods[0] == "down" else levels - 1 - int(mods[1]))]
+        if mods[2] in ("downsample", "upsample"):  # down.i.downsample.conv -> ...downsamplers.0.conv
+            head, mods = [*block, f"{mods[2]}rs", "0"], mods[3:]
+        else:  # down.i.block.j / down.i.attn.j -> ...resnets.j / ...attentions.j
+            head, mods = [*block, "resnets" if mods[2] == "block" else "attentions", mods[3]], mods[4:]
     else:  # conv_in, conv_out, norm_out
         head, mods = ["conv_norm_out" if mods[0] == "norm_out" else mods[0]], []
     return ".".join([*head, *(_LEAF_NAMES.get(m, m) for m in mods), leaf])

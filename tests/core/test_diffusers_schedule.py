@@ -19,6 +19,10 @@ import doctest
 import inspect
 import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -239,3 +243,14 @@ def test_bad_schedule_entries_are_named(entry, match):
 def test_docstring_examples_run():
     result = doctest.testmod(dc_config, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_conversion_modules_import_no_framework():
+    """The scheduler mapping and the folder conversion are NumPy only (fresh interpreter)."""
+    code = ("import sys, ddpm_core.diffusers_config, ddpm_core.backends.diffusers; "
+            "print(sorted(m for m in ('torch', 'jax', 'flax', 'diffusers', 'safetensors') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

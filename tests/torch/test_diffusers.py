@@ -15,6 +15,7 @@ float64 at t = 0 the embedding is exact in both (sin 0, cos 0) and the outputs a
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import inspect
 import json
 import math
@@ -26,6 +27,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+import ddpm_core.backends.diffusers as conversion  # noqa: E402
 from ddpm_core import sample  # noqa: E402
 from ddpm_core.backends.convert import load_safetensors, save_safetensors  # noqa: E402
 from ddpm_core.backends.diffusers import (  # noqa: E402
@@ -152,6 +154,11 @@ def test_names_and_shapes_match_diffusers(config):
     ours = state_from_diffusers(fake, config)
     assert {k: v.shape for k, v in ours.items()} == parameter_shapes(config)
     assert {k: v.shape for k, v in state_to_diffusers(ours, config).items()} == theirs
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(conversion, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # --------------------------------------------------------------------------- import
