@@ -39,6 +39,7 @@ def tests_numpy(session: nox.Session) -> None:
 def tests_torch(session: nox.Session) -> None:
     """The core on PyTorch, the PyTorch backend, the data and the command line."""
     _install(session, "torch,eval")
+    session.install("diffusers~=0.42.0")  # import/export and scheduler checks against diffusers
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py",
             "tests/test_eval.py", "tests/test_benchmarks.py")
 

@@ -352,6 +352,46 @@ class Schedule:
             f"abar_T={self.alphas_cumprod[-1]:.4g}{respaced})"
         )
 
+    # ---- diffusers ----------------------------------------------------------------------
+
+    @classmethod
+    def from_diffusers_config(cls, config: Any) -> Schedule:
+        """The schedule of a diffusers ``DDPMScheduler`` config (``scheduler_config.json``).
+
+        Covers ``beta_schedule`` linear, scaled_linear, squaredcos_cap_v2 and sigmoid, given
+        ``trained_betas`` and ``rescale_betas_zero_snr``; the tables are computed in float64.
+        Any field that cannot be represented raises ``ValueError`` naming it (see
+        :func:`ddpm_core.diffusers_config.read_scheduler_config`, which also returns the
+        prediction, variance and clipping).
+
+        Examples
+        --------
+        >>> float(Schedule.from_diffusers_config({"beta_schedule": "linear"}).betas[-1])
+        0.02
+        """
+        from ddpm_core.diffusers_config import read_scheduler_config, schedule_from_entry
+
+        return schedule_from_entry(read_scheduler_config(config).schedule)
+
+    def to_diffusers_config(self, *, prediction: str = "eps", variance: str = "fixed_small",
+                            clip: Any = 1.0) -> dict[str, Any]:
+        """A diffusers ``DDPMScheduler`` config (JSON-able dict) that reproduces this schedule.
+
+        The linear and cosine schedules are written by name, any other as ``trained_betas``
+        (diffusers rounds those to float32). ``prediction``, ``variance`` and ``clip`` (x0
+        clipped to [-clip, clip], or None) become ``prediction_type``, ``variance_type`` and
+        ``clip_sample``/``clip_sample_range``. A respaced schedule raises ``ValueError``.
+
+        Examples
+        --------
+        >>> Schedule.linear(1000).to_diffusers_config(variance="fixed_large")["beta_schedule"]
+        'linear'
+        """
+        from ddpm_core.diffusers_config import schedule_entry, write_scheduler_config
+
+        return write_scheduler_config(schedule_entry(self), prediction=prediction,
+                                      variance=variance, clip=clip)
+
 
 def _convert(table: np.ndarray, xp: Any, device: Any, dtype: Any) -> Any:
     """``table`` as ``xp`` array; cast in NumPy where possible, so the result is a constant."""

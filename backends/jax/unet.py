@@ -23,11 +23,13 @@ Examples
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ddpm_core.models import (
     BlockSpec,
@@ -45,10 +47,19 @@ _XAVIER = nn.initializers.xavier_uniform()
 _ZEROS = nn.initializers.zeros_init()
 
 
-def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
-    """Sinusoidal embedding of the timestep indices ``t`` (B,) -> (B, dim), float32."""
-    freqs = jnp.asarray(timestep_frequencies(dim))
-    args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+def timestep_embedding(t: jax.Array, dim: int, dtype: Any = jnp.float32) -> jax.Array:
+    """Sinusoidal embedding of the timestep indices ``t`` (B,) -> (B, dim).
+
+    float32 (the frequencies of :func:`~ddpm_core.models.timestep_frequencies`), or
+    float64 with the frequencies and sines in float64 when ``dtype`` is float64.
+    """
+    if dtype == jnp.float64:
+        half = dim // 2
+        freqs = jnp.asarray(np.exp(-math.log(10000.0) / max(half - 1, 1) * np.arange(half)))
+        work = jnp.float64
+    else:
+        freqs, work = jnp.asarray(timestep_frequencies(dim)), jnp.float32
+    args = t.astype(work)[:, None] * freqs[None, :]
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
@@ -81,7 +92,7 @@ class TimeEmbedding(_Layers):
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
         c = self.config
-        h = self.dense(c.temb_channels, "dense_0")(timestep_embedding(t, c.ch))
+        h = self.dense(c.temb_channels, "dense_0")(timestep_embedding(t, c.ch, self.dtype))
         return self.dense(c.temb_channels, "dense_1")(nn.silu(h))
 
 
@@ -111,7 +122,8 @@ class AttnBlock(_Layers):
         b, hgt, wid, c = x.shape
         h = self.norm("norm")(x)
         q, k, v = (self.conv(c, 1, n)(h).reshape(b, hgt * wid, c) for n in ("q", "k", "v"))
-        w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (c ** -0.5)
+        # logits in float32 at least (float64 stays float64)
+        w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.promote_types(q.dtype, jnp.float32)) * (c ** -0.5)
         w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
         a = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hgt, wid, c)
         return x + self.conv(c, 1, "proj_out", zero=True)(a)

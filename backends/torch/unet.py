@@ -38,20 +38,23 @@ from ddpm_core.models import (
 __all__ = ["UNet", "build_unet", "timestep_embedding"]
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of the timestep indices ``t`` (B,) -> (B, dim), float32.
+def timestep_embedding(t: torch.Tensor, dim: int,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding of the timestep indices ``t`` (B,) -> (B, dim) in ``dtype``.
 
     ``t`` is embedded as given (the 0-based index). See
-    :func:`ddpm_core.models.timestep_frequencies`.
+    :func:`ddpm_core.models.timestep_frequencies`. float64 computes the frequencies and
+    the sines in float64; every other dtype computes them in float32 and casts the result.
     """
     half = dim // 2
     scale = math.log(10000.0) / max(half - 1, 1)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     # float64 then one rounding: the same float32 numbers as timestep_frequencies().
     k = torch.arange(half, device=t.device, dtype=torch.float64)
-    freqs = torch.exp(-scale * k).to(torch.float32)
-    args = t.to(torch.float32)[:, None] * freqs[None, :]
+    freqs = torch.exp(-scale * k).to(work)
+    args = t.to(work)[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-    return F.pad(emb, (0, dim % 2))
+    return F.pad(emb, (0, dim % 2)).to(dtype)
 
 
 def _conv(in_ch: int, out_ch: int, k: int, *, zero: bool = False, stride: int = 1,
@@ -90,7 +93,7 @@ class TimeEmbedding(nn.Module):
         self.dense = nn.ModuleList([_linear(ch, temb_ch), _linear(temb_ch, temb_ch)])
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        h = self.dense[0](timestep_embedding(t, self.ch))
+        h = self.dense[0](timestep_embedding(t, self.ch, self.dense[0].weight.dtype))
         return self.dense[1](F.silu(h))
 
 

@@ -19,6 +19,7 @@ from ddpm_core.models import (  # noqa: E402
 )
 
 EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
 
 
 def _randomize(model, seed=0):
@@ -172,3 +173,29 @@ def test_build_unet_rejects_bad_arguments():
         build_unet("tiny", variance="large")
     with pytest.raises(TypeError, match="preset_or_config"):
         build_unet(42)
+
+
+def test_timestep_embedding_in_float64_uses_float64_frequencies():
+    t = torch.tensor([0, 1, 17, 999])
+    half = 8
+    w = np.exp(-math.log(10000.0) / (half - 1) * np.arange(half, dtype=np.float64))  # not rounded
+    args = t.numpy()[:, None].astype(np.float64) * w[None]
+    expected = np.concatenate([np.sin(args), np.cos(args)], axis=1)
+    emb = timestep_embedding(t, 16, torch.float64)
+    assert emb.dtype == torch.float64
+    # |t| <= 999: the sines' arguments carry ~1e3 ulps of float64 (float32 would be 1e-4 off)
+    np.testing.assert_allclose(emb.numpy(), expected, rtol=0, atol=1000 * EPS64)
+    assert timestep_embedding(t, 15, torch.float64).shape == (4, 15)
+
+
+@pytest.mark.parametrize("name", ["tiny", "digits"])
+def test_float64_forward_pass(name):
+    model = _randomize(build_unet(name)).eval()
+    x, t = _inputs(model.config, batch=2)
+    with torch.no_grad():
+        y32 = model(x, t)
+        y64 = model.double()(x.double(), t)
+    assert y64.dtype == torch.float64
+    # the float32 pass is the one that rounds (measured ~15 eps32 of the output's scale)
+    scale = max(1.0, float(y64.abs().max()))
+    np.testing.assert_allclose(y32.numpy(), y64.numpy(), rtol=0, atol=100 * EPS32 * scale)

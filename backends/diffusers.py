@@ -1,0 +1,613 @@
+"""diffusers' ``UNet2DModel`` / ``DDPMPipeline`` folders <-> ddpm-core run directories.
+
+NumPy only, like :mod:`ddpm_core.backends.convert`: neither torch, jax nor diffusers is
+imported, so the JAX backend samples an imported run on a machine without PyTorch. The
+paper's released models (``google/ddpm-cifar10-32``, ``google/ddpm-celebahq-256``,
+``google/ddpm-church-256``, ... and the ``ddpm-ema-*`` variants) are such folders::
+
+    PATH/
+      model_index.json                          (written on export; not needed to import)
+      unet/config.json                          UNet2DModel config
+      unet/diffusion_pytorch_model.safetensors  weights (a pickled .bin is refused)
+      scheduler/scheduler_config.json           DDPMScheduler config
+      ddpm_run.json                             (written on export: the source run.json)
+
+The U-Net is the same network in both libraries when the diffusers config says
+``freq_shift=1``, ``flip_sin_to_cos=False``, ``downsample_padding=0``, one attention head
+(``attention_head_dim=None``), ``act_fn="silu"``, ``resnet_time_scale_shift="default"``,
+``mid_block_scale_factor=1``, ... (:data:`UNET_REQUIRED`); diffusers' defaults differ on
+several of these, and each changes the output, so every field is checked and the first one
+that does not fit is named. The state dicts correspond one to one:
+
+==================================== ===============================================
+ddpm-core (canonical)                diffusers
+==================================== ===============================================
+temb.dense.0 / temb.dense.1          time_embedding.linear_1 / linear_2
+down.i.block.j / down.i.attn.j       down_blocks.i.resnets.j / down_blocks.i.attentions.j
+down.i.downsample.conv               down_blocks.i.downsamplers.0.conv
+mid.block_1 / mid.attn_1 / block_2   mid_block.resnets.0 / attentions.0 / resnets.1
+up.i.*  (level i, 0 = full size)     up_blocks.(L-1-i).*  (upsample -> upsamplers.0)
+temb_proj / nin_shortcut             time_emb_proj / conv_shortcut
+attention norm / q, k, v, proj_out   group_norm / to_q, to_k, to_v, to_out.0
+  (1x1 convs, (C, C, 1, 1))            (linear layers, (C, C); old files: query, key,
+                                       value, proj_attn)
+norm_out                             conv_norm_out
+==================================== ===============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_core.backends.convert import check_state, load_safetensors, save_safetensors
+from ddpm_core.diffusers_config import (
+    SCHEDULER_DEFAULTS,
+    SchedulerSettings,
+    merged_config,
+    read_scheduler_config,
+    schedule_from_entry,
+    write_scheduler_config,
+)
+from ddpm_core.models import (
+    TrainConfig,
+    UNetConfig,
+    get_preset,
+    list_presets,
+    output_channels,
+    parameter_shapes,
+    with_head,
+)
+from ddpm_core.runs import RUN_KEYS, RunPaths, atomic_write_bytes, atomic_write_json, read_run_json, write_run_json
+from ddpm_core.schedules import Schedule
+
+__all__ = [
+    "SIDECAR",
+    "UNET_DEFAULTS",
+    "UNET_REQUIRED",
+    "diffusers_names",
+    "export_diffusers",
+    "import_diffusers",
+    "read_diffusers_folder",
+    "schedule_from_run_info",
+    "state_from_diffusers",
+    "state_to_diffusers",
+    "unet_from_diffusers_config",
+    "unet_to_diffusers_config",
+]
+
+# UNet2DModel.__init__'s defaults (diffusers 0.42): an absent field takes these in diffusers.
+UNET_DEFAULTS: dict[str, Any] = {
+    "sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
+    "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0,
+    "flip_sin_to_cos": True,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+    "mid_block_type": "UNetMidBlock2D",
+    "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [224, 448, 672, 896], "layers_per_block": 2, "mid_block_scale_factor": 1,
+    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0,
+    "act_fn": "silu", "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None,
+    "norm_eps": 1e-5, "resnet_time_scale_shift": "default", "add_attention": True,
+    "class_embed_type": None, "num_class_embeds": None, "num_train_timesteps": None,
+}
+# The values the one-to-one mapping needs (the paper's network, as the TF code builds it).
+UNET_REQUIRED: dict[str, Any] = {
+    "center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 1,
+    "flip_sin_to_cos": False, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
+    "downsample_padding": 0, "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu",
+    "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
+}
+UNET_DIR, SCHEDULER_DIR = "unet", "scheduler"
+CONFIG, WEIGHTS, SCHEDULER_CONFIG = "config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"
+MODEL_INDEX = "model_index.json"
+SIDECAR = "ddpm_run.json"
+CUSTOM_PRESET = "custom"
+_DOWN = {"DownBlock2D": False, "AttnDownBlock2D": True}
+_UP = {"UpBlock2D": False, "AttnUpBlock2D": True}
+_LEAF_NAMES = {"temb_proj": "time_emb_proj", "nin_shortcut": "conv_shortcut", "norm": "group_norm",
+               "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_ATTENTION_1X1 = ("q", "k", "v", "proj_out")
+
+
+def _fail(field: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"UNet2DModel config field {field}={value!r} cannot be represented: {why}")
+
+
+def _same(value: Any, required: Any) -> bool:
+    if isinstance(required, bool) or required is None:
+        return value is required
+    if isinstance(required, (int, float)):
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and value == required
+    return value == required
+
+
+def _positive_int(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(field, value, "expected a positive integer")
+    return value
+
+
+# --------------------------------------------------------------------------- U-Net config
+
+def _merged_unet(config: Mapping[str, Any]) -> dict[str, Any]:
+    merged = merged_config(config, "UNet2DModel", UNET_DEFAULTS)
+    for field, required in UNET_REQUIRED.items():
+        if not _same(merged[field], required):
+            default = "" if field in config else " (diffusers' default; the field is absent)"
+            raise _fail(field, merged[field], f"the paper's U-Net needs {field}={required!r}{default}")
+    return merged
+
+
+def _image_size(value: Any) -> int:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    return _positive_int("sample_size", value)
+
+
+def _widths(c: Mapping[str, Any]) -> tuple[int, tuple[int, ...]]:
+    widths = c["block_out_channels"]
+    if not isinstance(widths, (list, tuple)) or not widths:
+        raise _fail("block_out_channels", widths, "expected a non-empty list of widths")
+    ch = _positive_int("block_out_channels[0]", widths[0])
+    for w in widths:
+        if _positive_int("block_out_channels[i]", w) % ch:
+            raise _fail("block_out_channels", widths, f"every width must be a multiple of the first ({ch})")
+    return ch, tuple(w // ch for w in widths)
+
+
+def _attention_levels(c: Mapping[str, Any], levels: int) -> tuple[bool, ...]:
+    down, up = c["down_block_types"], c["up_block_types"]
+    for field, types, table in (("down_block_types", down, _DOWN), ("up_block_types", up, _UP)):
+        if not isinstance(types, (list, tuple)) or len(types) != levels:
+            raise _fail(field, types, f"expected {levels} block types, one per block_out_channels entry")
+        bad = [t for t in types if t not in table]
+        if bad:
+            raise _fail(field, types, f"{bad[0]!r} is not one of {sorted(table)}")
+    attn = tuple(_DOWN[t] for t in down)
+    if tuple(_UP[t] for t in reversed(up)) != attn:
+        raise _fail("up_block_types", up, f"attention must sit at the same levels as in "
+                    f"down_block_types={list(down)} (up blocks run from the lowest resolution)")
+    return attn
+
+
+def _check_attention_width(c: Mapping[str, Any], widths: list[int]) -> None:
+    """One head of width C everywhere: attention_head_dim None, or C at every attention."""
+    head = c["attention_head_dim"]
+    if head is not None and any(head != w for w in widths):
+        raise _fail("attention_head_dim", head, f"ddpm-core's attention has one head as wide as its "
+                    f"input (widths {sorted(set(widths))}); use attention_head_dim=None")
+    groups = c["attn_norm_num_groups"]
+    if groups is not None and groups != c["norm_num_groups"]:
+        raise _fail("attn_norm_num_groups", groups, f"must be None or norm_num_groups={c['norm_num_groups']}")
+
+
+def _class_fields(c: Mapping[str, Any]) -> None:
+    """Hook for class-conditional U-Nets: ``num_class_embeds`` <-> ``UNetConfig.num_classes``.
+
+    This UNetConfig has no class embedding, so a diffusers class embedding is refused.
+    """
+    if c["num_class_embeds"] is not None:
+        raise _fail("num_class_embeds", c["num_class_embeds"], "ddpm-core's U-Net has no class embedding")
+
+
+def unet_from_diffusers_config(config: Mapping[str, Any]) -> UNetConfig:
+    """The :class:`~ddpm_core.models.UNetConfig` of a diffusers ``UNet2DModel`` config.
+
+    Raises
+    ------
+    ValueError
+        Naming the first field that does not fit (see :data:`UNET_REQUIRED`; absent fields
+        take diffusers' defaults, several of which do not fit).
+
+    Examples
+    --------
+    >>> from ddpm_core.models import get_preset
+    >>> cfg = unet_to_diffusers_config(get_preset("cifar10").unet)
+    >>> cfg["down_block_types"], cfg["freq_shift"], cfg["flip_sin_to_cos"]
+    (['DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D', 'DownBlock2D'], 1, False)
+    >>> unet_from_diffusers_config(cfg) == get_preset("cifar10").unet
+    True
+    """
+    c = _merged_unet(config)
+    ch, mult = _widths(c)
+    size = _image_size(c["sample_size"])
+    attn = _attention_levels(c, len(mult))
+    widths = [ch * m for m, a in zip(mult, attn, strict=True) if a] + [ch * mult[-1]]  # + mid block
+    _check_attention_width(c, widths)
+    if c["time_embedding_dim"] not in (None, 4 * ch):
+        raise _fail("time_embedding_dim", c["time_embedding_dim"], f"must be None or 4 * {ch}")
+    _class_fields(c)
+    dropout = c["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise _fail("dropout", dropout, "expected a number in [0, 1)")
+    return UNetConfig(
+        image_size=size, in_channels=_positive_int("in_channels", c["in_channels"]),
+        out_channels=_positive_int("out_channels", c["out_channels"]), ch=ch, ch_mult=mult,
+        num_res_blocks=_positive_int("layers_per_block", c["layers_per_block"]),
+        attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn) if a),
+        dropout=float(dropout), resamp_with_conv=True,
+        num_groups=_positive_int("norm_num_groups", c["norm_num_groups"]), norm_eps=float(c["norm_eps"]))
+
+
+def unet_to_diffusers_config(config: UNetConfig) -> dict[str, Any]:
+    """The ``UNet2DModel`` config (JSON-able, every field written) of a U-Net config.
+
+    Raises
+    ------
+    ValueError
+        For the two shapes diffusers cannot build: ``ch_mult[0] != 1`` (its first level
+        is as wide as ``conv_in``) and ``resamp_with_conv=False`` (its blocks always
+        resample with a convolution).
+    """
+    if config.ch_mult[0] != 1:
+        raise ValueError(f"ch_mult[0]={config.ch_mult[0]} has no UNet2DModel config: diffusers' first "
+                         "level is as wide as conv_in (block_out_channels[0])")
+    if not config.resamp_with_conv:
+        raise ValueError("resamp_with_conv=False has no UNet2DModel config: diffusers' blocks always "
+                         "resample with a convolution")
+    attn = [r in config.attn_resolutions for r in config.resolutions]
+    return {
+        **UNET_DEFAULTS, **UNET_REQUIRED, "_class_name": "UNet2DModel",
+        "sample_size": config.image_size, "in_channels": config.in_channels,
+        "out_channels": config.out_channels, "block_out_channels": [config.ch * m for m in config.ch_mult],
+        "layers_per_block": config.num_res_blocks,
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        "dropout": config.dropout, "attention_head_dim": None, "norm_num_groups": config.num_groups,
+        "norm_eps": config.norm_eps,
+    }
+
+
+# --------------------------------------------------------------------------- weights
+
+def _diffusers_name(name: str, levels: int) -> str:
+    """diffusers' name of a canonical parameter name (see the module's table)."""
+    *mods, leaf = name.split(".")
+    head: list[str]
+    if mods[0] == "temb":
+        head, mods = ["time_embedding", f"linear_{int(mods[2]) + 1}"], []
+    elif mods[0] == "mid":
+        kind, n = mods[1].split("_")
+        head, mods = ["mid_block", "attentions" if kind == "attn" else "resnets",
+                      str(int(n) - 1 if kind == "block" else 0)], mods[2:]
+    elif mods[0] in ("down", "up"):  # up blocks run from the lowest resolution
+        block = [f"{mods[0]}_blocks", str(int(mods[1]) if mods[0] == "down" else levels - 1 - int(mods[1]))]
+        if mods[2] in ("downsample", "upsample"):  # down.i.downsample.conv -> ...downsamplers.0.conv
+            head, mods = [*block, f"{mods[2]}rs", "0"], mods[3:]
+        else:  # down.i.block.j / down.i.attn.j -> ...resnets.j / ...attentions.j
+            head, mods = [*block, "resnets" if mods[2] == "block" else "attentions", mods[3]], mods[4:]
+    else:  # conv_in, conv_out, norm_out
+        head, mods = ["conv_norm_out" if mods[0] == "norm_out" else mods[0]], []
+    return ".".join([*head, *(_LEAF_NAMES.get(m, m) for m in mods), leaf])
+
+
+def diffusers_names(config: UNetConfig) -> dict[str, str]:
+    """Canonical parameter name -> diffusers ``UNet2DModel`` name, in canonical order.
+
+    Examples
+    --------
+    >>> from ddpm_core.models import get_preset
+    >>> names = diffusers_names(get_preset("cifar10").unet)
+    >>> names["up.1.attn.2.q.weight"], names["down.0.downsample.conv.bias"]
+    ('up_blocks.2.attentions.2.to_q.weight', 'down_blocks.0.downsamplers.0.conv.bias')
+    """
+    levels = len(config.ch_mult)
+    return {name: _diffusers_name(name, levels) for name in parameter_shapes(config)}
+
+
+def _is_attention_1x1(name: str) -> bool:
+    parts = name.split(".")
+    return parts[-1] == "weight" and parts[-2] in _ATTENTION_1X1 and "attn" in name
+
+
+def _modern_name(name: str) -> str:
+    """Old diffusers attention names (query, key, value, proj_attn) -> today's."""
+    parts = name.split(".")
+    if "attentions" in parts and len(parts) >= 2 and parts[-2] in _LEGACY_ATTENTION:
+        parts[-2] = _LEGACY_ATTENTION[parts[-2]]
+    return ".".join(parts)
+
+
+def state_from_diffusers(state: Mapping[str, Any], config: UNetConfig) -> dict[str, np.ndarray]:
+    """diffusers ``UNet2DModel`` weights -> canonical (PyTorch ``state_dict``) NumPy arrays.
+
+    Attention projections, linear ``(C, C)`` in diffusers, become 1x1 convolutions
+    ``(C, C, 1, 1)``. Old attention names (``query``, ``key``, ``value``, ``proj_attn``)
+    are accepted. Dtypes are kept.
+
+    Raises
+    ------
+    ValueError
+        Naming missing, unexpected and mis-shaped entries (at most 5 of each).
+    """
+    modern = {_modern_name(k): k for k in state}
+    names = diffusers_names(config)
+    missing = [d for d in names.values() if d not in modern]
+    unexpected = sorted(set(modern) - set(names.values()))
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the UNet2DModel config: missing={missing[:5]} "
+                         f"({len(missing)}), unexpected={unexpected[:5]} ({len(unexpected)})")
+    out = {}
+    for ours, theirs in names.items():
+        a = np.asarray(state[modern[theirs]])
+        out[ours] = a.reshape(*a.shape, 1, 1) if _is_attention_1x1(ours) and a.ndim == 2 else a
+    check_state(out, config)
+    return out
+
+
+def state_to_diffusers(state: Mapping[str, Any], config: UNetConfig) -> dict[str, np.ndarray]:
+    """Canonical weights -> diffusers ``UNet2DModel`` names and layouts (the inverse)."""
+    check_state(state, config)
+    out = {}
+    for ours, theirs in diffusers_names(config).items():
+        a = np.asarray(state[ours])
+        out[theirs] = a.reshape(a.shape[:2]) if _is_attention_1x1(ours) else a
+    return out
+
+
+# --------------------------------------------------------------------------- folders
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; a diffusers DDPM folder has {UNET_DIR}/{CONFIG}, "
+                                f"{UNET_DIR}/{WEIGHTS} and {SCHEDULER_DIR}/{SCHEDULER_CONFIG}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _weights_path(unet_dir: Path) -> Path:
+    path = unet_dir / WEIGHTS
+    if path.is_file():
+        return path
+    pickled = unet_dir / "diffusion_pytorch_model.bin"
+    if pickled.is_file():
+        folder = unet_dir.parent
+        raise ValueError(
+            f"{pickled}: a pickled PyTorch file, which ddpm-core does not load (unpickling runs code). "
+            f"If you trust it, convert it once to {WEIGHTS} with diffusers: python -c \"from diffusers "
+            f"import UNet2DModel; UNet2DModel.from_pretrained('{folder}', subfolder='unet')"
+            f".save_pretrained('{unet_dir}', safe_serialization=True)\"")
+    present = sorted(p.name for p in unet_dir.iterdir()) if unet_dir.is_dir() else []
+    raise FileNotFoundError(f"{path}: missing (the folder holds {present}); sharded and variant "
+                            f"(fp16) checkpoints are not read: save the model as one {WEIGHTS}")
+
+
+def _with_file(path: Path, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, its ValueError prefixed with the file it came from."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def read_diffusers_folder(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], dict]:
+    """The raw contents of a diffusers DDPM folder: ``(unet config, weights, scheduler config)``.
+
+    Weights are read with safetensors into NumPy arrays (no pickle, no framework).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder; expected a diffusers DDPM pipeline folder "
+                                f"({UNET_DIR}/, {SCHEDULER_DIR}/)")
+    unet_config = _read_json(root / UNET_DIR / CONFIG)
+    scheduler_config = _read_json(root / SCHEDULER_DIR / SCHEDULER_CONFIG)
+    weights_path = _weights_path(root / UNET_DIR)
+    try:
+        weights = load_safetensors(weights_path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{weights_path}: not a readable safetensors file of NumPy dtypes ({e})") from e
+    return unet_config, weights, scheduler_config
+
+
+def _check_empty(folder: Path, what: str) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{folder}: already exists and is not an empty folder; {what} never "
+                              "overwrites files (choose a new path)")
+
+
+# --------------------------------------------------------------------------- run directories
+
+def schedule_from_run_info(info: Mapping[str, Any]) -> Schedule:
+    """The :class:`~ddpm_core.Schedule` of a run.json (``info["schedule"]``).
+
+    Reads what ``ddpm train`` writes and what :func:`import_diffusers` writes (given
+    ``betas``, ``rescale_zero_terminal_snr``); see
+    :func:`ddpm_core.diffusers_config.schedule_from_entry`.
+    """
+    return schedule_from_entry(info["schedule"])
+
+
+def _network_fields(config: UNetConfig) -> dict[str, Any]:
+    """Everything of a U-Net config but dropout (training only: the same network at inference)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "dropout"}
+
+
+def _match_preset(unet: UNetConfig, prediction: str, variance: str, preset: str | None) -> str | None:
+    names = list_presets() if preset is None else [preset]
+    for name in names:
+        theirs = with_head(get_preset(name).unet, prediction=prediction, variance=variance)
+        if _network_fields(theirs) == _network_fields(unet):
+            return name
+        if preset is not None:
+            diff = sorted(k for k, v in _network_fields(theirs).items() if _network_fields(unet)[k] != v)
+            raise ValueError(f"preset={preset!r} does not match the imported U-Net (differs in {diff})")
+    return None
+
+
+def _train_section(base: TrainConfig, schedule: Mapping[str, Any], prediction: str,
+                   variance: str) -> TrainConfig:
+    """The preset's training defaults with the imported objective and (where a TrainConfig
+    can say it) schedule; run.json's ``schedule`` entry stays the authority."""
+    train = dataclasses.replace(base, prediction=prediction, variance=variance,
+                                num_timesteps=schedule["num_timesteps"])
+    if schedule["name"] == "betas" or schedule.get("rescale_zero_terminal_snr"):
+        return train  # a TrainConfig has no field for given or rescaled betas
+    start, end = float(schedule["beta_start"]), float(schedule["beta_end"])
+    if not 0 < start <= end < 1:  # TrainConfig's own limits
+        return train
+    return dataclasses.replace(train, schedule=schedule["name"], beta_start=start, beta_end=end)
+
+
+def _folder_configs(info: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (unet, scheduler) diffusers configs of a run.json."""
+    unet = UNetConfig.from_dict(info["unet"])
+    scheduler = write_scheduler_config(info["schedule"], prediction=info["prediction"],
+                                       variance=info["variance"], clip=info.get("clip", 1.0))
+    return unet_to_diffusers_config(unet), scheduler
+
+
+def _normalised(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> Any:
+    merged = {**defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    return json.loads(json.dumps(merged))
+
+
+def _sidecar_run(root: Path, unet_config: dict, scheduler_config: dict) -> dict[str, Any] | None:
+    """The exported run's run.json, if the folder's configs are still what it exports to."""
+    path = root / SIDECAR
+    if not path.is_file():
+        return None
+    info = _read_json(path)
+    if any(k not in info for k in RUN_KEYS):
+        return None
+    try:
+        unet, scheduler = _folder_configs(info)
+    except (ValueError, TypeError, KeyError):
+        return None
+    same = (_normalised(unet, UNET_DEFAULTS) == _normalised(unet_config, UNET_DEFAULTS)
+            and _normalised(scheduler, SCHEDULER_DEFAULTS) == _normalised(scheduler_config, SCHEDULER_DEFAULTS))
+    return info if same else None
+
+
+def _safetensors_bytes(state: Mapping[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in state.items()})
+
+
+def _float32(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32, copy=False) if np.issubdtype(v.dtype, np.floating) else v
+            for k, v in state.items()}
+
+
+def _new_run_info(root: Path, unet: UNetConfig, settings: SchedulerSettings, preset: str | None) -> dict[str, Any]:
+    """run.json of an imported folder: the preset's training defaults (if one matches)
+    with the folder's U-Net, schedule, objective and clipping."""
+    found = get_preset(preset) if preset else None
+    train = _train_section(found.train if found else TrainConfig(), settings.schedule,
+                           settings.prediction, settings.variance)
+    return {"backend": "torch", "preset": preset or CUSTOM_PRESET, "unet": unet, "train": train,
+            "schedule": settings.schedule, "prediction": settings.prediction,
+            "variance": settings.variance, "data": found.data if found else "", "step": 0,
+            "clip": settings.clip, "imported_from": str(root.resolve())}
+
+
+def import_diffusers(path: str | os.PathLike, out_run_dir: str | os.PathLike, *,
+                     preset: str | None = None, data: str | None = None) -> dict[str, Any]:
+    """Read a diffusers DDPM folder and write a ddpm-core run directory.
+
+    Parameters
+    ----------
+    path : path
+        The pipeline folder (``unet/config.json``, ``unet/diffusion_pytorch_model.safetensors``,
+        ``scheduler/scheduler_config.json``).
+    out_run_dir : path
+        The new run directory; it must not exist or be empty.
+    preset : str, optional
+        Record this preset (its U-Net must match, dropout aside). Default: the first preset
+        whose U-Net matches, else ``"custom"``.
+    data : str, optional
+        The run's dataset name. Default: the preset's, else ``""``.
+
+    Returns
+    -------
+    dict
+        The run.json written: backend ``"torch"`` (the weights are in the canonical
+        layout, which both backends read), the U-Net config, the schedule entry,
+        prediction, variance, ``clip`` (the x0 clipping range or None), step 0 and
+        ``imported_from``. ``model.safetensors`` and ``ema.safetensors`` hold the same
+        weights (float32).
+
+    A folder written by :func:`export_diffusers` carries ``ddpm_run.json``; when the folder's
+    configs are still those that run exports to, its run.json is restored as it was (so
+    ``import_diffusers(export_diffusers(run))`` is the identity).
+    """
+    root = Path(path)
+    unet_config, weights, scheduler_config = read_diffusers_folder(root)
+    scheduler_file = root / SCHEDULER_DIR / SCHEDULER_CONFIG
+    settings = _with_file(scheduler_file, read_scheduler_config, scheduler_config)
+    unet = _with_file(root / UNET_DIR / CONFIG, unet_from_diffusers_config, unet_config)
+    want = output_channels(unet.in_channels, prediction=settings.prediction, variance=settings.variance)
+    if unet.out_channels != want:
+        raise ValueError(f"{root / UNET_DIR / CONFIG}: out_channels={unet.out_channels} does not fit "
+                         f"variance_type={settings.variance!r} in {scheduler_file} (needs {want})")
+    state = _float32(_with_file(root / UNET_DIR / WEIGHTS, state_from_diffusers, weights, unet))
+    out = Path(out_run_dir)
+    _check_empty(out, "import")
+    name = _match_preset(unet, settings.prediction, settings.variance, preset)
+    info = _sidecar_run(root, unet_config, scheduler_config) or _new_run_info(root, unet, settings, name)
+    if preset is not None:
+        info["preset"] = preset
+    if data is not None:
+        info["data"] = data
+    paths = RunPaths.of(out)
+    blob = _safetensors_bytes(state)  # serialised once for both files
+    for file in (paths.model, paths.ema):
+        atomic_write_bytes(file, blob)
+    return write_run_json(out, **{k: v for k, v in info.items() if k != "format"})
+
+
+def export_diffusers(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                     use_ema: bool = True) -> Path:
+    """Write a run as a folder that diffusers' ``DDPMPipeline.from_pretrained`` loads.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory (trained or imported).
+    out_dir : path
+        The new folder; it must not exist or be empty.
+    use_ema : bool
+        Export ``ema.safetensors`` (default, what samples) or ``model.safetensors``.
+
+    Returns
+    -------
+    Path
+        ``out_dir``, holding ``model_index.json``, ``unet/config.json``,
+        ``unet/diffusion_pytorch_model.safetensors``, ``scheduler/scheduler_config.json``
+        (the run's schedule, prediction, variance and clipping; a run.json without ``clip``
+        clips to [-1, 1] as ``ddpm sample`` does) and ``ddpm_run.json`` (the run.json).
+
+    Raises
+    ------
+    ValueError
+        Naming what diffusers cannot express: ``ch_mult[0] != 1``, ``resamp_with_conv=False``,
+        ``prediction="mean"``, ``variance="learned"``, a respaced schedule.
+    """
+    paths = RunPaths.of(run_dir)
+    info = read_run_json(run_dir)
+    unet = UNetConfig.from_dict(info["unet"])
+    unet_config, scheduler_config = _with_file(paths.run_json, _folder_configs, info)
+    source = paths.ema if use_ema else paths.model
+    state = _with_file(source, state_to_diffusers, load_safetensors(source), unet)
+    out = Path(out_dir)
+    _check_empty(out, "export")
+    save_safetensors(out / UNET_DIR / WEIGHTS, state, metadata={"format": "pt"})
+    atomic_write_json(out / UNET_DIR / CONFIG, unet_config)
+    atomic_write_json(out / SCHEDULER_DIR / SCHEDULER_CONFIG, scheduler_config)
+    atomic_write_json(out / SIDECAR, info)
+    atomic_write_json(out / MODEL_INDEX, {"_class_name": "DDPMPipeline",
+                                          "scheduler": ["diffusers", "DDPMScheduler"],
+                                          "unet": ["diffusers", "UNet2DModel"]})
+    return out
