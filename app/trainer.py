@@ -32,8 +32,11 @@ import numpy as np
 
 from ddpm_core.app.atomic import remove_stale_temporaries
 from ddpm_core.app.images import image_grid, save_png
+from ddpm_core.app.lock import run_lock
 from ddpm_core.app.logs import LOG_FIELDS, CsvLog, Progress
-from ddpm_core.app.options import TrainOptions, resolve_options
+from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
+from ddpm_core.app.outputs import check_train_out
+from ddpm_core.app.resume import resume_options
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json, schedule_dict, write_run
 from ddpm_core.app.seeding import batch_indices, flip_mask, timestep_draws
 from ddpm_core.timesteps import LossSecondMoment, sample_timesteps, uniform_weights
@@ -144,14 +147,24 @@ def train(options: TrainOptions, make_backend: Any) -> dict[str, Any]:
     NonFiniteLossError
         If the loss becomes NaN or inf (nothing is written after the last good checkpoint).
     """
+    check_train_out(options.out, resume=options.resume)
+    options = _complete_options(options)
     preset, unet_cfg, train_cfg = resolve_options(options)
     backend = make_backend(options, unet_cfg, train_cfg)
     if train_cfg.batch_size % backend.shards:
         raise ValueError(f"batch_size ({train_cfg.batch_size}) must be divisible by the number "
                          f"of {backend.name} data-parallel shards ({backend.shards})")
-    _check_run_dir(options, unet_cfg, backend)
-    data = _load_train_data(options, preset, unet_cfg)
-    return _Loop(options, unet_cfg, train_cfg, backend, data).run()
+    with run_lock(options.out, enabled=backend.main):
+        _check_run_dir(options, unet_cfg, backend)
+        data = _load_train_data(options, preset, unet_cfg)
+        return _Loop(options, unet_cfg, train_cfg, backend, data).run()
+
+
+def _complete_options(options: TrainOptions) -> TrainOptions:
+    """Unset options: the stored ones of a resumed run, else the defaults."""
+    if not options.resume:
+        return with_defaults(options)
+    return resume_options(options, read_run_json(options.out), RunPaths.of(options.out).run_json)
 
 
 def _load_train_data(options: TrainOptions, preset: Any, unet: Any) -> np.ndarray:
