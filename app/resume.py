@@ -57,6 +57,10 @@ def resume_options(options: TrainOptions, info: Mapping[str, Any],
     stored = stored_options(info)
     for name, value in stored.items():
         given = getattr(options, name)
+        if name == "preset" and given != value:
+            raise ValueError(f"{path}: the run was trained with preset {value!r}; cannot "
+                             f"resume it with preset {given!r} (--preset cannot change on "
+                             "--resume)")
         if given is not None and _differs(given, value):
             raise ValueError(f"{path}: --{name.replace('_', '-')} cannot change on --resume: "
                              f"the run has {value!r}, got {given!r} (only "

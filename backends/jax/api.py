@@ -64,8 +64,8 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
     config = UNetConfig.from_dict(info["unet"])
     devices = pick_devices(device)
     path = paths.ema if use_ema else paths.model
-    verify_file(info, path)
     params = ckpt.load_weights(path, config)
+    verify_file(info, path)
     check_finite(path, ckpt.flatten_tree(params, ""))
     params = jax.device_put(params, devices[0])
     return UNet(config=config, dtype=compute_dtype(devices)), params, \

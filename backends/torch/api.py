@@ -52,8 +52,8 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
     info = read_run_json(run_dir)
     paths = RunPaths.of(run_dir)
     path = paths.ema if use_ema else paths.model
-    verify_file(info, path)
     weights = ckpt.load_weights(path)
+    verify_file(info, path)
     check_finite(path, {k: v.float().numpy() for k, v in weights.items()})
     net = UNet(UNetConfig.from_dict(info["unet"]))
     try:
