@@ -32,7 +32,8 @@ def tests_numpy(session: nox.Session) -> None:
     """The core on NumPy and array-api-strict, with NumPy alone installed."""
     _install(session, None)
     _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_runs.py",
-            "tests/test_data.py", "tests/test_metrics.py", "tests/test_benchmarks.py")
+            "tests/test_data.py", "tests/test_metrics.py", "tests/test_benchmarks.py",
+            "tests/test_reliability.py")
 
 
 @nox.session(name="tests-torch")

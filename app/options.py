@@ -23,6 +23,7 @@ __all__ = [
     "DEVICES",
     "LOSSES",
     "PREDICTIONS",
+    "RUN_DEFAULTS",
     "TIMESTEP_SAMPLERS",
     "VARIANCES",
     "TrainOptions",
@@ -30,11 +31,16 @@ __all__ = [
     "check_int",
     "check_loss_variance",
     "resolve_options",
+    "with_defaults",
 ]
 
 BACKENDS = ("torch", "jax")
 TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 DEVICES = ("auto", "cpu", "cuda", "gpu", "tpu")
+# What an unset (None) run option means for a new run; a resumed run takes the stored value.
+RUN_DEFAULTS: dict[str, Any] = {"seed": 0, "timestep_sampler": "uniform", "log_every": 50,
+                                "sample_every": 0, "ckpt_every": 1000, "sample_n": 64,
+                                "compile": False, "device": "auto", "progress": True}
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -65,7 +71,11 @@ def _check_float(name: str, value: Any, low: float, high: float, *, optional: bo
 
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
-    """Everything ``ddpm train`` needs; ``None`` means "the preset's default".
+    """Everything ``ddpm train`` needs; ``None`` means "unset".
+
+    An unset option takes the preset's default (training settings) or ``RUN_DEFAULTS``
+    (seed, cadence, device, ...) on a new run, and the run's stored value on a resumed
+    one (:func:`ddpm_core.app.resume.resume_options`). :func:`with_defaults` fills them.
 
     Parameters
     ----------
@@ -106,7 +116,7 @@ class TrainOptions:
     backend: str = "torch"
     steps: int | None = None
     resume: bool = False
-    seed: int = 0
+    seed: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     warmup: int | None = None
@@ -117,15 +127,15 @@ class TrainOptions:
     loss: str | None = None
     prediction: str | None = None
     variance: str | None = None
-    timestep_sampler: str = "uniform"
+    timestep_sampler: str | None = None
     data: str | None = None
-    log_every: int = 50
-    sample_every: int = 0
-    ckpt_every: int = 1000
-    sample_n: int = 64
-    compile: bool = False
-    device: str = "auto"
-    progress: bool = True
+    log_every: int | None = None
+    sample_every: int | None = None
+    ckpt_every: int | None = None
+    sample_n: int | None = None
+    compile: bool | None = None
+    device: str | None = None
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.preset, str) or not self.preset:
@@ -137,15 +147,20 @@ class TrainOptions:
                               ("variance", VARIANCES)):
             if getattr(self, name) is not None:
                 check_choice(name, getattr(self, name), allowed)
-        check_choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
-        check_choice("device", self.device, DEVICES)
+        for name, allowed in (("timestep_sampler", TIMESTEP_SAMPLERS), ("device", DEVICES)):
+            if getattr(self, name) is not None:
+                check_choice(name, getattr(self, name), allowed)
+        for name in ("resume", "random_flip", "compile", "progress"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False; got {value!r}")
         check_int("steps", self.steps, 1, optional=True)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, optional=True)
         check_int("batch_size", self.batch_size, 1, optional=True)
         check_int("warmup", self.warmup, 0, optional=True)
         for name in ("log_every", "sample_every", "ckpt_every"):
-            check_int(name, getattr(self, name), 0)
-        check_int("sample_n", self.sample_n, 1)
+            check_int(name, getattr(self, name), 0, optional=True)
+        check_int("sample_n", self.sample_n, 1, optional=True)
         _check_float("lr", self.lr, 0.0, 1.0)
         _check_float("grad_clip", self.grad_clip, 0.0, math.inf, high_open=True)
         _check_float("ema_decay", self.ema_decay, 0.0, 1.0, low_open=False, high_open=True)
@@ -162,6 +177,12 @@ class TrainOptions:
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
         return d
+
+
+def with_defaults(options: TrainOptions) -> TrainOptions:
+    """``options`` with every unset run option (seed, cadence, device, ...) at ``RUN_DEFAULTS``."""
+    return options.replace(**{k: v for k, v in RUN_DEFAULTS.items()
+                              if getattr(options, k) is None})
 
 
 def check_loss_variance(loss: str, variance: str) -> None:

@@ -3,8 +3,10 @@
 ::
 
     RUN/
-      run.json               format 1: backend, preset, unet, train, schedule, prediction,
-                             variance, data, step (see docs/CONTRACT.md)
+      run.json               format 2: backend, preset, unet, train, schedule, prediction,
+                             variance, data, step, seed, options, files (sha256) (see
+                             docs/CONTRACT.md; format 1 is still read; ddpm_core.app.schema)
+      .lock                  held by the training process (ddpm_core.app.lock)
       model.safetensors      raw weights, canonical PyTorch ``state_dict`` naming
       ema.safetensors        EMA weights (what samples)
       state-<backend>.*      optimizer, step, RNG (never pickled objects)
@@ -27,6 +29,7 @@ import numpy as np
 
 from ddpm_core.app.atomic import atomic_write_json
 from ddpm_core.app.options import BACKENDS, PREDICTIONS, VARIANCES, TrainOptions, check_choice, check_int
+from ddpm_core.app.schema import validate_run_json
 
 __all__ = [
     "RUN_FORMAT",
@@ -39,7 +42,7 @@ __all__ = [
     "write_run_json",
 ]
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2
 RUN_KEYS = ("format", "backend", "preset", "unet", "train", "schedule", "prediction",
             "variance", "data", "step")
 
@@ -85,7 +88,7 @@ class RunPaths:
 def write_run_json(run_dir: str | os.PathLike, *, backend: str, preset: str, unet: Any,
                    train: Any, schedule: Mapping[str, Any], prediction: str, variance: str,
                    data: str, step: int, **extra: Any) -> dict[str, Any]:
-    """Write ``run_dir/run.json`` (format 1) atomically and return the dict written.
+    """Write ``run_dir/run.json`` (format 2) atomically and return the dict written.
 
     ``unet`` and ``train`` may be dataclasses (e.g. ``Preset.unet``) or mappings; the
     effective training settings belong in ``train``. ``extra`` keys (e.g. ``options``,
@@ -104,7 +107,7 @@ def write_run_json(run_dir: str | os.PathLike, *, backend: str, preset: str, une
 
 
 def write_run(run_dir: str | os.PathLike, options: TrainOptions, unet: Any, train: Any,
-              step: int) -> dict[str, Any]:
+              step: int, **extra: Any) -> dict[str, Any]:
     """run.json of a training run (both backends call this, so the files agree).
 
     ``unet``/``train`` are the resolved configs of :func:`resolve_options`.
@@ -113,7 +116,13 @@ def write_run(run_dir: str | os.PathLike, options: TrainOptions, unet: Any, trai
                           train=train, schedule=schedule_dict(train),
                           prediction=train.prediction, variance=train.variance,
                           data=options.data or _preset_data(options.preset), step=step,
-                          seed=options.seed, timestep_sampler=options.timestep_sampler)
+                          seed=options.seed, timestep_sampler=options.timestep_sampler,
+                          options=_run_options(options), **extra)
+
+
+def _run_options(options: TrainOptions) -> dict[str, Any]:
+    """The options of the run as given to the loop (resolved; ``out``/``resume`` left out)."""
+    return {k: v for k, v in options.to_dict().items() if k not in ("out", "resume")}
 
 
 def _preset_data(name: str) -> str:
@@ -123,7 +132,8 @@ def _preset_data(name: str) -> str:
 
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``run_dir/run.json``; errors name the file and the problem."""
+    """Read ``run_dir/run.json`` and check it against its format's schema
+    (:mod:`ddpm_core.app.schema`); errors name the file, the field and what is allowed."""
     path = RunPaths.of(run_dir).run_json
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no run.json; is {run_dir!s} a run directory "
@@ -132,15 +142,7 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable run.json ({e})") from e
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    if info.get("format") != RUN_FORMAT:
-        raise ValueError(f"{path}: format {info.get('format')!r} is not supported "
-                         f"(this version reads format {RUN_FORMAT})")
-    missing = [k for k in RUN_KEYS if k not in info]
-    if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
-    return info
+    return validate_run_json(info, path)
 
 
 def schedule_dict(train: Any) -> dict[str, Any]:

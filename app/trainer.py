@@ -32,8 +32,12 @@ import numpy as np
 
 from ddpm_core.app.atomic import remove_stale_temporaries
 from ddpm_core.app.images import image_grid, save_png
+from ddpm_core.app.integrity import check_state_step, file_hashes, verify_file
+from ddpm_core.app.lock import run_lock
 from ddpm_core.app.logs import LOG_FIELDS, CsvLog, Progress
-from ddpm_core.app.options import TrainOptions, resolve_options
+from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
+from ddpm_core.app.outputs import check_train_out
+from ddpm_core.app.resume import resume_options
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json, schedule_dict, write_run
 from ddpm_core.app.seeding import batch_indices, flip_mask, timestep_draws
 from ddpm_core.timesteps import LossSecondMoment, sample_timesteps, uniform_weights
@@ -144,14 +148,24 @@ def train(options: TrainOptions, make_backend: Any) -> dict[str, Any]:
     NonFiniteLossError
         If the loss becomes NaN or inf (nothing is written after the last good checkpoint).
     """
+    check_train_out(options.out, resume=options.resume)
+    options = _complete_options(options)
     preset, unet_cfg, train_cfg = resolve_options(options)
     backend = make_backend(options, unet_cfg, train_cfg)
     if train_cfg.batch_size % backend.shards:
         raise ValueError(f"batch_size ({train_cfg.batch_size}) must be divisible by the number "
                          f"of {backend.name} data-parallel shards ({backend.shards})")
-    _check_run_dir(options, unet_cfg, backend)
-    data = _load_train_data(options, preset, unet_cfg)
-    return _Loop(options, unet_cfg, train_cfg, backend, data).run()
+    with run_lock(options.out, enabled=backend.main):
+        _check_run_dir(options, unet_cfg, backend)
+        data = _load_train_data(options, preset, unet_cfg)
+        return _Loop(options, unet_cfg, train_cfg, backend, data).run()
+
+
+def _complete_options(options: TrainOptions) -> TrainOptions:
+    """Unset options: the stored ones of a resumed run, else the defaults."""
+    if not options.resume:
+        return with_defaults(options)
+    return resume_options(options, read_run_json(options.out), RunPaths.of(options.out).run_json)
 
 
 def _load_train_data(options: TrainOptions, preset: Any, unet: Any) -> np.ndarray:
@@ -185,6 +199,15 @@ def _check_run_dir(options: TrainOptions, unet: Any, backend: TrainBackend) -> N
                               "it or choose another --out")
 
 
+def _saved_step(run_dir: Any) -> int | None:
+    """The step of the checkpoint run.json records (None before the first one)."""
+    try:
+        info = read_run_json(run_dir)
+    except (OSError, ValueError):
+        return None
+    return int(info["step"])
+
+
 def _other_backend_run(paths: RunPaths, backend: str) -> bool:
     try:
         return paths.run_json.is_file() and read_run_json(paths.root)["backend"] != backend
@@ -212,11 +235,24 @@ class _Loop:
         self.schedule = make_schedule(schedule_dict(train_cfg))
         self.tsampler = (None if options.timestep_sampler == "uniform"
                          else LossSecondMoment.create(self.schedule.num_timesteps))
-        self.step, arrays = backend.start(options.out if options.resume else None)
+        self.files: dict[str, str] = {}
+        self.step, arrays = self._start()
         if self.tsampler is not None and options.resume:
             self.tsampler = dataclasses.replace(self.tsampler, losses=arrays["tsampler/losses"],
                                                 counts=arrays["tsampler/counts"])
         self.last_loss = float("nan")
+
+    def _start(self) -> tuple[int, dict[str, np.ndarray]]:
+        """Fresh state, or the checked checkpoint of a resumed run (hash and step)."""
+        if not self.o.resume:
+            return self.b.start(None)
+        info = read_run_json(self.o.out)
+        state = self.b.state_path(self.o.out)
+        verify_file(info, state)
+        step, arrays = self.b.start(self.o.out)
+        check_state_step(info, step, state)
+        self.files = dict(info.get("files", {}))
+        return step, arrays
 
     # ---------------------------------------------------------------- the loop
 
@@ -225,7 +261,7 @@ class _Loop:
         t0 = time.perf_counter()
         log = self._open_log()
         if self.b.main:
-            write_run(o.out, o, self.cfg, self.tc, self.step)
+            write_run(o.out, o, self.cfg, self.tc, self.step, files=self.files)
         progress = Progress(total, self.tc.batch_size, enabled=o.progress and self.b.main)
         window = _Window(start=time.perf_counter())
         while self.step < total:
@@ -315,8 +351,14 @@ class _Loop:
             return
         arrays = {} if self.tsampler is None else {"tsampler/losses": self.tsampler.losses,
                                                    "tsampler/counts": self.tsampler.counts}
+        saved = _saved_step(self.o.out)
+        if saved is not None:  # a crash inside the write leaves old or new files: say so
+            write_run(self.o.out, self.o, self.cfg, self.tc, saved, files=self.files,
+                      pending={"step": self.step})
         self.b.save(self.o.out, self.step, arrays)
-        write_run(self.o.out, self.o, self.cfg, self.tc, self.step)
+        self.files = file_hashes([self.b.state_path(self.o.out), self.paths.model,
+                                  self.paths.ema])
+        write_run(self.o.out, self.o, self.cfg, self.tc, self.step, files=self.files)
 
     def _sample_grid(self) -> None:
         if not self.b.main:

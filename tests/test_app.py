@@ -102,10 +102,12 @@ def test_atomic_write_respects_umask(tmp_path):
 
 
 def _write(run_dir, **kw):
-    args = dict(backend="torch", preset="tiny", unet={"ch": 16, "ch_mult": (1, 2)},
-                train={"lr": 1e-3}, schedule={"name": "linear", "num_timesteps": 10,
-                                               "beta_start": 1e-4, "beta_end": 0.02},
-                prediction="eps", variance="fixed_small", data="digits", step=3)
+    from ddpm_core.models import get_preset
+
+    preset = get_preset("tiny")
+    args = dict(backend="torch", preset="tiny", unet=preset.unet, train=preset.train,
+                schedule=rundir.schedule_dict(preset.train), prediction=preset.train.prediction,
+                variance=preset.train.variance, data="digits", step=3)
     args.update(kw)
     return rundir.write_run_json(run_dir, **args)
 
@@ -113,7 +115,7 @@ def _write(run_dir, **kw):
 def test_run_json_round_trip(tmp_path):
     written = _write(tmp_path, step=np.int64(5))
     read = rundir.read_run_json(tmp_path)
-    assert read == written and read["format"] == 1 and read["step"] == 5
+    assert read == written and read["format"] == 2 and read["step"] == 5
     assert read["unet"]["ch_mult"] == [1, 2]
 
 
@@ -124,10 +126,10 @@ def test_run_json_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"run\.json: not a readable"):
         rundir.read_run_json(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"format": 99}))
-    with pytest.raises(ValueError, match="format 99 is not supported"):
+    with pytest.raises(ValueError, match="'format' is 99; allowed: one of 1, 2"):
         rundir.read_run_json(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"format": 1, "backend": "torch"}))
-    with pytest.raises(ValueError, match="missing keys"):
+    with pytest.raises(ValueError, match="field 'preset' is missing"):
         rundir.read_run_json(tmp_path)
     with pytest.raises(ValueError, match="prediction must be one of"):
         _write(tmp_path, prediction="noise")

@@ -26,6 +26,7 @@ from ddpm_core.app.cli.backends import BackendUnavailable, load_backend
 from ddpm_core.app.cli.commands import cmd_interpolate, cmd_presets, cmd_progressive, cmd_sample, cmd_train
 from ddpm_core.app.cli.evaluate import cmd_eval
 from ddpm_core.app.cli.parser import build_parser
+from ddpm_core.app.lock import RunLockedError
 
 __all__ = ["BackendUnavailable", "build_parser", "load_backend", "main"]
 
@@ -41,12 +42,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, parser)
         return _COMMANDS[args.command](args)
-    except (BackendUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+    except (BackendUnavailable, FileNotFoundError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, PermissionError, ValueError) as e:
+        print(f"ddpm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:  # NaN/inf loss (NonFiniteLossError)
-        print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+    except (FloatingPointError, RunLockedError) as e:  # NaN/inf loss, a run in use
+        print(f"ddpm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, an I/O error: name the path and the cause
+        print(f"ddpm {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # a device that is not there (CUDA, GPU)
+        if not _device_error(e):
+            raise
+        print(f"ddpm {args.command}: error: {_one_line(e)}; choose another --device "
+              "(cpu or auto)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _os_error(e: OSError) -> str:
+    import errno
+
+    where = e.filename or "the output"
+    if e.errno == errno.ENOSPC:
+        return (f"{where}: no space left on the device; free space and run again (files "
+                "are written atomically, so the previous ones are intact)")
+    return f"{where}: {e.strerror or _one_line(e)}"
+
+
+def _device_error(e: RuntimeError) -> bool:
+    text = str(e).lower()
+    return any(w in text for w in ("cuda", "device", "gpu", "tpu", "backend"))

@@ -20,6 +20,7 @@ from ddpm_core.app.cli.backends import (
 )
 from ddpm_core.app.images import image_grid, save_npz, save_png
 from ddpm_core.app.options import BACKENDS, TrainOptions, resolve_options
+from ddpm_core.app.outputs import check_output
 from ddpm_core.app.rundir import read_run_json
 
 __all__ = ["cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "cmd_train",
@@ -27,7 +28,8 @@ __all__ = ["cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "c
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    backend = args.backend or default_train_backend()
+    backend = args.backend or (_run_backend_of(args.out) if args.resume else None) \
+        or default_train_backend()
     try:
         options = TrainOptions(
             preset=args.preset, out=args.out, backend=backend, steps=args.steps,
@@ -38,7 +40,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             timestep_sampler=args.timestep_sampler, data=args.data, log_every=args.log_every,
             sample_every=args.sample_every, ckpt_every=args.ckpt_every,
             sample_n=args.sample_n, compile=args.compile, device=args.device,
-            progress=not args.quiet)
+            progress=False if args.quiet else None)
         resolve_options(options)
     except ValueError as e:
         parser.error(str(e))
@@ -47,6 +49,14 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s, final loss "
           f"{summary['final_loss']:.4f}; run directory {summary['run_dir']}")
     return 0
+
+
+def _run_backend_of(run_dir: str) -> str | None:
+    """The backend a run to resume was trained with (None if run.json is unreadable)."""
+    try:
+        return read_run_json(run_dir)["backend"]
+    except (OSError, ValueError):
+        return None
 
 
 def write_grid(out: str, grid_images: np.ndarray, arrays: dict[str, np.ndarray],
@@ -59,6 +69,7 @@ def write_grid(out: str, grid_images: np.ndarray, arrays: dict[str, np.ndarray],
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    check_output(args.out, "grid")
     api = load_backend(run_backend(args.run, args.backend))
     images = call(api.sample, args.run, n=args.n, sampler=args.sampler, steps=args.steps,
                         eta=args.eta, seed=args.seed, batch_size=args.batch_size,
@@ -68,6 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_progressive(args: argparse.Namespace) -> int:
+    check_output(args.out, "grid")
     api = load_backend(run_backend(args.run, args.backend))
     frames = call(api.progressive, args.run, n=args.n, seed=args.seed, frames=args.frames,
                              sampler=args.sampler, steps=args.steps,
@@ -78,6 +90,7 @@ def cmd_progressive(args: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    check_output(args.out, "grid")
     api = load_backend(run_backend(args.run, args.backend))
     from ddpm_core.data import load_dataset
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ddpm_core.app.cli.backends import BackendUnavailable, call, load_backend, load_evaluation, run_backend
 from ddpm_core.app.cli.commands import write_grid
+from ddpm_core.app.outputs import check_output
 
 __all__ = ["cmd_eval"]
 
@@ -45,6 +46,7 @@ def _cmd_eval_bpd(args: argparse.Namespace) -> int:
 def _cmd_eval_rate_distortion(args: argparse.Namespace) -> int:
     from ddpm_core.app.evaluation import rate_distortion, write_rate_distortion
 
+    check_output(args.out, "prefix")
     r = _eval_bpd(args)
     csv_path, png_path = write_rate_distortion(args.out, rate_distortion(r))
     print(f"bits/dim {r['bpd']:.4f} on {r['n']} held-out images; wrote {csv_path} and "
@@ -80,6 +82,7 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_shared_latent(args: argparse.Namespace) -> int:
+    check_output(args.out, "grid")
     grid = load_evaluation("torch").shared_latent(
         args.run, index=args.index, ts=tuple(args.t), k=args.k, seed=args.seed,
         use_ema=not args.no_ema, device=args.device)

@@ -106,8 +106,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--preset", required=True, choices=_presets())
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--steps", type=int_at_least(1), help="total optimizer steps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its stored options (only --steps, "
+                        "the cadence, --sample-n, --device, --quiet and --compile may change)")
+    p.add_argument("--seed", type=int_at_least(0), help="default 0")
     p.add_argument("--batch-size", type=int_at_least(1), help="global batch size")
     p.add_argument("--lr", type=float_in(0.0, 1.0))
     p.add_argument("--warmup", type=int_at_least(0), help="linear warm-up steps")
@@ -119,16 +121,16 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--loss", choices=LOSSES)
     p.add_argument("--prediction", choices=PREDICTIONS)
     p.add_argument("--variance", choices=VARIANCES)
-    p.add_argument("--timestep-sampler", choices=TIMESTEP_SAMPLERS, default="uniform")
+    p.add_argument("--timestep-sampler", choices=TIMESTEP_SAMPLERS, help="default uniform")
     p.add_argument("--data", help="mnist, digits, a folder of images, an .npz or "
                                   "cifar-10-python.tar.gz (default: the preset's)")
-    p.add_argument("--log-every", type=int_at_least(0), default=50)
-    p.add_argument("--sample-every", type=int_at_least(0), default=0,
-                   help="write an EMA sample grid every N steps (0: only at the end)")
-    p.add_argument("--ckpt-every", type=int_at_least(0), default=1000)
-    p.add_argument("--sample-n", type=int_at_least(1), default=64)
-    p.add_argument("--compile", action="store_true", help="torch.compile on CUDA")
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--log-every", type=int_at_least(0), help="default 50")
+    p.add_argument("--sample-every", type=int_at_least(0),
+                   help="write an EMA sample grid every N steps (default 0: only at the end)")
+    p.add_argument("--ckpt-every", type=int_at_least(0), help="default 1000")
+    p.add_argument("--sample-n", type=int_at_least(1), help="default 64")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile on CUDA")
+    p.add_argument("--device", choices=DEVICES, help="default auto")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 

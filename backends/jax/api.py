@@ -7,7 +7,8 @@ either backend.
 
 Examples
 --------
->>> from ddpm_core.app.options import TrainOptions
+>>> from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
+from ddpm_core.app.options import TrainOptions
 >>> opts = TrainOptions(preset="tiny", out="runs/tiny", backend="jax", steps=20)
 >>> summary = train(opts)  # doctest: +SKIP
 >>> images = sample("runs/tiny", n=16, sampler="ddim", steps=20)  # doctest: +SKIP
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 
 from ddpm_core.app.chains import interpolation_sources
+from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.jax import checkpoint as ckpt
@@ -61,7 +63,10 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
     paths = RunPaths.of(run_dir)
     config = UNetConfig.from_dict(info["unet"])
     devices = pick_devices(device)
-    params = ckpt.load_weights(paths.ema if use_ema else paths.model, config)
+    path = paths.ema if use_ema else paths.model
+    params = ckpt.load_weights(path, config)
+    verify_file(info, path)
+    check_finite(path, ckpt.flatten_tree(params, ""))
     params = jax.device_put(params, devices[0])
     return UNet(config=config, dtype=compute_dtype(devices)), params, \
         make_schedule(info["schedule"]), info
@@ -93,6 +98,7 @@ def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
     net, params, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
     s = _sampler(net, schedule, info, sampler, steps, eta)
     x, _ = s.generate(params, n=n, seed=seed, batch_size=batch_size, loop=loop)
+    check_finite_samples(np.asarray(x))
     return to_images(x)
 
 

@@ -23,6 +23,7 @@ import torch
 
 from ddpm_core.app.chains import interpolation_sources
 from ddpm_core.app.images import to_uint8
+from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.torch import checkpoint as ckpt
@@ -50,7 +51,10 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
 
     info = read_run_json(run_dir)
     paths = RunPaths.of(run_dir)
-    weights = ckpt.load_weights(paths.ema if use_ema else paths.model)
+    path = paths.ema if use_ema else paths.model
+    weights = ckpt.load_weights(path)
+    verify_file(info, path)
+    check_finite(path, {k: v.float().numpy() for k, v in weights.items()})
     net = UNet(UNetConfig.from_dict(info["unet"]))
     try:
         net.load_state_dict(weights)
@@ -74,6 +78,7 @@ def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
     x = sampling.generate(net, schedule, n=n, sampler=sampler, steps=steps, eta=eta,
                           seed=seed, prediction=info["prediction"],
                           variance=info["variance"], batch_size=batch_size, compile=compile)
+    check_finite_samples(x.float().cpu().numpy() if hasattr(x, "cpu") else x)
     return to_uint8(x)
 
 
