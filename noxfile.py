@@ -31,7 +31,7 @@ def _pytest(session: nox.Session, backends: str, *paths: str) -> None:
 def tests_numpy(session: nox.Session) -> None:
     """The core on NumPy and array-api-strict, with NumPy alone installed."""
     _install(session, None)
-    _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_runs.py",
+    _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_app.py",
             "tests/test_data.py", "tests/test_metrics.py", "tests/test_benchmarks.py",
             "tests/test_reliability.py")
 
