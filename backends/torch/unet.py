@@ -229,14 +229,15 @@ class Encoder(nn.Module):
     """The U-Net's encoder half, shared with the classifier under the same names.
 
     ``temb`` (and ``label_emb`` for a class-conditional config), ``conv_in``, the down
-    levels and ``mid``; :meth:`embed` and :meth:`encode` run them.
+    levels and ``mid``; :meth:`embed` and :meth:`encode` run them. ``backbone`` is the
+    U-Net config they are built from.
     """
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         if not isinstance(config, UNetConfig):
             raise TypeError(f"config must be a UNetConfig, got {type(config).__name__}")
-        self.unet_config = config
+        self.backbone = config
         plan = unet_plan(config)
         self.temb = TimeEmbedding(config.ch, config.temb_channels)
         if config.num_classes:
@@ -246,13 +247,13 @@ class Encoder(nn.Module):
         self.mid = Middle(config, plan.mid_ch)
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        c, s = self.unet_config.in_channels, self.unet_config.image_size
+        c, s = self.backbone.in_channels, self.backbone.image_size
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
             raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got x.shape={tuple(x.shape)}")
         return _per_sample("t", t, x)
 
     def _check_labels(self, y: torch.Tensor | int | None, x: torch.Tensor) -> torch.Tensor | None:
-        k = self.unet_config.num_classes
+        k = self.backbone.num_classes
         check_conditioning(k, y is not None, x.shape[0])
         if y is None:
             return None
