@@ -8,10 +8,13 @@ holds the same numbers in Flax's layouts:
   (kh, kw, I, O);
 - ``temb.dense.0.weight`` (out, in) <-> ``temb/dense_0/kernel`` (in, out);
 - ``mid.attn_1.norm.weight`` <-> ``mid/attn_1/norm/scale`` (GroupNorm);
+- ``label_emb.weight`` (K + 1, 4ch) <-> ``label_emb/embedding`` (K + 1, 4ch), unchanged
+  (the class-conditional U-Net's label embedding);
 - ``*.bias`` <-> ``*/bias`` unchanged
 
-(a path segment that is a number joins the one before it with ``_``). Neither torch
-nor jax is imported here, so any run directory can be read by either backend.
+(a path segment that is a number joins the one before it with ``_``). The noise-aware
+classifier follows the same rules (its ``config`` is a ``ClassifierConfig``). Neither
+torch nor jax is imported here, so any run directory can be read by either backend.
 
 Examples
 --------
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.models import UNetConfig, parameter_shapes
+from ddpm_core.models import ClassifierConfig, UNetConfig, parameter_shapes
 
 __all__ = [
     "check_state",
@@ -47,7 +50,8 @@ def flax_path(name: str) -> tuple[str, ...]:
     """Flax parameter path of a canonical (PyTorch) name.
 
     Numeric segments join the one before (``down.0`` -> ``down_0``); a leaf ``weight``
-    becomes ``scale`` in a GroupNorm (modules ``norm*``) and ``kernel`` elsewhere.
+    becomes ``scale`` in a GroupNorm (modules ``norm*``), ``embedding`` in the label
+    embedding (``label_emb``) and ``kernel`` elsewhere.
 
     Examples
     --------
@@ -55,6 +59,8 @@ def flax_path(name: str) -> tuple[str, ...]:
     ('down_0', 'block_1', 'conv1', 'kernel')
     >>> flax_path("mid.attn_1.norm.weight")
     ('mid', 'attn_1', 'norm', 'scale')
+    >>> flax_path("label_emb.weight")
+    ('label_emb', 'embedding')
     """
     *modules, leaf = name.split(".")
     path: list[str] = []
@@ -64,27 +70,33 @@ def flax_path(name: str) -> tuple[str, ...]:
         else:
             path.append(seg)
     if leaf == "weight":
-        leaf = "scale" if path[-1].startswith("norm") else "kernel"
+        leaf = "scale" if path[-1].startswith("norm") else _WEIGHT_LEAF.get(path[-1], "kernel")
     return (*path, leaf)
 
 
-def _to_flax_layout(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 4:  # conv (O, I, kh, kw) -> (kh, kw, I, O)
+_WEIGHT_LEAF = {"label_emb": "embedding"}
+
+
+def _to_flax_layout(a: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and a.ndim == 4:  # conv (O, I, kh, kw) -> (kh, kw, I, O)
         return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
-    if a.ndim == 2:  # linear (out, in) -> (in, out)
+    if leaf == "kernel" and a.ndim == 2:  # linear (out, in) -> (in, out)
         return np.ascontiguousarray(a.T)
     return np.array(a)
 
 
-def _to_torch_layout(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 4:  # (kh, kw, I, O) -> (O, I, kh, kw)
+def _to_torch_layout(a: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and a.ndim == 4:  # (kh, kw, I, O) -> (O, I, kh, kw)
         return np.ascontiguousarray(a.transpose(3, 2, 0, 1))
-    if a.ndim == 2:
+    if leaf == "kernel" and a.ndim == 2:
         return np.ascontiguousarray(a.T)
     return np.array(a)
 
 
-def check_state(state: Mapping[str, Any], config: UNetConfig) -> None:
+Config = UNetConfig | ClassifierConfig
+
+
+def check_state(state: Mapping[str, Any], config: Config) -> None:
     """Raise ``ValueError`` unless ``state`` has exactly the canonical names and shapes.
 
     The message names the missing, unexpected or mis-shaped entries (at most 5 each).
@@ -96,19 +108,20 @@ def check_state(state: Mapping[str, Any], config: UNetConfig) -> None:
              if k in state and tuple(np.shape(state[k])) != shapes[k]]
     if missing or unexpected or wrong:
         raise ValueError(
-            f"state does not match the U-Net config: missing={missing[:5]} "
+            f"state does not match the {type(config).__name__}: missing={missing[:5]} "
             f"({len(missing)}), unexpected={unexpected[:5]} ({len(unexpected)}), "
             f"wrong shapes={wrong[:5]} ({len(wrong)})")
 
 
-def torch_to_flax(state: Mapping[str, Any], config: UNetConfig) -> dict[str, Any]:
-    """Canonical (PyTorch ``state_dict``) weights -> the Flax U-Net's ``"params"`` tree.
+def torch_to_flax(state: Mapping[str, Any], config: Config) -> dict[str, Any]:
+    """Canonical (PyTorch ``state_dict``) weights -> the Flax U-Net's (or classifier's)
+    ``"params"`` tree.
 
     Parameters
     ----------
     state : mapping of str to array
         Canonical names to arrays (NumPy, or anything ``np.asarray`` accepts).
-    config : UNetConfig
+    config : UNetConfig or ClassifierConfig
         The network both sides were built from.
 
     Returns
@@ -124,7 +137,7 @@ def torch_to_flax(state: Mapping[str, Any], config: UNetConfig) -> dict[str, Any
         node = tree
         for seg in path:
             node = node.setdefault(seg, {})
-        node[leaf] = _to_flax_layout(np.asarray(state[name]))
+        node[leaf] = _to_flax_layout(np.asarray(state[name]), leaf)
     return tree
 
 
@@ -138,8 +151,9 @@ def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tupl
     return out
 
 
-def flax_to_torch(params: Mapping[str, Any], config: UNetConfig) -> dict[str, np.ndarray]:
-    """The Flax U-Net's parameter tree -> canonical (PyTorch ``state_dict``) NumPy arrays.
+def flax_to_torch(params: Mapping[str, Any], config: Config) -> dict[str, np.ndarray]:
+    """The Flax U-Net's (or classifier's) parameter tree -> canonical (PyTorch
+    ``state_dict``) NumPy arrays.
 
     ``params`` is the ``"params"`` collection (a ``{"params": ...}`` wrapper is accepted);
     leaves may be JAX or NumPy arrays. Dtypes are kept.
@@ -152,9 +166,9 @@ def flax_to_torch(params: Mapping[str, Any], config: UNetConfig) -> dict[str, np
     missing = [paths[p] for p in paths if p not in flat]
     unexpected = ["/".join(p) for p in flat if p not in paths]
     if missing or unexpected:
-        raise ValueError(f"params do not match the U-Net config: missing={missing[:5]} "
+        raise ValueError(f"params do not match the {type(config).__name__}: missing={missing[:5]} "
                          f"({len(missing)}), unexpected={unexpected[:5]} ({len(unexpected)})")
-    state = {name: _to_torch_layout(np.asarray(flat[p])) for p, name in paths.items()}
+    state = {name: _to_torch_layout(np.asarray(flat[p]), p[-1]) for p, name in paths.items()}
     check_state(state, config)
     return {name: state[name] for name in shapes}
 

@@ -8,6 +8,11 @@ discretized decoder L_0.
 """
 
 from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
+from ddpm_core.guidance import (
+    classifier_free_guidance,
+    classifier_guidance_eps,
+    classifier_guidance_mean,
+)
 from ddpm_core.losses import (
     BitsPerDim,
     bits_per_dim,
@@ -22,9 +27,11 @@ from ddpm_core.losses import (
 from ddpm_core.parameterization import (
     MeanVariance,
     clip_x0,
+    eps_from_score,
     p_mean_variance,
     predict_eps,
     predict_mean,
+    predict_score,
     predict_v,
     predict_x0,
 )
@@ -52,16 +59,21 @@ __all__ = [
     "Schedule",
     "StepResult",
     "bits_per_dim",
+    "classifier_free_guidance",
+    "classifier_guidance_eps",
+    "classifier_guidance_mean",
     "clip_x0",
     "ddim_step",
     "ddpm_step",
     "discretized_gaussian_log_likelihood",
+    "eps_from_score",
     "interpolate",
     "loss_weights",
     "normal_kl",
     "p_mean_variance",
     "predict_eps",
     "predict_mean",
+    "predict_score",
     "predict_v",
     "predict_x0",
     "prior_bpd",

@@ -47,6 +47,8 @@ __all__ = [
     "predict_mean",
     "clip_x0",
     "split_model_output",
+    "predict_score",
+    "eps_from_score",
 ]
 
 PREDICTIONS = ("eps", "x0", "v", "mean")
@@ -280,3 +282,48 @@ def p_mean_variance(
     mean, x0 = _mean_x0(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
     log_var = _log_variance(schedule, var_values, x, t, variance, xp)
     return MeanVariance(cast_like(mean, x_t, xp), xp.exp(log_var), log_var, cast_like(x0, x_t, xp))
+
+
+# ---- the score (Ho et al. 2020, section 3.2; Dhariwal & Nichol 2021, section 4.2) -------
+
+
+def predict_score(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
+    r"""The score grad_x log q(x_t) implied by a model output: eps read as a scaled score.
+
+    .. math:: \nabla_{x_t} \log q(x_t) \approx -\hat\epsilon / \sqrt{1 - \bar\alpha_t}
+
+    exact for the ideal eps-predictor, eps_hat = E[eps | x_t] (Tweedie's formula on eq. 4).
+    Classifier guidance adds s times a classifier's score to it
+    (``ddpm_core.guidance``). Shapes (B, ...); ``t`` an int or an int array (B,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Schedule.from_alphas_cumprod(np.array([0.75]))
+    >>> predict_score(s, np.ones((1, 2)), np.zeros((1, 2)), 0)   # -1 / sqrt(0.25)
+    array([[-2., -2.]])
+    """
+    xp, x, out, t = _checked(schedule, model_output, x_t, t, prediction)
+    eps = _x0_eps(schedule, out, x, t, prediction, xp)[1]
+    (root,) = schedule.coefs(("sqrt_one_minus_alphas_cumprod",), t, x, xp)
+    return cast_like(-eps / root, x_t, xp)
+
+
+def eps_from_score(schedule: Schedule, score: Any, t: Any) -> Any:
+    r"""The noise prediction of a score, the inverse of :func:`predict_score`.
+
+    .. math:: \hat\epsilon = -\sqrt{1 - \bar\alpha_t}\,\nabla_{x_t} \log q(x_t)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Schedule.from_alphas_cumprod(np.array([0.75]))
+    >>> eps_from_score(s, np.full((1, 2), -2.0), 0)
+    array([[1., 1.]])
+    """
+    check_batch("score", score)
+    xp = namespace(score)
+    t = as_timesteps(t, score, schedule.num_timesteps)
+    sc = upcast(score, xp)
+    (root,) = schedule.coefs(("sqrt_one_minus_alphas_cumprod",), t, sc, xp)
+    return cast_like(-root * sc, score, xp)

@@ -7,6 +7,7 @@ layout (the PyTorch ``state_dict`` names and shapes) comes from
 The network (Ho et al. 2020, Appendix B; the official ``diffusion_utils/models/unet.py``)::
 
     temb = Dense(4ch) . SiLU . Dense(4ch) (sinusoid(t, ch))
+         [+ label_emb[y]]                              # class-conditional: K + 1 rows
     h = conv_in(x)                                     # hs = [h]
     for level i:  num_res_blocks x (ResBlock [+ Attn])  # each output pushed to hs
                   Downsample (not on the last level)   # pushed to hs
@@ -14,21 +15,30 @@ The network (Ho et al. 2020, Appendix B; the official ``diffusion_utils/models/u
     for level i reversed: (num_res_blocks + 1) x (ResBlock(concat(h, hs.pop())) [+ Attn])
                   Upsample (not on level 0)
     out = conv_out(SiLU(GroupNorm(h)))
+
+The noise-aware classifier of Dhariwal & Nichol 2021 (:class:`ClassifierConfig`) is the
+encoder half of the same network, with the same names: ``temb``, ``conv_in``, the down
+levels and ``mid``, then ``logits = head(mean_HW(SiLU(GroupNorm(h))))``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ddpm_core.models.presets import UNetConfig
+from ddpm_core.models.presets import Preset, UNetConfig, unet_config
 
 __all__ = [
     "BlockSpec",
+    "ClassifierConfig",
     "LevelSpec",
     "UNetPlan",
+    "check_conditioning",
+    "classifier_config",
     "count_parameters",
     "parameter_shapes",
     "timestep_frequencies",
@@ -65,6 +75,85 @@ class UNetPlan:
     down: tuple[LevelSpec, ...]
     mid_ch: int
     up: tuple[LevelSpec, ...]
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The noise-aware classifier p(y | x_t, t) of Dhariwal & Nichol 2021 (section 4.1).
+
+    The encoder half of the U-Net ``unet`` (its time embedding, time-conditioned residual
+    blocks, downsampling and attention where ``unet`` has them, and the middle block),
+    then a pooling head: GroupNorm, SiLU, global average pool, Dense to ``num_classes``
+    logits. Trained on noised inputs ``q_sample(x0, t, eps)`` at uniform t.
+
+    Attributes
+    ----------
+    unet : UNetConfig
+        The backbone; unconditional (``num_classes == 0``: the classifier is not given a
+        label). Its ``out_channels`` is not used.
+    num_classes : int
+        K >= 2 classes, the width of the logits.
+    """
+
+    unet: UNetConfig
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.unet, UNetConfig):
+            raise TypeError(f"unet must be a UNetConfig, got {type(self.unet).__name__}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
+                or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got num_classes={self.num_classes!r}")
+        if self.unet.num_classes:
+            raise ValueError(f"the classifier's backbone must be unconditional, got "
+                             f"unet.num_classes={self.unet.num_classes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict ``{"unet": {...}, "num_classes": K}``."""
+        return {"unet": self.unet.to_dict(), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = sorted(set(d) - {"unet", "num_classes"})
+        if unknown:
+            raise ValueError(f"unknown ClassifierConfig keys {unknown}; allowed: ['num_classes', 'unet']")
+        return cls(UNetConfig.from_dict(d["unet"]), d["num_classes"])
+
+
+def classifier_config(preset_or_config: ClassifierConfig | Preset | UNetConfig | str,
+                      num_classes: int | None = None) -> ClassifierConfig:
+    """The classifier on the encoder of a preset's (a preset name's, a config's) U-Net.
+
+    The backbone is made unconditional and its head neutral (``out_channels`` =
+    ``in_channels``), so the classifier of a preset does not depend on how the diffusion
+    model of that preset is conditioned or parameterised. A ``ClassifierConfig`` is
+    returned as it is (then ``num_classes`` must not be given).
+
+    Examples
+    --------
+    >>> classifier_config("mnist", 10).unet.attn_resolutions
+    (7,)
+    """
+    if isinstance(preset_or_config, ClassifierConfig):
+        if num_classes is not None:
+            raise ValueError("num_classes comes from the ClassifierConfig; do not pass it too")
+        return preset_or_config
+    if num_classes is None:
+        raise ValueError("num_classes is required for a classifier of a preset or U-Net config")
+    return ClassifierConfig(dataclasses.replace(unet_config(preset_or_config), num_classes=0), num_classes)
+
+
+def check_conditioning(num_classes: int, has_labels: bool, batch: int) -> None:
+    """The error for a class-conditional network called without labels, or an
+    unconditional one called with labels (never ignore labels silently)."""
+    if not num_classes and has_labels:
+        raise ValueError("this network is unconditional (num_classes=0) and takes no labels, "
+                         "got y; build it with num_classes=K to condition on y")
+    if num_classes and not has_labels:
+        raise ValueError(f"this network is class-conditional (num_classes={num_classes}): pass "
+                         f"labels y of shape ({batch},) in [0, {num_classes}] ({num_classes} is "
+                         f"the null label)")
 
 
 def unet_plan(config: UNetConfig) -> UNetPlan:
@@ -141,27 +230,43 @@ def _level(prefix: str, level: LevelSpec, temb_ch: int, resample: str,
     return shapes
 
 
-def parameter_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
-    """Canonical parameter names and shapes: the PyTorch U-Net's ``state_dict``.
-
-    Convolutions are ``(out, in, kh, kw)``, linear layers ``(out, in)``, GroupNorm
-    ``weight``/``bias`` ``(C,)``. The order is the ``state_dict`` order.
-
-    Examples
-    --------
-    >>> from ddpm_core.models import get_preset
-    >>> parameter_shapes(get_preset("tiny").unet)["conv_in.weight"]
-    (16, 1, 3, 3)
-    """
+def _encoder_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """The time (and label) embedding, ``conv_in``, the down levels and ``mid``: the part
+    of the U-Net that the classifier shares, under the same names."""
     plan, ch, temb_ch = unet_plan(config), config.ch, config.temb_channels
-    shapes = {**_linear("temb.dense.0", temb_ch, ch), **_linear("temb.dense.1", temb_ch, temb_ch),
-              **_conv("conv_in", ch, config.in_channels, 3)}
+    shapes = {**_linear("temb.dense.0", temb_ch, ch), **_linear("temb.dense.1", temb_ch, temb_ch)}
+    if config.num_classes:
+        shapes["label_emb.weight"] = (config.num_classes + 1, temb_ch)  # row K: the null label
+    shapes.update(_conv("conv_in", ch, config.in_channels, 3))
     for level in plan.down:
         shapes.update(_level(f"down.{level.index}", level, temb_ch, "downsample",
                              config.resamp_with_conv))
     mid = BlockSpec(plan.mid_ch, plan.mid_ch, True)
     shapes.update({**_resblock("mid.block_1", mid, temb_ch), **_attn("mid.attn_1", plan.mid_ch),
                    **_resblock("mid.block_2", mid, temb_ch)})
+    return shapes
+
+
+def parameter_shapes(config: UNetConfig | ClassifierConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical parameter names and shapes: the PyTorch U-Net's (or classifier's)
+    ``state_dict``.
+
+    Convolutions are ``(out, in, kh, kw)``, linear layers ``(out, in)``, GroupNorm
+    ``weight``/``bias`` ``(C,)``, the label embedding ``(K + 1, 4 ch)``. The order is the
+    ``state_dict`` order.
+
+    Examples
+    --------
+    >>> from ddpm_core.models import get_preset
+    >>> parameter_shapes(get_preset("tiny").unet)["conv_in.weight"]
+    (16, 1, 3, 3)
+    >>> parameter_shapes(classifier_config("tiny", 10))["head.weight"]
+    (10, 32)
+    """
+    if isinstance(config, ClassifierConfig):
+        return _classifier_shapes(config)
+    plan, temb_ch = unet_plan(config), config.temb_channels
+    shapes = _encoder_shapes(config)
     for level in plan.up:
         shapes.update(_level(f"up.{level.index}", level, temb_ch, "upsample",
                              config.resamp_with_conv))
@@ -171,8 +276,15 @@ def parameter_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def count_parameters(config: UNetConfig) -> int:
-    """Number of trainable parameters of the U-Net (35,746,307 for ``cifar10``)."""
+def _classifier_shapes(config: ClassifierConfig) -> dict[str, tuple[int, ...]]:
+    mid_ch = unet_plan(config.unet).mid_ch
+    return {**_encoder_shapes(config.unet), **_norm("norm_out", mid_ch),
+            **_linear("head", config.num_classes, mid_ch)}
+
+
+def count_parameters(config: UNetConfig | ClassifierConfig) -> int:
+    """Number of trainable parameters of the U-Net (35,746,307 for ``cifar10``) or of
+    the classifier."""
     return sum(math.prod(s) for s in parameter_shapes(config).values())
 
 

@@ -109,6 +109,12 @@ class UNetConfig:
         GroupNorm groups; must divide ``ch`` and every ``ch * m``.
     norm_eps : float
         GroupNorm epsilon (1e-6, as TensorFlow's ``group_norm`` in the official code).
+    num_classes : int
+        K >= 1 for a class-conditional U-Net, 0 (the default) for an unconditional one.
+        A conditional U-Net embeds its label y in [0, K] with a table of K + 1 rows
+        (``label_emb``, 4 ch wide) added to the time embedding; row K is the null label
+        ("no label") of classifier-free guidance. A run.json written before this field
+        existed has no key for it and reads as 0.
     """
 
     image_size: int
@@ -122,6 +128,7 @@ class UNetConfig:
     resamp_with_conv: bool = True
     num_groups: int = 32
     norm_eps: float = 1e-6
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
@@ -143,6 +150,10 @@ class UNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got norm_eps={self.norm_eps!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
+                or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: unconditional), got "
+                             f"num_classes={self.num_classes!r}")
 
     def _check_resolutions(self) -> None:
         factor = 2 ** (len(self.ch_mult) - 1)
@@ -173,7 +184,8 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, a missing
+        ``num_classes`` (a file from before conditional models) means 0."""
         return cls(**_known_fields(cls, d))
 
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from ddpm_core import metrics
-from ddpm_core.metrics import feature_statistics, fid_from_features, frechet_distance, kid
+from ddpm_core.metrics import (
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+    inception_score,
+    kid,
+)
 
 EPS = np.finfo(np.float64).eps
 
@@ -207,3 +214,80 @@ def test_kid_is_deterministic_per_seed() -> None:
 def test_bad_inputs_raise_clear_errors(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---- Inception Score ------------------------------------------------------------------
+
+
+def _is_loops(p: np.ndarray, splits: int) -> tuple[float, float]:
+    """IS written out element by element with math.log (0 log 0 = 0)."""
+    n, k = p.shape
+    scores = []
+    for i in range(splits):
+        rows = p[i * n // splits:(i + 1) * n // splits].tolist()
+        marginal = [sum(r[j] for r in rows) / len(rows) for j in range(k)]
+        kl = [sum(r[j] * (math.log(r[j]) - math.log(marginal[j])) for j in range(k) if r[j] > 0)
+              for r in rows]
+        scores.append(math.exp(sum(kl) / len(kl)))
+    mean = sum(scores) / splits
+    return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / splits)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(("n", "k", "splits", "temperature"),
+                         [(100, 10, 10, 1.0), (37, 3, 4, 0.2), (50, 7, 1, 5.0), (12, 2, 12, 1.0)])
+def test_inception_score_matches_the_definition_written_out(n, k, splits, temperature) -> None:
+    rng = np.random.default_rng(n + k)
+    p = _softmax(rng.normal(size=(n, k)) / temperature)
+    p[0] = np.eye(k)[1]  # a row with exact zero probabilities: 0 log 0 = 0
+    mean, std = inception_score(p, splits=splits)
+    ref_mean, ref_std = _is_loops(p, splits)
+    assert mean == pytest.approx(ref_mean, rel=100 * EPS)
+    assert std == pytest.approx(ref_std, rel=1e-9, abs=100 * EPS * ref_mean)
+    assert 1.0 - 100 * EPS <= mean <= k
+
+
+@pytest.mark.parametrize("k", [2, 10, 1008])
+def test_inception_score_limits_uniform_is_1_and_confident_balanced_is_k(k) -> None:
+    mean, std = inception_score(np.full((4 * k, k), 1.0 / k, np.float32), splits=4)
+    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+    confident = np.eye(k)[np.tile(np.arange(k), 4)]  # every split sees each class once
+    mean, std = inception_score(confident, splits=4)
+    assert mean == pytest.approx(k, rel=100 * EPS) and std < 100 * EPS * k
+
+
+def test_inception_score_of_one_repeated_confident_class_is_1() -> None:
+    assert inception_score(np.eye(5)[np.zeros(30, int)], splits=3) == (1.0, 0.0)
+
+
+def test_inception_score_accepts_float32_softmax_rows() -> None:
+    logits = np.random.default_rng(0).normal(size=(64, 1000)).astype(np.float32)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p32 = e / e.sum(axis=1, keepdims=True)
+    mean, _ = inception_score(p32, splits=2)
+    assert mean == pytest.approx(_is_loops(p32.astype(np.float64), 2)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("probs", "splits", "message"),
+    [
+        (np.full((4, 2), 0.6), 2, "row 0 sums to"),
+        (np.array([[0.5, 0.5], [0.5, 0.5 + 1e-9]]), 1, "row 1 sums to"),
+        (np.array([[1.5, -0.5], [0.5, 0.5]]), 1, "non-negative"),
+        (np.array([[np.nan, 1.0]]), 1, "NaN"),
+        (np.ones(4) / 4, 1, "2-D"),
+        (np.zeros((0, 3)), 1, "2-D"),
+        (np.array([[0, 1], [1, 0]]), 1, "floating-point"),
+        (np.full((4, 2), 0.5), 5, "splits must be"),
+        (np.full((4, 2), 0.5), 0, "splits must be"),
+        (np.full((4, 2), 0.5), True, "splits must be"),
+        (np.full((4, 2), 0.5), 2.0, "splits must be"),
+    ],
+)
+def test_inception_score_bad_inputs_raise_clear_errors(probs, splits, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        inception_score(probs, splits=splits)

@@ -10,7 +10,9 @@ nearest-neighbour upsampling, and stride-2 convolutions padded ``((0, 1), (0, 1)
 Layout: the public call takes and returns NCHW like the PyTorch model; the network
 runs in NHWC inside. The parameter tree mirrors the PyTorch ``state_dict``
 (``down.0.block.1.conv1.weight`` <-> ``params["down_0"]["block_1"]["conv1"]["kernel"]``);
-:mod:`ddpm_core.backends.convert` maps one to the other.
+:mod:`ddpm_core.backends.convert` maps one to the other. A class-conditional config
+(``num_classes = K > 0``) adds ``params["label_emb"]["embedding"]`` (K + 1, 4ch), the same
+array as the PyTorch ``label_emb.weight``; without it the network is the unconditional one.
 
 Examples
 --------
@@ -36,12 +38,13 @@ from ddpm_core.models import (
     LevelSpec,
     Preset,
     UNetConfig,
+    check_conditioning,
     timestep_frequencies,
     unet_config,
     unet_plan,
 )
 
-__all__ = ["UNet", "build_unet", "init_params", "timestep_embedding"]
+__all__ = ["Encoder", "UNet", "build_unet", "init_params", "timestep_embedding"]
 
 _XAVIER = nn.initializers.xavier_uniform()
 _ZEROS = nn.initializers.zeros_init()
@@ -199,8 +202,82 @@ class Middle(_Layers):
         return ResBlock(spec=spec, name="block_2", **kw)(h, temb, train)
 
 
-class UNet(_Layers):
-    """The paper's U-Net: ``apply({"params": p}, x, t, train=False, rngs=...)``.
+class LabelEmbedding(_Layers):
+    """Row y of a (K + 1, 4ch) table, N(0, 1) init as PyTorch's ``nn.Embedding``; row K is
+    the null label. A label outside [0, K] (only possible under ``jit``, where the values
+    cannot be checked) gives a NaN row, never another class's row."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array) -> jax.Array:
+        k, width = self.config.num_classes, self.config.temb_channels
+        table = self.param("embedding", nn.initializers.normal(1.0), (k + 1, width), jnp.float32)
+        y = jnp.where(y < 0, k + 1, y)  # jnp.take would wrap a negative index
+        return jnp.take(table, y, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
+
+
+class Encoder(_Layers):
+    """The U-Net's encoder half, shared with the classifier under the same names:
+    ``temb`` (and ``label_emb``), ``conv_in``, the down levels and ``mid``."""
+
+    def embed(self, t: jax.Array, y: jax.Array | None) -> jax.Array:
+        """SiLU(time embedding [+ label embedding]) (B, 4ch): what every block receives."""
+        kw = {"config": self.config, "dtype": self.dtype}
+        emb = TimeEmbedding(name="temb", **kw)(t)
+        if y is not None:
+            emb = emb + LabelEmbedding(name="label_emb", **kw)(y)
+        return nn.silu(emb)
+
+    def encode(self, x: jax.Array, temb: jax.Array,
+               train: bool) -> tuple[jax.Array, list[jax.Array]]:
+        """(the middle block's output, the skips), channels last, from NCHW ``x``."""
+        c = self.config
+        plan, kw = unet_plan(c), {"config": c, "dtype": self.dtype}
+        hs = [self.conv(c.ch, 3, "conv_in")(jnp.transpose(x, (0, 2, 3, 1)))]
+        for spec in plan.down:
+            hs += Level(spec=spec, down=True, name=f"down_{spec.index}", **kw)(hs[-1], temb, train)
+        return Middle(ch=plan.mid_ch, name="mid", **kw)(hs[-1], temb, train), hs
+
+    def _check_inputs(self, x: jax.Array, t: jax.Array | int) -> jax.Array:
+        ch, s = self.config.in_channels, self.config.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (ch, s, s):
+            raise ValueError(f"x must have shape (B, {ch}, {s}, {s}), got x.shape={x.shape}")
+        return _per_sample("t", t, x)
+
+    def _check_labels(self, y: jax.Array | int | None, x: jax.Array) -> jax.Array | None:
+        k = self.config.num_classes
+        check_conditioning(k, y is not None, x.shape[0])
+        if y is None:
+            return None
+        check_labels(y, k, f" ({k} is the null label)")
+        return _per_sample("y", y, x)
+
+
+def _per_sample(name: str, v: jax.Array | int, x: jax.Array) -> jax.Array:
+    """``v`` as a (B,) array (a scalar broadcasts)."""
+    v = jnp.asarray(v)
+    if v.ndim == 0:
+        v = jnp.broadcast_to(v, (x.shape[0],))
+    if v.shape != (x.shape[0],):
+        raise ValueError(f"{name} must have shape ({x.shape[0]},) or be a scalar, "
+                         f"got {name}.shape={v.shape}")
+    return v
+
+
+def check_labels(y: jax.Array | np.ndarray | int, hi: int, note: str = "") -> None:
+    """Integer labels in [0, hi]; the values are checked when concrete (not traced), in
+    NumPy, so a concrete label array closed over by a jitted function is checked too."""
+    dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"y must hold integer class labels, got dtype {dtype}")
+    if not isinstance(y, jax.core.Tracer):
+        values = np.asarray(y)
+        lo, top = int(values.min()), int(values.max())
+        if lo < 0 or top > hi:
+            raise ValueError(f"y must lie in [0, {hi}]{note}, got values in [{lo}, {top}]")
+
+
+class UNet(Encoder):
+    """The paper's U-Net: ``apply({"params": p}, x, t, y=None, train=False, rngs=...)``.
 
     Attributes
     ----------
@@ -212,37 +289,25 @@ class UNet(_Layers):
     Notes
     -----
     ``x`` float (B, in_channels, S, S) NCHW; ``t`` (B,) integer 0-based timestep indices
-    (a scalar broadcasts), embedded as given. Returns (B, out_channels, S, S).
+    (a scalar broadcasts), embedded as given; ``y`` (B,) integer class labels in [0, K] for
+    a class-conditional config (K = ``config.num_classes``, K itself the null label), and
+    None (required) for an unconditional one. Returns (B, out_channels, S, S).
     With ``train=True`` and dropout > 0, pass ``rngs={"dropout": key}``.
     """
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array | int, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array | int, y: jax.Array | int | None = None,
+                 train: bool = False) -> jax.Array:
         c = self.config
         t = self._check_inputs(x, t)
-        plan, kw = unet_plan(c), {"config": c, "dtype": self.dtype}
-        temb = nn.silu(TimeEmbedding(name="temb", **kw)(t))
-        hs = [self.conv(c.ch, 3, "conv_in")(jnp.transpose(x, (0, 2, 3, 1)))]
-        for spec in plan.down:
-            hs += Level(spec=spec, down=True, name=f"down_{spec.index}", **kw)(hs[-1], temb, train)
-        h = Middle(ch=plan.mid_ch, name="mid", **kw)(hs[-1], temb, train)
-        for spec in reversed(plan.up):
+        temb = self.embed(t, self._check_labels(y, x))
+        h, hs = self.encode(x, temb, train)
+        kw = {"config": c, "dtype": self.dtype}
+        for spec in reversed(unet_plan(c).up):
             h = Level(spec=spec, down=False, name=f"up_{spec.index}", **kw).up(h, hs, temb, train)
         h = nn.silu(self.norm("norm_out")(h))
         h = self.conv(c.out_channels, 3, "conv_out", zero=True)(h)
         return jnp.transpose(h, (0, 3, 1, 2))
-
-    def _check_inputs(self, x: jax.Array, t: jax.Array | int) -> jax.Array:
-        ch, s = self.config.in_channels, self.config.image_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (ch, s, s):
-            raise ValueError(f"x must have shape (B, {ch}, {s}, {s}), got x.shape={x.shape}")
-        t = jnp.asarray(t)
-        if t.ndim == 0:
-            t = jnp.broadcast_to(t, (x.shape[0],))
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},) or be a scalar, "
-                             f"got t.shape={t.shape}")
-        return t
 
 
 def build_unet(preset_or_config: Preset | UNetConfig | str, prediction: str = "eps",
@@ -262,9 +327,10 @@ def build_unet(preset_or_config: Preset | UNetConfig | str, prediction: str = "e
     return UNet(config=config, dtype=dtype)
 
 
-def _dummy_inputs(config: UNetConfig) -> tuple[jax.Array, jax.Array]:
+def _dummy_inputs(config: UNetConfig) -> tuple[jax.Array, ...]:
     s = config.image_size
-    return jnp.zeros((1, config.in_channels, s, s), jnp.float32), jnp.zeros((1,), jnp.int32)
+    x, t = jnp.zeros((1, config.in_channels, s, s), jnp.float32), jnp.zeros((1,), jnp.int32)
+    return (x, t, t) if config.num_classes else (x, t)
 
 
 def init_params(model: UNet, key: jax.Array) -> dict[str, Any]:

@@ -14,7 +14,12 @@ Details that must match the Flax model bit for bit:
 - stride-2 3x3 downsampling convolutions pad one row/column at the bottom/right only
   (TensorFlow's ``"SAME"``), upsampling is nearest-neighbour then a 3x3 convolution;
 - weights Xavier-uniform (TF ``variance_scaling(1, "fan_avg", "uniform")``), biases zero,
-  and the last convolution of every residual branch and the output convolution zero.
+  and the last convolution of every residual branch and the output convolution zero;
+- a class-conditional U-Net (``config.num_classes = K > 0``) adds row y of a (K + 1, 4ch)
+  label embedding (N(0, 1) init, as ``nn.Embedding``; row K is the null label) to the
+  time MLP's output, before the SiLU that every residual block applies to it. With
+  ``num_classes = 0`` no such module exists and the network is the unconditional one,
+  bit for bit.
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from ddpm_core.models import (
     LevelSpec,
     Preset,
     UNetConfig,
+    check_conditioning,
     unet_config,
     unet_plan,
 )
 
-__all__ = ["UNet", "build_unet", "timestep_embedding"]
+__all__ = ["Encoder", "UNet", "build_unet", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int,
@@ -222,8 +228,86 @@ class Middle(nn.Module):
         return self.block_2(self.attn_1(self.block_1(h, temb)), temb)
 
 
-class UNet(nn.Module):
-    """The paper's U-Net: ``forward(x, t) -> output``.
+class Encoder(nn.Module):
+    """The U-Net's encoder half, shared with the classifier under the same names.
+
+    ``temb`` (and ``label_emb`` for a class-conditional config), ``conv_in``, the down
+    levels and ``mid``; :meth:`embed` and :meth:`encode` run them. ``backbone`` is the
+    U-Net config they are built from.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise TypeError(f"config must be a UNetConfig, got {type(config).__name__}")
+        self.backbone = config
+        plan = unet_plan(config)
+        self.temb = TimeEmbedding(config.ch, config.temb_channels)
+        if config.num_classes:
+            self.label_emb = nn.Embedding(config.num_classes + 1, config.temb_channels)
+        self.conv_in = _conv(config.in_channels, config.ch, 3)
+        self.down = nn.ModuleList(Level(config, s, Downsample) for s in plan.down)
+        self.mid = Middle(config, plan.mid_ch)
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        c, s = self.backbone.in_channels, self.backbone.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got x.shape={tuple(x.shape)}")
+        return _per_sample("t", t, x)
+
+    def _check_labels(self, y: torch.Tensor | int | None, x: torch.Tensor) -> torch.Tensor | None:
+        k = self.backbone.num_classes
+        check_conditioning(k, y is not None, x.shape[0])
+        if y is None:
+            return None
+        y = _per_sample("y", y, x)
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+        _check_label_range(y, k, f" ({k} is the null label)")
+        return y
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """SiLU(time embedding [+ label embedding]) (B, 4ch): what every block receives."""
+        emb = self.temb(t)
+        if y is not None:
+            emb = emb + self.label_emb(y)
+        return F.silu(emb)
+
+    def encode(self, x: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the middle block's output, the skips of the down path)."""
+        hs = [self.conv_in(x)]
+        for level in _levels(self.down):
+            hs += level.down_path(hs[-1], temb)
+        return self.mid(hs[-1], temb), hs
+
+
+def _levels(levels: nn.ModuleList) -> list[Level]:
+    return [cast(Level, level) for level in levels]
+
+
+def _per_sample(name: str, v: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
+    """``v`` as a (B,) tensor on ``x``'s device (a scalar broadcasts)."""
+    v = torch.as_tensor(v, device=x.device)
+    if v.ndim == 0:
+        v = v.expand(x.shape[0])
+    if v.shape != (x.shape[0],):
+        raise ValueError(f"{name} must have shape ({x.shape[0]},) or be a scalar, "
+                         f"got {name}.shape={tuple(v.shape)}")
+    return v
+
+
+def _check_label_range(y: torch.Tensor, hi: int, note: str = "") -> None:
+    """Labels in [0, hi]: a ValueError on the CPU, a device-side assert elsewhere (no sync)."""
+    if y.device.type == "cpu" and not torch.compiler.is_compiling():
+        lo, top = int(y.min()), int(y.max())
+        if lo < 0 or top > hi:
+            raise ValueError(f"y must lie in [0, {hi}]{note}, got values in [{lo}, {top}]")
+        return
+    torch._assert_async(((y >= 0) & (y <= hi)).all(), f"y must lie in [0, {hi}]{note}")
+
+
+class UNet(Encoder):
+    """The paper's U-Net: ``forward(x, t, y=None) -> output``.
 
     Parameters
     ----------
@@ -232,9 +316,12 @@ class UNet(nn.Module):
 
     Notes
     -----
-    ``forward(x, t)``: ``x`` float (B, in_channels, S, S) with S = ``config.image_size``;
-    ``t`` (B,) integer 0-based timestep indices (a Python int or 0-d tensor broadcasts),
-    embedded as given. Returns (B, out_channels, S, S) in the compute dtype.
+    ``forward(x, t, y=None)``: ``x`` float (B, in_channels, S, S) with S =
+    ``config.image_size``; ``t`` (B,) integer 0-based timestep indices (a Python int or
+    0-d tensor broadcasts), embedded as given; ``y`` (B,) integer class labels in [0, K]
+    for a class-conditional config (K = ``config.num_classes``, K itself the null label),
+    and None (required) for an unconditional one. Returns (B, out_channels, S, S) in the
+    compute dtype.
 
     Examples
     --------
@@ -246,44 +333,20 @@ class UNet(nn.Module):
     """
 
     def __init__(self, config: UNetConfig) -> None:
-        super().__init__()
-        if not isinstance(config, UNetConfig):
-            raise TypeError(f"config must be a UNetConfig, got {type(config).__name__}")
+        super().__init__(config)
         self.config = config
         plan = unet_plan(config)
-        self.temb = TimeEmbedding(config.ch, config.temb_channels)
-        self.conv_in = _conv(config.in_channels, config.ch, 3)
-        self.down = nn.ModuleList(Level(config, s, Downsample) for s in plan.down)
-        self.mid = Middle(config, plan.mid_ch)
         self.up = nn.ModuleList(Level(config, s, Upsample) for s in plan.up)
         out_ch = plan.up[0].blocks[-1].out_ch
         self.norm_out = _norm(config, out_ch)
         self.conv_out = _conv(out_ch, config.out_channels, 3, zero=True)
 
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        c, s = self.config.in_channels, self.config.image_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
-            raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got x.shape={tuple(x.shape)}")
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},) or be a scalar, "
-                             f"got t.shape={tuple(t.shape)}")
-        return t
-
-    @staticmethod
-    def _levels(levels: nn.ModuleList) -> list[Level]:
-        return [cast(Level, level) for level in levels]
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int,
+                y: torch.Tensor | int | None = None) -> torch.Tensor:
         t = self._check_inputs(x, t)
-        temb = F.silu(self.temb(t))
-        hs = [self.conv_in(x)]
-        for level in self._levels(self.down):
-            hs += level.down_path(hs[-1], temb)
-        h = self.mid(hs[-1], temb)
-        for level in reversed(self._levels(self.up)):
+        temb = self.embed(t, self._check_labels(y, x))
+        h, hs = self.encode(x, temb)
+        for level in reversed(_levels(self.up)):
             h = level.up_path(h, hs, temb)
         return self.conv_out(F.silu(self.norm_out(h)))
 

@@ -60,6 +60,8 @@ def test_flax_path():
     assert flax_path("mid.block_1.norm1.weight") == ("mid", "block_1", "norm1", "scale")
     assert flax_path("up.3.upsample.conv.weight") == ("up_3", "upsample", "conv", "kernel")
     assert flax_path("norm_out.weight") == ("norm_out", "scale")
+    assert flax_path("label_emb.weight") == ("label_emb", "embedding")
+    assert flax_path("head.weight") == ("head", "kernel")
 
 
 @pytest.mark.parametrize("name", ["tiny", "mnist"])
@@ -141,19 +143,19 @@ def _torch_model(config, state):
     return model.eval()
 
 
-def _torch_forward(model, x, t):
+def _torch_forward(model, x, t, *y):
     import torch
 
     with torch.no_grad():
-        return model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+        return model(torch.from_numpy(x), torch.from_numpy(t), *map(torch.from_numpy, y)).numpy()
 
 
-def _flax_forward(config, params, x, t):
+def _flax_forward(config, params, x, t, *y):
     jax = pytest.importorskip("jax")
     pytest.importorskip("flax")
     from ddpm_core.backends.jax import UNet
 
-    return np.asarray(jax.jit(UNet(config=config).apply)({"params": params}, x, t))
+    return np.asarray(jax.jit(UNet(config=config).apply)({"params": params}, x, t, *y))
 
 
 def test_torch_state_dict_round_trip():
@@ -217,3 +219,56 @@ def test_cifar10_single_input_gives_the_same_output():
     y_flax = _flax_forward(config, torch_to_flax(state, config), x, t)
     assert np.abs(y_torch).max() > 0.1
     _assert_same_output(y_flax, y_torch)
+
+
+# --- class-conditional U-Net and the classifier ------------------------------------------
+
+
+def _conditional(variance="fixed_small", num_classes=10):
+    return with_head(dataclasses.replace(get_preset("tiny").unet, num_classes=num_classes),
+                     variance=variance)
+
+
+def test_label_embedding_keeps_its_layout_and_round_trips():
+    config = _conditional()
+    state = _random_state(config)
+    tree = torch_to_flax(state, config)
+    np.testing.assert_array_equal(tree["label_emb"]["embedding"], state["label_emb.weight"])  # (K + 1, 4ch)
+    back = flax_to_torch(tree, config)
+    assert list(back) == list(state)
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k])
+    with pytest.raises(ValueError, match="missing=\\['label_emb.weight'\\]"):
+        check_state({k: v for k, v in state.items() if k != "label_emb.weight"}, config)
+    with pytest.raises(ValueError, match="unexpected=\\['label_emb.weight'\\]"):
+        check_state(state, get_preset("tiny").unet)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "learned_range"])
+def test_conditional_torch_and_flax_give_the_same_output(variance):
+    config = _conditional(variance)
+    state = _random_state(config)
+    x, t = _inputs(config, 4)
+    y = np.array([0, 3, 9, 10])  # 10: the null label
+    y_torch = _torch_forward(_torch_model(config, state), x, t, y)
+    y_flax = _flax_forward(config, torch_to_flax(state, config), x, t, y)
+    assert np.abs(y_torch).max() > 0.1
+    _assert_same_output(y_flax, y_torch)
+    y_other = _torch_forward(_torch_model(config, state), x, t, (y + 1) % 11)
+    assert np.abs(y_other - y_torch).max() > 1e-3  # the labels matter
+
+
+def test_classifier_round_trip_and_layout():
+    from ddpm_core.models import classifier_config
+
+    config = classifier_config("tiny", 10)
+    state = _random_state(config)
+    tree = torch_to_flax(state, config)
+    assert tree["head"]["kernel"].shape == (32, 10) and tree["norm_out"]["scale"].shape == (32,)
+    assert "up_0" not in tree and "conv_out" not in tree
+    back = flax_to_torch(tree, config)
+    assert list(back) == list(state)
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k])
+    with pytest.raises(ValueError, match="does not match the ClassifierConfig"):
+        torch_to_flax(_random_state(get_preset("tiny").unet), config)

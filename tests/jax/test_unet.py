@@ -12,7 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from ddpm_core.backends.convert import flax_path, torch_to_flax  # noqa: E402
 from ddpm_core.backends.jax import UNet, build_unet, init_params  # noqa: E402
-from ddpm_core.backends.jax.unet import param_shapes, timestep_embedding  # noqa: E402
+from ddpm_core.backends.jax.unet import LabelEmbedding, param_shapes, timestep_embedding  # noqa: E402
 from ddpm_core.models import (  # noqa: E402
     count_parameters,
     get_preset,
@@ -38,9 +38,10 @@ def _expected_flax_shapes(config):
     """The canonical (PyTorch) layout, moved to Flax paths and layouts."""
     out = {}
     for name, shape in parameter_shapes(config).items():
+        path = flax_path(name)
         if len(shape) == 4:  # (O, I, kh, kw) -> (kh, kw, I, O)
             shape = (shape[2], shape[3], shape[1], shape[0])
-        out[flax_path(name)] = shape[::-1] if len(shape) == 2 else shape
+        out[path] = shape[::-1] if len(shape) == 2 and path[-1] == "kernel" else shape
     return out
 
 
@@ -174,3 +175,75 @@ def test_build_unet_rejects_bad_arguments():
         build_unet("tiny", variance="large")
     with pytest.raises(TypeError, match="preset_or_config"):
         build_unet(42)
+
+
+# ---- class-conditional U-Net ------------------------------------------------------------
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    """The tiny preset with 10 classes: (model, randomised params, jitted apply)."""
+    model = UNet(config=dataclasses.replace(get_preset("tiny").unet, num_classes=K))
+    return model, _random_params(model.config), jax.jit(model.apply)
+
+
+def test_conditional_tree_has_a_label_embedding_of_k_plus_1_rows(conditional):
+    model, _, _ = conditional
+    shapes = param_shapes(model)
+    assert shapes["label_emb"]["embedding"].shape == (K + 1, model.config.temb_channels)
+    assert _flat_shapes(shapes) == _expected_flax_shapes(model.config)
+    n = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+    assert n == count_parameters(model.config)
+    assert "label_emb" not in param_shapes(build_unet("tiny"))
+    table = LabelEmbedding(config=model.config).init(jax.random.key(0), jnp.zeros(2, jnp.int32))
+    assert 0.8 < float(jnp.std(table["params"]["embedding"])) < 1.2  # N(0, 1), as nn.Embedding
+
+
+def test_labels_are_added_to_the_time_embedding_after_the_mlp(conditional):
+    """Row y moved into the last time-MLP bias (and zeroed) gives the same output: the
+    label embedding is added after the MLP. The null row K too."""
+    model, params, apply = conditional
+    x, t = _inputs(model.config, batch=2)
+    table = jnp.asarray(params["label_emb"]["embedding"])
+    dense_1 = params["temb"]["dense_1"]
+    for label in (3, K):
+        shifted = {**params, "label_emb": {"embedding": table.at[label].set(0.0)},
+                   "temb": {**params["temb"], "dense_1": {**dense_1, "bias": dense_1["bias"] + table[label]}}}
+        y = apply({"params": params}, x, t, jnp.full((2,), label))
+        np.testing.assert_allclose(y, apply({"params": shifted}, x, t, jnp.full((2,), label)),
+                                   rtol=100 * EPS32, atol=100 * EPS32)
+        other = apply({"params": params}, x, t, jnp.full((2,), (label + 1) % (K + 1)))
+        assert float(jnp.abs(y - other).max()) > 1e-3
+
+
+def test_out_of_range_labels_give_nan_under_jit_not_another_row(conditional):
+    model, params, apply = conditional
+    x, t = _inputs(model.config, batch=2)
+    y = np.asarray(apply({"params": params}, x, t, jnp.array([K + 1, -1])))
+    assert np.all(np.isnan(y))
+
+
+def test_concrete_labels_closed_over_by_jit_are_checked(conditional):
+    model, params, _ = conditional
+    x, t = _inputs(model.config, batch=2)
+    labels = jnp.array([0, K + 1])
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 10\]"):
+        jax.eval_shape(lambda p: model.apply({"params": p}, x, t, labels), params)
+
+
+@pytest.mark.parametrize(("num_classes", "y", "error", "match"), [
+    (K, None, ValueError, "class-conditional.*pass labels y"),
+    (0, np.array([1, 2]), ValueError, "unconditional.*takes no labels"),
+    (K, np.array([0, K + 1]), ValueError, r"y must lie in \[0, 10\].*\[0, 11\]"),
+    (K, np.array([-1, 0]), ValueError, r"y must lie in \[0, 10\]"),
+    (K, np.array([0.0, 1.0]), TypeError, "integer class labels"),
+    (K, np.array([0, 1, 2]), ValueError, r"y must have shape \(2,\)"),
+])
+def test_label_errors(num_classes, y, error, match):
+    model = UNet(config=dataclasses.replace(get_preset("tiny").unet, num_classes=num_classes))
+    x, t = _inputs(model.config, batch=2)
+    labels = None if y is None else jnp.asarray(y)
+    with pytest.raises(error, match=match):  # checked while tracing: nothing is compiled
+        jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, labels))

@@ -199,3 +199,69 @@ def test_float64_forward_pass(name):
     # the float32 pass is the one that rounds (measured ~15 eps32 of the output's scale)
     scale = max(1.0, float(y64.abs().max()))
     np.testing.assert_allclose(y32.numpy(), y64.numpy(), rtol=0, atol=100 * EPS32 * scale)
+
+
+# ---- class-conditional U-Net ------------------------------------------------------------
+
+K = 10
+
+
+def _conditional(num_classes=K, **kw):
+    return UNet(dataclasses.replace(get_preset("tiny").unet, num_classes=num_classes, **kw))
+
+
+def test_conditional_state_dict_has_a_label_embedding_of_k_plus_1_rows():
+    model = _conditional()
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(state.items()) == list(parameter_shapes(model.config).items())
+    assert state["label_emb.weight"] == (K + 1, model.config.temb_channels)
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(model.config)
+    assert count_parameters(model.config) - count_parameters(get_preset("tiny").unet) == (K + 1) * 64
+    assert "label_emb.weight" not in build_unet("tiny").state_dict()
+
+
+def test_labels_are_added_to_the_time_embedding_after_the_mlp():
+    """y shifts the time MLP's output by label_emb[y]: the same as an unconditional U-Net
+    whose last time-MLP bias is moved by that row (the null row K included)."""
+    model = _randomize(_conditional()).eval()
+    plain = UNet(get_preset("tiny").unet).eval()
+    x, t = _inputs(model.config, batch=2)
+    for label in (3, K):
+        state = {k: v.clone() for k, v in model.state_dict().items() if k != "label_emb.weight"}
+        state["temb.dense.1.bias"] += model.label_emb.weight[label].detach()
+        plain.load_state_dict(state)
+        with torch.no_grad():
+            y = model(x, t, torch.full((2,), label))
+            torch.testing.assert_close(y, plain(x, t), rtol=100 * EPS32, atol=100 * EPS32)
+            assert (y - model(x, t, torch.full((2,), (label + 1) % (K + 1)))).abs().max() > 1e-3
+
+
+def test_scalar_label_broadcasts_and_samples_stay_independent():
+    model = _randomize(_conditional()).eval()
+    x, t = _inputs(model.config, batch=3)
+    labels = torch.tensor([0, K, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, 4)[2], model(x, t, labels)[2])
+        torch.testing.assert_close(model(x[:1], t[:1], labels[:1]), model(x, t, labels)[:1],
+                                   rtol=100 * EPS32, atol=100 * EPS32)
+
+
+@pytest.mark.parametrize(("num_classes", "y", "error", "match"), [
+    (K, None, ValueError, "class-conditional.*pass labels y"),
+    (0, torch.tensor([1, 2]), ValueError, "unconditional.*takes no labels"),
+    (K, torch.tensor([0, K + 1]), ValueError, r"y must lie in \[0, 10\].*\[0, 11\]"),
+    (K, torch.tensor([-1, 0]), ValueError, r"y must lie in \[0, 10\]"),
+    (K, torch.tensor([0.0, 1.0]), TypeError, "integer class labels"),
+    (K, torch.tensor([0, 1, 2]), ValueError, r"y must have shape \(2,\)"),
+])
+def test_label_errors(num_classes, y, error, match):
+    model = _conditional(num_classes)
+    x, t = _inputs(model.config, batch=2)
+    with pytest.raises(error, match=match):
+        model(x, t, y)
+
+
+def test_num_classes_must_be_a_non_negative_int():
+    for bad in (-1, True, 2.0):
+        with pytest.raises(ValueError, match="num_classes"):
+            dataclasses.replace(get_preset("tiny").unet, num_classes=bad)
