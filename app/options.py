@@ -100,6 +100,10 @@ class TrainOptions:
     timestep_sampler : {"uniform", "loss-second-moment"}
     data : str, optional
         Dataset name or path (``ddpm_core.data.load_dataset``); default the preset's.
+    init : str, optional
+        A run directory (trained or imported) whose ``model.safetensors`` and
+        ``ema.safetensors`` start this new run (fine-tuning); its U-Net must be this
+        run's. Only for a new run (not with ``resume``).
     log_every, sample_every, ckpt_every : int
         Intervals in steps; 0 disables (a checkpoint is always written at the end).
     sample_n : int
@@ -129,6 +133,7 @@ class TrainOptions:
     variance: str | None = None
     timestep_sampler: str | None = None
     data: str | None = None
+    init: str | None = None
     log_every: int | None = None
     sample_every: int | None = None
     ckpt_every: int | None = None
@@ -138,6 +143,12 @@ class TrainOptions:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.init is not None and (not isinstance(self.init, (str, os.PathLike))
+                                      or not str(self.init)):
+            raise ValueError(f"init must be a run directory path; got {self.init!r}")
+        if self.init is not None and self.resume:
+            raise ValueError("init starts a new run from another run's weights; it cannot be "
+                             f"combined with resume (got init={str(self.init)!r})")
         if not isinstance(self.preset, str) or not self.preset:
             raise ValueError(f"preset must be a non-empty preset name; got {self.preset!r}")
         if not isinstance(self.out, (str, os.PathLike)) or not str(self.out):

@@ -152,17 +152,14 @@ def schedule_dict(train: Any) -> dict[str, Any]:
 
 
 def make_schedule(schedule: Mapping[str, Any]) -> Any:
-    """``ddpm_core.Schedule`` from a run.json ``schedule`` dict (see :func:`schedule_dict`)."""
-    from ddpm_core import Schedule
+    """``ddpm_core.Schedule`` from a run.json ``schedule`` entry.
 
-    name, T = schedule["name"], int(schedule["num_timesteps"])
-    if name == "cosine":
-        return Schedule.cosine(T)
-    if name in ("linear", "quadratic", "sigmoid", "scaled_linear"):
-        return getattr(Schedule, name)(T, beta_start=float(schedule["beta_start"]),
-                                       beta_end=float(schedule["beta_end"]))
-    raise ValueError(f"schedule name must be one of linear, quadratic, sigmoid, "
-                     f"scaled_linear, cosine; got {name!r}")
+    The entry ``ddpm train`` writes (:func:`schedule_dict`) or an imported one: given
+    ``betas`` and ``rescale_zero_terminal_snr`` (``ddpm_core.diffusers_config``).
+    """
+    from ddpm_core.diffusers_config import schedule_from_entry
+
+    return schedule_from_entry(schedule)
 
 
 def _plain(obj: Any) -> Any:

@@ -26,7 +26,7 @@ from ddpm_core.app.options import (
 __all__ = ["RUN_FORMATS", "validate_run_json"]
 
 RUN_FORMATS = (1, 2)
-SCHEDULE_NAMES = ("linear", "quadratic", "sigmoid", "scaled_linear", "cosine")
+SCHEDULE_NAMES = ("linear", "quadratic", "sigmoid", "scaled_linear", "cosine", "betas")
 
 Check = Callable[[Any], str | None]  # None if the value is allowed, else what is allowed
 
@@ -73,11 +73,16 @@ def _sha256(v: Any) -> str | None:
 
 _BOOL = _choice((True, False))
 
+
+def _betas(v: Any) -> str | None:
+    ok = isinstance(v, list) and all(_float(0.0, 1.0)(x) is None and x > 0 for x in v)
+    return None if ok else "a list of numbers in (0, 1)"
+
 UNET: dict[str, Check] = {
     "image_size": _int(1), "in_channels": _int(1), "out_channels": _int(1), "ch": _int(1),
     "ch_mult": _ints(1), "num_res_blocks": _int(1), "attn_resolutions": _ints(1),
     "dropout": _float(0.0, 0.999999), "resamp_with_conv": _BOOL, "num_groups": _int(1),
-    "norm_eps": _float(1e-30, 1.0)}
+    "norm_eps": _float(1e-30, 1.0), "num_classes": _int(0)}
 TRAIN: dict[str, Check] = {
     "lr": _float(1e-30, 1.0), "warmup_steps": _int(0), "batch_size": _int(1),
     "grad_clip": _float(1e-30, math.inf, optional=True), "ema_decay": _float(0.0, 0.999999999),
@@ -87,11 +92,13 @@ TRAIN: dict[str, Check] = {
 SCHEDULE: dict[str, Check] = {
     "name": _choice(SCHEDULE_NAMES), "num_timesteps": _int(1),
     "beta_start": _float(0.0, 1.0, optional=True), "beta_end": _float(0.0, 1.0, optional=True)}
+SCHEDULE_OPTIONAL: dict[str, Check] = {"betas": _betas, "rescale_zero_terminal_snr": _BOOL}
 TOP: dict[str, Check] = {
     "format": _choice(RUN_FORMATS), "backend": _choice(BACKENDS), "preset": _str,
     "prediction": _choice(PREDICTIONS), "variance": _choice(VARIANCES), "data": _str,
     "step": _int(0)}
-OPTIONAL: dict[str, Check] = {"seed": _int(0), "timestep_sampler": _choice(TIMESTEP_SAMPLERS)}
+OPTIONAL: dict[str, Check] = {"seed": _int(0), "timestep_sampler": _choice(TIMESTEP_SAMPLERS),
+                              "clip": _float(1e-30, math.inf, optional=True), "imported_from": _str}
 OPTIONS: dict[str, Check] = {
     "log_every": _int(0), "sample_every": _int(0), "ckpt_every": _int(0), "sample_n": _int(1),
     "device": _choice(DEVICES), "compile": _BOOL, "progress": _BOOL}
@@ -135,6 +142,7 @@ def validate_run_json(info: Any, path: str | os.PathLike = "run.json") -> dict[s
         if not isinstance(section, dict):
             raise _fail(path, name, section, "a JSON object with keys " + ", ".join(checks))
         _check_fields(path, name + ".", section, checks, required=name != "train")
+    _check_fields(path, "schedule.", info["schedule"], SCHEDULE_OPTIONAL, required=False)
     unknown = sorted(set(info["unet"]) - set(UNET))
     if unknown:
         raise _fail(path, "unet." + unknown[0], info["unet"][unknown[0]],
@@ -169,7 +177,10 @@ def _check_agreement(info: Mapping[str, Any], path: Any) -> None:
         if vb is not None and va != vb:
             raise ValueError(f"{path}: field {a!r} is {va!r} but {b!r} is {vb!r}; they must "
                              "agree")
-    if schedule["name"] != "cosine":
+    if schedule["name"] == "betas" and len(schedule.get("betas") or ()) != schedule["num_timesteps"]:
+        raise _fail(path, "schedule.betas", schedule.get("betas"),
+                    f"a list of num_timesteps = {schedule['num_timesteps']} numbers in (0, 1)")
+    if schedule["name"] not in ("cosine", "betas"):
         for key in ("beta_start", "beta_end"):
             if schedule.get(key) is None:
                 raise _fail(path, f"schedule.{key}", schedule.get(key), "a number in [0.0, 1.0]")

@@ -32,7 +32,7 @@ import numpy as np
 
 from ddpm_core.app.atomic import remove_stale_temporaries
 from ddpm_core.app.images import image_grid, save_png
-from ddpm_core.app.integrity import check_state_step, file_hashes, verify_file
+from ddpm_core.app.integrity import check_finite, check_state_step, file_hashes, verify_file
 from ddpm_core.app.lock import run_lock
 from ddpm_core.app.logs import LOG_FIELDS, CsvLog, Progress
 from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
@@ -42,7 +42,8 @@ from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json, schedul
 from ddpm_core.app.seeding import batch_indices, flip_mask, timestep_draws
 from ddpm_core.timesteps import LossSecondMoment, sample_timesteps, uniform_weights
 
-__all__ = ["HostBatch", "NonFiniteLossError", "TrainBackend", "host_batch", "lr_at", "train"]
+__all__ = ["HostBatch", "InitWeights", "NonFiniteLossError", "TrainBackend", "host_batch",
+           "load_init_weights", "lr_at", "train"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,6 +65,43 @@ class HostBatch:
     t_global: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class InitWeights:
+    """Weights that start a new run (``--init``): canonical PyTorch ``state_dict`` naming,
+    NumPy arrays, for the raw model and its EMA."""
+
+    model: dict[str, np.ndarray]
+    ema: dict[str, np.ndarray]
+
+
+def load_init_weights(run_dir: str | Path, unet: Any) -> InitWeights:
+    """The weights of run ``run_dir`` for a new run whose U-Net is ``unet``.
+
+    Raises ValueError naming the first U-Net field that differs (the architectures must be
+    the same), and the errors of run.json, hash and finiteness checks of the source files.
+    """
+    from ddpm_core.backends.convert import load_safetensors
+
+    info = read_run_json(run_dir)
+    mine, theirs = _as_json(unet), info["unet"]
+    diff = [k for k in sorted(set(mine) | set(theirs))
+            if k != "dropout" and mine.get(k) != theirs.get(k)]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"--init {run_dir}: its U-Net differs from this run's: {k} is "
+                         f"{theirs.get(k)!r} there and {mine.get(k)!r} here (the architectures "
+                         "must match; choose the preset and --prediction/--variance of that run)")
+    paths, arrays = RunPaths.of(run_dir), []
+    for path in (paths.model, paths.ema):
+        if not path.is_file():
+            raise FileNotFoundError(f"--init {run_dir}: {path} is missing")
+        verify_file(info, path)
+        weights = load_safetensors(path)
+        check_finite(path, weights)
+        arrays.append(weights)
+    return InitWeights(*arrays)
+
+
 class TrainBackend(Protocol):
     """What a framework supplies to :func:`train`.
 
@@ -81,8 +119,10 @@ class TrainBackend(Protocol):
     def state_path(self, run_dir: str | Path) -> Path:
         """The backend's checkpoint file in ``run_dir``."""
 
-    def start(self, run_dir: str | Path | None) -> tuple[int, dict[str, np.ndarray]]:
-        """Build fresh state, or restore ``run_dir``'s checkpoint: ``(step, arrays)``."""
+    def start(self, run_dir: str | Path | None, init: InitWeights | None = None
+              ) -> tuple[int, dict[str, np.ndarray]]:
+        """Build fresh state (weights and EMA from ``init`` if given), or restore
+        ``run_dir``'s checkpoint: ``(step, arrays)``."""
 
     def train_step(self, step: int, batch: HostBatch) -> Any:
         """One optimizer step; returns a handle on its metrics (left on the device)."""
@@ -245,7 +285,8 @@ class _Loop:
     def _start(self) -> tuple[int, dict[str, np.ndarray]]:
         """Fresh state, or the checked checkpoint of a resumed run (hash and step)."""
         if not self.o.resume:
-            return self.b.start(None)
+            init = None if self.o.init is None else load_init_weights(self.o.init, self.cfg)
+            return self.b.start(None, init)
         info = read_run_json(self.o.out)
         state = self.b.state_path(self.o.out)
         verify_file(info, state)

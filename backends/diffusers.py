@@ -46,6 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_core.app.atomic import atomic_write_bytes, atomic_write_json
+from ddpm_core.app.integrity import file_hashes
+from ddpm_core.app.rundir import RUN_KEYS, RunPaths, read_run_json, write_run_json
 from ddpm_core.backends.convert import check_state, load_safetensors, save_safetensors
 from ddpm_core.diffusers_config import (
     SCHEDULER_DEFAULTS,
@@ -64,7 +67,6 @@ from ddpm_core.models import (
     parameter_shapes,
     with_head,
 )
-from ddpm_core.runs import RUN_KEYS, RunPaths, atomic_write_bytes, atomic_write_json, read_run_json, write_run_json
 from ddpm_core.schedules import Schedule
 
 __all__ = [
@@ -565,7 +567,8 @@ def import_diffusers(path: str | os.PathLike, out_run_dir: str | os.PathLike, *,
     blob = _safetensors_bytes(state)  # serialised once for both files
     for file in (paths.model, paths.ema):
         atomic_write_bytes(file, blob)
-    return write_run_json(out, **{k: v for k, v in info.items() if k != "format"})
+    info["files"] = file_hashes([paths.model, paths.ema])  # this run's files, not the exporter's
+    return write_run_json(out, **{k: v for k, v in info.items() if k not in ("format", "pending")})
 
 
 def export_diffusers(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,

@@ -104,3 +104,59 @@ def test_end_to_end_on_tiny(tmp_path, capsys):
         assert "35,746,307" in capsys.readouterr().out
     finally:
         torch.set_num_threads(old)
+
+
+def _weights(path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def test_export_import_round_trip_samples_the_same(tmp_path, capsys):
+    """ddpm export diffusers, then ddpm import diffusers: the same weights, run.json and samples."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    run, folder, back = tmp_path / "run", tmp_path / "hf", tmp_path / "back"
+    assert cli.main(["train", "--preset", "tiny", "--data", "digits", "--steps", "2", "--out",
+                     str(run), "--quiet", "--sample-n", "1"]) == 0
+    assert cli.main(["export", "diffusers", "--run", str(run), "--out", str(folder)]) == 0
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert cli.main(["import", "diffusers", str(folder), "--out", str(back)]) == 0
+    a, b = json.loads((run / "run.json").read_text()), json.loads((back / "run.json").read_text())
+    for key in ("preset", "unet", "train", "schedule", "prediction", "variance", "data"):
+        assert a[key] == b[key], key
+    ema, imported = _weights(run / "ema.safetensors"), _weights(back / "ema.safetensors")
+    assert ema.keys() == imported.keys()
+    assert all(np.array_equal(ema[k], imported[k]) for k in ema)
+    for r, out in ((run, "a.png"), (back, "b.png")):
+        assert cli.main(["sample", "--run", str(r), "--n", "3", "--sampler", "ddim", "--steps", "4",
+                         "--out", str(tmp_path / out)]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["images"],
+                                  np.load(tmp_path / "b.npz")["images"])
+    assert cli.main(["import", "diffusers", str(folder), "--out", str(back)]) == 2  # not empty
+    assert "import" in capsys.readouterr().err
+
+
+def test_init_starts_from_another_runs_weights(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    src, tuned = tmp_path / "src", tmp_path / "tuned"
+    common = ["--data", "digits", "--quiet", "--sample-n", "1"]
+    assert cli.main(["train", "--preset", "tiny", "--steps", "2", "--out", str(src), *common]) == 0
+    # lr 1e-12: one step leaves the weights where --init put them (to float32 rounding)
+    assert cli.main(["train", "--preset", "tiny", "--steps", "1", "--lr", "1e-12", "--warmup", "0",
+                     "--out", str(tuned), "--init", str(src), *common]) == 0
+    model, ema = _weights(src / "model.safetensors"), _weights(src / "ema.safetensors")
+    tuned_model, tuned_ema = _weights(tuned / "model.safetensors"), _weights(tuned / "ema.safetensors")
+    decay = json.loads((tuned / "run.json").read_text())["train"]["ema_decay"]
+    for k in model:  # the EMA started at the source's EMA and took one step towards the model
+        np.testing.assert_allclose(tuned_model[k], model[k], rtol=0, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(tuned_ema[k], decay * ema[k] + (1 - decay) * model[k],
+                                   rtol=1e-5, atol=1e-6, err_msg=k)
+    argv = ["train", "--preset", "digits", "--steps", "1", "--out", str(tmp_path / "x"),
+            "--init", str(src), "--quiet"]
+    assert cli.main(argv) == 2
+    assert "its U-Net differs from this run's: ch is 16 there and 32 here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--preset", "tiny", "--out", str(src), "--resume", "--init", str(src)])
+    assert "cannot be combined with resume" in capsys.readouterr().err

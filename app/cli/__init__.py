@@ -23,7 +23,15 @@ import sys
 from collections.abc import Sequence
 
 from ddpm_core.app.cli.backends import BackendUnavailable, load_backend
-from ddpm_core.app.cli.commands import cmd_interpolate, cmd_presets, cmd_progressive, cmd_sample, cmd_train
+from ddpm_core.app.cli.commands import (
+    cmd_export,
+    cmd_import,
+    cmd_interpolate,
+    cmd_presets,
+    cmd_progressive,
+    cmd_sample,
+    cmd_train,
+)
 from ddpm_core.app.cli.evaluate import cmd_eval
 from ddpm_core.app.cli.parser import build_parser
 from ddpm_core.app.lock import RunLockedError
@@ -31,7 +39,8 @@ from ddpm_core.app.lock import RunLockedError
 __all__ = ["BackendUnavailable", "build_parser", "load_backend", "main"]
 
 _COMMANDS = {"sample": cmd_sample, "progressive": cmd_progressive,
-             "interpolate": cmd_interpolate, "presets": cmd_presets, "eval": cmd_eval}
+             "interpolate": cmd_interpolate, "presets": cmd_presets, "eval": cmd_eval,
+             "import": cmd_import, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from ddpm_core.app.options import BACKENDS, TrainOptions, resolve_options
 from ddpm_core.app.outputs import check_output
 from ddpm_core.app.rundir import read_run_json
 
-__all__ = ["cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "cmd_train",
+__all__ = ["cmd_export", "cmd_import", "cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "cmd_train",
            "write_grid"]
 
 
@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             prediction=args.prediction, variance=args.variance,
             timestep_sampler=args.timestep_sampler, data=args.data, log_every=args.log_every,
             sample_every=args.sample_every, ckpt_every=args.ckpt_every,
-            sample_n=args.sample_n, compile=args.compile, device=args.device,
+            sample_n=args.sample_n, compile=args.compile, device=args.device, init=args.init,
             progress=False if args.quiet else None)
         resolve_options(options)
     except ValueError as e:
@@ -132,4 +132,22 @@ def cmd_presets(args: argparse.Namespace) -> int:
         pre = get_preset(p)
         size = f"{pre.image_size}x{pre.image_size}x{pre.channels}"
         print(f"{p:<12} {size:>9}  " + "  ".join(f"{counts[b]:>12,}" for b in backends))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ddpm_core.backends.diffusers import import_diffusers
+
+    info = import_diffusers(args.path, args.out, preset=args.preset, data=args.data)
+    print(f"imported {args.path} as run {args.out} (preset {info['preset']!r}, "
+          f"{info['schedule']['num_timesteps']} steps, prediction {info['prediction']!r}, "
+          f"variance {info['variance']!r})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ddpm_core.backends.diffusers import export_diffusers
+
+    out = export_diffusers(args.run, args.out, use_ema=not args.no_ema)
+    print(f"exported run {args.run} to {out} (DDPMPipeline.from_pretrained reads it)")
     return 0

@@ -124,6 +124,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--timestep-sampler", choices=TIMESTEP_SAMPLERS, help="default uniform")
     p.add_argument("--data", help="mnist, digits, a folder of images, an .npz or "
                                   "cifar-10-python.tar.gz (default: the preset's)")
+    p.add_argument("--init", metavar="RUN", help="start from the weights of another run (trained "
+                                                 "or imported) with the same U-Net: fine-tuning")
     p.add_argument("--log-every", type=int_at_least(0), help="default 50")
     p.add_argument("--sample-every", type=int_at_least(0),
                    help="write an EMA sample grid every N steps (default 0: only at the end)")
@@ -239,12 +241,43 @@ def _add_eval_shared_latent(esub: Any) -> None:
     s.add_argument("--out", default="shared-latent.png")
 
 
+def _add_import(sub: Any) -> None:
+    p = sub.add_parser("import", help="a run directory from another library's model folder",
+                       description="Import a model folder as a run directory that every other "
+                                   "subcommand reads, with either backend.")
+    fsub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    d = fsub.add_parser("diffusers", help="a diffusers DDPM folder (unet/, scheduler/)",
+                        description="Reads unet/config.json, unet/diffusion_pytorch_model."
+                                    "safetensors and scheduler/scheduler_config.json (e.g. the "
+                                    "paper's google/ddpm-cifar10-32 downloaded elsewhere); "
+                                    "checks every field the weight mapping depends on.")
+    d.add_argument("path", help="the diffusers folder")
+    d.add_argument("--out", required=True, help="run directory to write (new or empty)")
+    d.add_argument("--preset", help="preset name to record (default: the preset whose U-Net "
+                                    "matches, else 'custom')")
+    d.add_argument("--data", help="dataset the run refers to (default: the preset's)")
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="a run directory as another library's model folder",
+                       description="Export a run directory for another library.")
+    fsub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    d = fsub.add_parser("diffusers", help="a folder DDPMPipeline.from_pretrained loads",
+                        description="Writes model_index.json, unet/ (config and safetensors "
+                                    "weights) and scheduler/ (a DDPMScheduler config with the "
+                                    "run's schedule, prediction, variance and clipping).")
+    d.add_argument("--run", required=True, help="run directory written by `ddpm train` or "
+                                                "`ddpm import`")
+    d.add_argument("--out", required=True, help="folder to write (new or empty)")
+    d.add_argument("--no-ema", action="store_true", help="export the raw weights")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ddpm`` argument parser."""
     parser = argparse.ArgumentParser(prog="ddpm", description="Denoising Diffusion "
                                      "Probabilistic Models (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_progressive, _add_interpolate, _add_presets,
-                _add_eval):
+                _add_eval, _add_import, _add_export):
         add(sub)
     return parser

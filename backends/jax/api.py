@@ -75,7 +75,8 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
 def _sampler(net: UNet, schedule: Any, info: dict[str, Any], sampler: str,
              steps: int | None, eta: float) -> Sampler:
     chain = Chain(chain_schedule(schedule, sampler, steps), sampler, eta=float(eta),
-                  prediction=info["prediction"], variance=info["variance"])
+                  prediction=info["prediction"], variance=info["variance"],
+                  clip=info.get("clip", True))
     c = net.config
     return Sampler(lambda p, x, t: net.apply({"params": p}, x, t), chain,
                    (c.in_channels, c.image_size, c.image_size))

@@ -39,7 +39,7 @@ from ddpm_core.app import trainer
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import make_schedule, schedule_dict
 from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE
-from ddpm_core.app.trainer import HostBatch, NonFiniteLossError, lr_at
+from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, lr_at
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.sampling import Chain, Sampler, chain_schedule, seed_key, to_images
 from ddpm_core.backends.jax.unet import UNet, init_params
@@ -248,13 +248,18 @@ class JaxTrainer:
     def state_path(self, run_dir: str | Path) -> Path:
         return ckpt.state_path(run_dir)
 
-    def start(self, run_dir: str | Path | None) -> tuple[int, dict[str, np.ndarray]]:
-        init = cached_init(self.cfg, self.dtype, _step_key(self.tc), self.mesh)
+    def start(self, run_dir: str | Path | None, init: InitWeights | None = None
+              ) -> tuple[int, dict[str, np.ndarray]]:
+        init_fn = cached_init(self.cfg, self.dtype, _step_key(self.tc), self.mesh)
         self.step_fn = cached_train_step(self.cfg, self.dtype, _step_key(self.tc), self.mesh)
         if run_dir is None:
-            self.state = init(jax.random.fold_in(self.key, STREAM_INIT))
+            self.state = init_fn(jax.random.fold_in(self.key, STREAM_INIT))
+            if init is not None:
+                self.state = jax.device_put(self.state._replace(
+                    params=_flax_params(init.model, self.cfg, self.o.init),
+                    ema=_flax_params(init.ema, self.cfg, self.o.init)), self.repl)
             return 0, {}
-        st = jax.eval_shape(init, self.key)  # templates: shapes and dtypes only
+        st = jax.eval_shape(init_fn, self.key)  # templates: shapes and dtypes only
         info = ckpt.load_state(run_dir, params=st.params, ema=st.ema, opt_state=st.opt_state)
         self.state = jax.device_put(TrainState(info["params"], info["ema"], info["opt_state"]),
                                     self.repl)
@@ -306,6 +311,16 @@ def _grid_sampler(unet: UNetConfig, dtype: Any, train: Any) -> Sampler:
     net = UNet(config=unet, dtype=dtype)
     return Sampler(lambda p, x, t: net.apply({"params": p}, x, t), chain,
                    (unet.in_channels, unet.image_size, unet.image_size))
+
+
+def _flax_params(arrays: dict[str, np.ndarray], config: UNetConfig, source: Any) -> Any:
+    """Canonical (PyTorch-layout) weights as a float32 Flax ``params`` tree."""
+    from ddpm_core.backends.convert import torch_to_flax
+
+    try:
+        return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), torch_to_flax(arrays, config))
+    except ValueError as e:
+        raise ValueError(f"--init {source}: weights do not fit this U-Net ({e})") from e
 
 
 def _host_all(x: jax.Array) -> np.ndarray:

@@ -77,7 +77,8 @@ def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
     net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
     x = sampling.generate(net, schedule, n=n, sampler=sampler, steps=steps, eta=eta,
                           seed=seed, prediction=info["prediction"],
-                          variance=info["variance"], batch_size=batch_size, compile=compile)
+                          variance=info["variance"], batch_size=batch_size, compile=compile,
+                          clip=info.get("clip", True))
     check_finite_samples(x.float().cpu().numpy() if hasattr(x, "cpu") else x)
     return to_uint8(x)
 
@@ -90,7 +91,7 @@ def progressive(run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: in
     return sampling.progressive_frames(net, schedule, n=n, frames=frames, seed=seed,
                                        sampler=sampler, steps=steps,
                                        prediction=info["prediction"],
-                                       variance=info["variance"])
+                                       variance=info["variance"], clip=info.get("clip", True))
 
 
 def interpolate(run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,
@@ -104,7 +105,7 @@ def interpolate(run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,
     src = to_model_range(interpolation_sources(info, pair))
     return sampling.interpolate_images(net, schedule, src[0], src[1], lambdas=lambdas, t=t,
                                        seed=seed, prediction=info["prediction"],
-                                       variance=info["variance"])
+                                       variance=info["variance"], clip=info.get("clip", True))
 
 
 def param_count(preset_name: str) -> int:

@@ -34,7 +34,7 @@ from ddpm_core.app.images import to_uint8
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import make_schedule, schedule_dict
 from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE, step_seed
-from ddpm_core.app.trainer import HostBatch, NonFiniteLossError
+from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch.sampling import generate
 from ddpm_core.backends.torch.unet import UNet
@@ -82,6 +82,15 @@ def _step_rng(seed: int, step: int, rank: int, device: torch.device) -> Iterator
 
 
 @torch.no_grad()
+def _load_numpy(net: nn.Module, arrays: dict[str, np.ndarray], source: Any) -> None:
+    """Copy canonical NumPy weights into ``net`` (its device and dtype)."""
+    try:
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    except RuntimeError as e:
+        raise ValueError(f"--init {source}: weights do not fit this U-Net ({e})") from e
+
+
+@torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()],
                          1.0 - decay)
@@ -110,14 +119,19 @@ class TorchTrainer:
 
     # ---------------------------------------------------------------- state
 
-    def start(self, run_dir: str | Path | None) -> tuple[int, dict[str, np.ndarray]]:
+    def start(self, run_dir: str | Path | None, init: InitWeights | None = None
+              ) -> tuple[int, dict[str, np.ndarray]]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed(self.o.seed, 0, STREAM_INIT))
             self.model = UNet(self.cfg)
         self.model.to(self.device)
         if self.cuda:
             self.model.to(memory_format=torch.channels_last)
+        if init is not None:
+            _load_numpy(self.model, init.model, self.o.init)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if init is not None:
+            _load_numpy(self.ema, init.ema, self.o.init)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr,
                                     fused=True if self.cuda else None,
                                     foreach=None if self.cuda else True)

@@ -129,3 +129,17 @@ def test_loss_second_moment_sampler_state_is_checkpointed(tmp_path):
     assert counts.shape == (1000,) and 0 < counts.sum() <= 3 * 16
     api.train(options(out, steps=4, timestep_sampler="loss-second-moment", resume=True))
     assert _state(out)["tsampler/counts"].sum() > counts.sum()
+
+
+def test_init_starts_from_another_runs_weights(full_run, tmp_path):
+    """--init: the JAX backend starts from a run's canonical weights (lr 1e-12: they stay)."""
+    from ddpm_core.backends.convert import load_safetensors
+
+    src, _ = full_run
+    out = tmp_path / "tuned"
+    api.train(options(out, steps=1, lr=1e-12, warmup=0, init=str(src)))
+    a, b = load_safetensors(src / "model.safetensors"), load_safetensors(out / "model.safetensors")
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6, err_msg=k)
+    with pytest.raises(ValueError, match="its U-Net differs from this run's"):
+        api.train(options(tmp_path / "x", preset="digits", steps=1, init=str(src)))
