@@ -23,7 +23,7 @@ from ddpm_core.app.options import (
     VARIANCES,
 )
 
-__all__ = ["RUN_FORMATS", "validate_run_json"]
+__all__ = ["RUN_FORMATS", "validate_run_json", "validate_schedule_entry"]
 
 RUN_FORMATS = (1, 2)
 SCHEDULE_NAMES = ("linear", "quadratic", "sigmoid", "scaled_linear", "cosine", "betas")
@@ -142,7 +142,7 @@ def validate_run_json(info: Any, path: str | os.PathLike = "run.json") -> dict[s
         if not isinstance(section, dict):
             raise _fail(path, name, section, "a JSON object with keys " + ", ".join(checks))
         _check_fields(path, name + ".", section, checks, required=name != "train")
-    _check_fields(path, "schedule.", info["schedule"], SCHEDULE_OPTIONAL, required=False)
+    validate_schedule_entry(info["schedule"], path)
     unknown = sorted(set(info["unet"]) - set(UNET))
     if unknown:
         raise _fail(path, "unet." + unknown[0], info["unet"][unknown[0]],
@@ -177,6 +177,15 @@ def _check_agreement(info: Mapping[str, Any], path: Any) -> None:
         if vb is not None and va != vb:
             raise ValueError(f"{path}: field {a!r} is {va!r} but {b!r} is {vb!r}; they must "
                              "agree")
+
+
+def validate_schedule_entry(schedule: Any, path: str | os.PathLike = "run.json") -> None:
+    """Check a run.json ``schedule`` entry: its fields, the betas of a given-betas entry and
+    the range of a named one; errors name ``path`` and the field."""
+    if not isinstance(schedule, dict):
+        raise _fail(path, "schedule", schedule, "a JSON object with keys " + ", ".join(SCHEDULE))
+    _check_fields(path, "schedule.", schedule, SCHEDULE, required=True)
+    _check_fields(path, "schedule.", schedule, SCHEDULE_OPTIONAL, required=False)
     if schedule["name"] == "betas" and len(schedule.get("betas") or ()) != schedule["num_timesteps"]:
         raise _fail(path, "schedule.betas", schedule.get("betas"),
                     f"a list of num_timesteps = {schedule['num_timesteps']} numbers in (0, 1)")

@@ -233,3 +233,35 @@ def test_runs_keeps_the_documented_names():
     assert runs.chain_schedule is chains.chain_schedule and runs.step_seed is seeding.step_seed
     assert set(runs.__all__) <= set(dir(runs))
     assert trainer.host_batch.__module__ == "ddpm_core.app.trainer"
+
+
+def test_classifier_run_round_trip_and_fit_checks(tmp_path):
+    from ddpm_core.app.classifier_run import check_classifier_fits, read_classifier_run, write_classifier_run
+    from ddpm_core.models import classifier_config, get_preset
+
+    config = classifier_config("tiny", 10)
+    entry = {"name": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+    write_classifier_run(tmp_path, backend="torch", config=config, schedule=entry,
+                         class_names=[str(k) for k in range(10)], data="digits", step=3)
+    got, info = read_classifier_run(tmp_path)
+    assert got == config and info["step"] == 3 and info["classes"]["num_classes"] == 10
+    unet = get_preset("tiny").unet
+    check_classifier_fits(got, info, unet, entry, None)
+    with pytest.raises(ValueError, match="the classifier takes image_size=8 but the model's image_size is 28"):
+        check_classifier_fits(got, info, get_preset("mnist").unet, entry, None)
+    with pytest.raises(ValueError, match="trained on a 1000-step chain but the model's chain has 100"):
+        check_classifier_fits(got, info, unet, {**entry, "num_timesteps": 100}, None)
+    with pytest.raises(ValueError, match="10 classes but the model has 3"):
+        check_classifier_fits(got, info, unet, entry, 3)
+    rundir.write_run_json(tmp_path / "diffusion", backend="torch", preset="tiny", unet=unet,
+                          train=get_preset("tiny").train, schedule=entry, prediction="eps",
+                          variance="fixed_small", data="digits", step=0)
+    with pytest.raises(ValueError, match="not a classifier run"):
+        read_classifier_run(tmp_path / "diffusion")
+    with pytest.raises(FileNotFoundError, match="train-classifier"):
+        read_classifier_run(tmp_path / "none")
+    bad = json.loads((tmp_path / "run.json").read_text())
+    bad["schedule"]["num_timesteps"] = 0
+    (tmp_path / "run.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="schedule.num_timesteps"):
+        read_classifier_run(tmp_path)
