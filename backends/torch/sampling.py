@@ -184,22 +184,29 @@ class _StaticChain:
         self.x.copy_(res.x_prev)
 
     def _capture(self) -> torch.cuda.CUDAGraph:
-        """Warm up on a side stream (allocations, autotuning, cached tables), then capture."""
+        """Warm up on a side stream (allocations, autotuning, cached tables), then capture.
+
+        The second warm-up step runs with synchronisation errors on: a step that reads a
+        value on the host cannot be captured, and failing there leaves the device usable.
+        """
         self._set_step(self.sched.num_timesteps - 1)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
+            self.step()
+            old = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
                 self.step()
+            except RuntimeError as e:
+                raise RuntimeError(f"cuda_graph=True: the sampling step synchronises with the host, "
+                                   f"so it cannot be captured ({str(e).splitlines()[0]})") from e
+            finally:
+                torch.cuda.set_sync_debug_mode(old)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self.step()
-        except RuntimeError as e:
-            raise RuntimeError(f"cuda_graph=True: capturing the sampling step failed; the model "
-                               f"call and the core's step must not synchronise with the host "
-                               f"({str(e).splitlines()[0]})") from e
+        with torch.cuda.graph(graph):
+            self.step()
         return graph
 
     def run(self, streams: SampleStreams, keep: Callable[[int], bool]
