@@ -40,7 +40,7 @@ def tests_torch(session: nox.Session) -> None:
     """The core on PyTorch, the PyTorch backend, the data and the command line."""
     _install(session, "torch,eval")
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py",
-            "tests/test_eval.py", "tests/test_benchmarks.py")
+            "tests/test_eval.py", "tests/test_benchmarks.py", "tests/test_gpu_check.py")
 
 
 @nox.session(name="tests-jax")
