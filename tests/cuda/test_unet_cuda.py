@@ -36,12 +36,15 @@ def _forward_backward(net, x, t, *, bf16: bool = False):
     return out.detach().float(), grads
 
 
+# In float64: a float32 cosine of 35M-element gradients is off by ~4e-3 (measured 1.0037 for
+# two equal vectors), more than the differences these tests bound.
 def _rel(a, b) -> float:
+    a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
 
 
 def _cos(a, b) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+    return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
 
 
 def test_bf16_autocast_forward_backward(make_net, exact_float32):
@@ -49,7 +52,9 @@ def test_bf16_autocast_forward_backward(make_net, exact_float32):
     x, t = _inputs(net)
     ref_out, ref_grads = _forward_backward(net, x, t)
     out, grads = _forward_backward(net, x, t, bf16=True)
-    assert _rel(out, ref_out) < 5e-2  # bf16 keeps 8 significant bits (eps 7.8e-3)
+    # bf16 keeps 8 significant bits (eps 7.8e-3); the CPU's bf16 autocast gives 6e-3 and a
+    # gradient cosine of 0.99998 here
+    assert _rel(out, ref_out) < 5e-2
     assert _cos(grads, ref_grads) > 0.98
 
 
