@@ -32,7 +32,8 @@ from torch import nn
 
 from ddpm_core.runs import chain_schedule, step_seed, to_uint8
 
-__all__ = ["chain_schedule", "generate", "interpolate_images", "model_fn", "progressive_frames"]
+__all__ = ["SampleStreams", "chain_schedule", "generate", "interpolate_images", "model_fn", "progressive_frames",
+           "sample_seeds"]
 
 _STREAM_SAMPLE = 11
 _CHUNK_FLOATS = 1 << 16  # one sample's step noise is drawn this many floats (whole steps) at a time
@@ -119,7 +120,8 @@ class SampleStreams:
         self.num_steps = int(num_steps)
         self.chunk = max(1, _CHUNK_FLOATS // int(np.prod(self._image)))
         self.x_T = self._draw(1)[:, 0]
-        self._start, self._block = 0, self._draw(0)  # chain positions start .. start + len - 1
+        # the current chunk: chain positions start .. start + len - 1 (none drawn yet)
+        self._start, self._block = 0, torch.empty((len(self._gens), 0, *self._image), device=device)
 
     def _draw(self, steps: int) -> torch.Tensor:
         """The next ``steps`` images of every sample's stream, (B, steps, C, H, W)."""
