@@ -9,10 +9,10 @@
 Randomness
 ----------
 Sample ``j`` (its index in the whole request, not in its batch) owns one ``torch.Generator``
-on the network's device, seeded once from ``(seed, j)`` (:func:`sample_seeds`); it draws that sample's
-x_T and then the noise of every step (:class:`SampleStreams`). So a seed gives the same
-images whatever ``n`` and ``batch_size``: ``n=4`` are the first 4 images of ``n=8``, as in
-the JAX backend (whose numbers differ: it draws from JAX keys).
+on the network's device, seeded once from ``(seed, j)`` (:func:`sample_seeds`); it draws
+that sample's x_T and then the noise of every step (:class:`SampleStreams`). So a seed gives
+the same images whatever ``n`` and ``batch_size``: ``n=4`` are the first 4 images of
+``n=8``, as in the JAX backend (whose numbers differ: it draws from JAX keys).
 
 On CUDA the model call runs in bf16 autocast. ``compile=True`` compiles it with
 ``mode="reduce-overhead"``; ``cuda_graph=True`` captures one whole denoising step (model
