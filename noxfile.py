@@ -42,7 +42,7 @@ def tests_torch(session: nox.Session) -> None:
     _install(session, "torch,eval")
     session.install("diffusers~=0.42.0")  # import/export and scheduler checks against diffusers
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py",
-            "tests/test_eval.py", "tests/test_benchmarks.py")
+            "tests/test_eval.py", "tests/test_benchmarks.py", "tests/test_gpu_check.py")
 
 
 @nox.session(name="tests-jax")

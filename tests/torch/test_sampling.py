@@ -45,7 +45,99 @@ def test_batching_splits_the_request():
     out = sampling.generate(net, SCHED, n=5, sampler="ddim", steps=4, batch_size=2)
     assert out.shape == (5, 8, 8, 1)
     first = sampling.generate(net, SCHED, n=2, sampler="ddim", steps=4, batch_size=2)
-    np.testing.assert_array_equal(out[:2], first)  # batch b draws from (seed, b)
+    np.testing.assert_array_equal(out[:2], first)  # the same first batch, the same samples
+
+
+# The U-Net's float32 convolutions round differently at another batch size (measured
+# <= 1e-6 after 40 steps); another noise stream moves the images by O(1).
+BATCH_TOL = 1e-5
+
+
+@pytest.mark.parametrize(("sampler", "steps", "eta", "variance"), [
+    ("ddpm", None, 0.0, "fixed_small"), ("ddpm", 10, 0.0, "learned_range"),
+    ("ddim", 8, 0.5, "fixed_small"), ("ddim", 8, 1.0, "learned"), ("ddim", 8, 0.0, "fixed_small"),
+])
+def test_sample_j_depends_only_on_seed_and_j(sampler, steps, eta, variance):
+    net = _net(variance)
+    kw = dict(sampler=sampler, steps=steps, eta=eta, variance=variance, seed=7)
+    eight = sampling.generate(net, SCHED, n=8, **kw)
+    np.testing.assert_allclose(sampling.generate(net, SCHED, n=4, **kw), eight[:4], rtol=0, atol=BATCH_TOL)
+    for bs in (1, 3):
+        np.testing.assert_allclose(sampling.generate(net, SCHED, n=8, batch_size=bs, **kw), eight,
+                                   rtol=0, atol=BATCH_TOL)
+    flat = eight.reshape(8, -1)
+    assert min(np.abs(flat[j] - flat[k]).max() for j in range(8) for k in range(j)) > 0.1
+
+
+def _streams(lo, hi, image=(4, 64, 64), K=11, seed=3):
+    return sampling.SampleStreams(seed, lo, hi, image, K, torch.device("cpu"))
+
+
+def test_streams_are_per_sample_across_chunks():
+    whole, part = _streams(0, 5), _streams(2, 4)
+    assert whole.chunk == 4  # 2**16 floats of 4x64x64 images: chunks of 4, 4 and 2 steps
+    torch.testing.assert_close(part.x_T, whole.x_T[2:4], rtol=0, atol=0)
+    for i in range(10, 0, -1):
+        torch.testing.assert_close(part(i), whole(i)[2:4], rtol=0, atol=0)
+    rows = whole.x_T.reshape(5, -1)
+    assert not any(torch.equal(rows[j], rows[k]) for j in range(5) for k in range(j))
+
+
+def test_stream_of_a_sample_is_its_own_generator_in_chunks():
+    """The documented stream: x_T, then the steps K-1 .. 1 drawn ``chunk`` images at a time."""
+    s = _streams(6, 7)
+    g = torch.Generator().manual_seed(sampling.sample_seeds(3, 6, 7)[0])
+    torch.testing.assert_close(s.x_T[0], torch.empty(4, 64, 64).normal_(generator=g), rtol=0, atol=0)
+    for i, steps in ((10, 4), (6, 4), (2, 2)):
+        block = torch.empty(steps, 4, 64, 64).normal_(generator=g)
+        for k in range(steps):
+            torch.testing.assert_close(s(i - k)[0], block[k], rtol=0, atol=0)
+
+
+def test_streams_refuse_steps_out_of_order():
+    s = _streams(0, 2)
+    s(10)  # draws the chunk of steps 10 .. 7
+    with pytest.raises(ValueError, match="noise of step 5 asked for out of order.* the next one is 6"):
+        s(5)
+    for bad in (0, 11, 2.0):
+        with pytest.raises(ValueError, match=r"i must be a step index in \[1, 11\)"):
+            s(bad)
+
+
+def test_sample_seeds_are_distinct_in_their_low_32_bits():
+    """PyTorch's CPU generator keeps only the low 32 bits of a seed: they must differ."""
+    base = sampling.step_seed(9, 0, 11) & 0xFFFFFFFF
+    lo = 2**32 - base - 1000  # cross the wrap-around of (k + j) mod 2**32
+    seeds = sampling.sample_seeds(9, lo, lo + 2**17)
+    assert len({s & 0xFFFFFFFF for s in seeds}) == 2**17
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert sampling.sample_seeds(9, lo + 5, lo + 9) == seeds[5:9]
+    assert sampling.sample_seeds(10, lo, lo + 4) != seeds[:4]
+    with pytest.raises(ValueError, match="sample indices must satisfy"):
+        sampling.sample_seeds(9, 3, 2)
+
+
+@pytest.mark.parametrize(("sampler", "steps", "eta", "variance"), [
+    ("ddpm", None, 0.0, "fixed_small"), ("ddpm", 10, 0.0, "fixed_large"),
+    ("ddpm", None, 0.0, "learned_range"), ("ddim", 8, 0.5, "fixed_small"), ("ddim", 8, 0.0, "learned"),
+])
+def test_static_chain_matches_the_core_loop(sampler, steps, eta, variance):
+    """The CUDA-graph step run eagerly on its fixed buffers (tensor step index) gives the core
+    loop's images and frames up to float32 coefficient rounding."""
+    net = _net(variance)
+    kw = dict(n=3, sampler=sampler, steps=steps, eta=eta, seed=2, prediction="eps",
+              variance=variance, batch_size=2, clip=True, compile=False, keep=lambda i: i in (5, 0))
+    ref = sampling._run(net, SCHED, **kw)
+    got = sampling._run(net, SCHED, static=True, **kw)
+    assert [len(p) for p in got] == [len(p) for p in ref] == [3, 3]
+    for p, q in zip(got, ref, strict=True):
+        for a, b in zip(p, q, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=BATCH_TOL)
+
+
+def test_cuda_graph_needs_a_cuda_network():
+    with pytest.raises(ValueError, match="cuda_graph=True needs the network on a CUDA device; it is on cpu"):
+        sampling.generate(_net(), SCHED, n=1, cuda_graph=True)
 
 
 def test_ddim_eta_zero_is_deterministic_given_x_T():
