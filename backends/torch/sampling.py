@@ -23,20 +23,43 @@ removes the per-step launch overhead of both.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.runs import chain_schedule, step_seed, to_uint8
+from ddpm_core.app.chains import chain_schedule
+from ddpm_core.app.images import to_uint8
+from ddpm_core.app.seeding import step_seed
 
-__all__ = ["SampleStreams", "chain_schedule", "generate", "interpolate_images", "model_fn", "progressive_frames",
-           "sample_seeds"]
+__all__ = ["SampleStreams", "chain_schedule", "generate", "host_sync_errors", "interpolate_images",
+           "model_fn", "progressive_frames", "sample_seeds"]
 
 _STREAM_SAMPLE = 11
 _CHUNK_FLOATS = 1 << 16  # one sample's step noise is drawn this many floats (whole steps) at a time
+
+
+@contextlib.contextmanager
+def host_sync_errors() -> Iterator[None]:
+    """CUDA calls that synchronise with the host raise inside the block; the previous mode
+    is restored on every exit. (PyTorch warns that the mode is a prototype each time it is
+    set; that warning is silenced here so that ``-W error`` cannot leave the mode on.)"""
+    def set_mode(mode: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Synchronization debug mode is a prototype",
+                                    UserWarning)
+            torch.cuda.set_sync_debug_mode(mode)
+
+    old = torch.cuda.get_sync_debug_mode()
+    set_mode("error")
+    try:
+        yield
+    finally:
+        set_mode(old)
+
 
 
 def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[[Any, Any], Any]:
@@ -196,15 +219,12 @@ class _StaticChain:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self.step()
-            old = torch.cuda.get_sync_debug_mode()
-            torch.cuda.set_sync_debug_mode("error")
             try:
-                self.step()
+                with host_sync_errors():
+                    self.step()
             except RuntimeError as e:
                 raise RuntimeError(f"cuda_graph=True: the sampling step synchronises with the host, "
                                    f"so it cannot be captured ({str(e).splitlines()[0]})") from e
-            finally:
-                torch.cuda.set_sync_debug_mode(old)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):

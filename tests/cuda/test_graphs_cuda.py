@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 import ddpm_core as dc  # noqa: E402
 from ddpm_core.backends.torch import sampling  # noqa: E402
+from ddpm_core.backends.torch.sampling import host_sync_errors  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -38,11 +39,8 @@ def _capture(fn):
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with host_sync_errors():
             fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ddpm_core as dc  # noqa: E402
+from ddpm_core.backends.torch.sampling import host_sync_errors  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -51,10 +52,7 @@ def test_no_host_sync_with_a_tensor_t(name):
     s, a, call = dc.Schedule.linear(1000), _arrays(), CALLS[name]
     ref = call(s, a)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with host_sync_errors():
         got = call(s, a)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     for x, y in zip(_flat(got), _flat(ref), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
