@@ -28,9 +28,15 @@ __all__ = ["chain_schedule", "generate", "interpolate_images", "model_fn", "prog
 
 _STREAM_SAMPLE = 11
 
+# guide(fn, lo, hi) -> (batch lo..hi-1's model callable, its loop), see ``_run``
+Guide = Callable[[Callable[..., Any], int, int], tuple[Callable[..., Any], Callable[..., Any]]]
 
-def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[[Any, Any], Any]:
-    """``(x_t, t) -> float32 output`` without gradients (bf16 autocast on CUDA)."""
+
+def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[..., Any]:
+    """``(x_t, t, y=None) -> float32 output`` without gradients (bf16 autocast on CUDA).
+
+    ``y`` are the class labels of a class-conditional network (None for an unconditional one).
+    """
     net.eval()
     device = next(net.parameters()).device
     call: Any = net
@@ -39,9 +45,9 @@ def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[[Any, Any], A
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else contextlib.nullcontext())
 
-    def fn(x: torch.Tensor, t: Any) -> torch.Tensor:
+    def fn(x: torch.Tensor, t: Any, y: Any = None) -> torch.Tensor:
         with torch.inference_mode(), amp:
-            return call(x, torch.as_tensor(t, device=x.device)).float()
+            return call(x, torch.as_tensor(t, device=x.device), y).float()
 
     return fn
 
@@ -65,8 +71,13 @@ def _noise_source(shape: tuple[int, ...], device: torch.device, seed: int
 
 def _run(net: nn.Module, schedule: Any, *, n: int, sampler: str, steps: int | None,
          eta: float, seed: int, prediction: str, variance: str, batch_size: int | None,
-         clip: Any, compile: bool, keep: Callable[[int], bool]) -> list[list[torch.Tensor]]:
-    """Sample ``n`` images; per batch, the x0_hat of the steps ``keep(i)`` and the final x."""
+         clip: Any, compile: bool, keep: Callable[[int], bool], guide: Guide | None = None
+         ) -> list[list[torch.Tensor]]:
+    """Sample ``n`` images; per batch, the x0_hat of the steps ``keep(i)`` and the final x.
+
+    ``guide(fn, lo, hi)`` gives batch ``lo .. hi - 1``'s model callable and loop (the
+    core's ``sample_loop`` or a guided one with its arguments) from the plain ``fn``.
+    """
     from ddpm_core import sample_loop
 
     if not 0.0 <= float(eta) <= 1.0:
@@ -79,8 +90,9 @@ def _run(net: nn.Module, schedule: Any, *, n: int, sampler: str, steps: int | No
     for b, (lo, hi) in enumerate(_batches(n, batch_size)):
         shape = (hi - lo, cfg.in_channels, cfg.image_size, cfg.image_size)
         x_T, noise_fn = _noise_source(shape, device, step_seed(seed, b, _STREAM_SAMPLE))
+        call, loop = (fn, sample_loop) if guide is None else guide(fn, lo, hi)
         frames, x = [], x_T
-        for st in sample_loop(sched, fn, x_T, noise_fn, sampler=sampler, eta=float(eta),
+        for st in loop(sched, call, x_T, noise_fn, sampler=sampler, eta=float(eta),
                               prediction=prediction, variance=variance, clip=clip):
             x = st.x
             if keep(st.step):
@@ -97,15 +109,16 @@ def generate(net: nn.Module, schedule: Any, *, n: int, sampler: str = "ddpm",
              steps: int | None = None, eta: float = 0.0, seed: int = 0,
              prediction: str = "eps", variance: str = "fixed_small",
              batch_size: int | None = None, clip: Any = True, compile: bool = False,
-             device: Any = None) -> np.ndarray:
+             device: Any = None, guide: Guide | None = None) -> np.ndarray:
     """Sample ``n`` images, float32 (n, H, W, C) in the model range [-1, 1].
 
     ``device`` is ignored (the network's device is used); it is accepted for symmetry.
     ``clip=True`` clips x0_hat to [-1, 1] at every step, as the paper's sampler does.
+    ``guide``: labels and guidance (``ddpm_core.backends.torch.guided.make_guide``).
     """
     parts = _run(net, schedule, n=n, sampler=sampler, steps=steps, eta=eta, seed=seed,
                  prediction=prediction, variance=variance, batch_size=batch_size, clip=clip,
-                 compile=compile, keep=lambda i: False)
+                 compile=compile, keep=lambda i: False, guide=guide)
     return np.concatenate([_nhwc(p[-1]) for p in parts])
 
 
