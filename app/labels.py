@@ -107,6 +107,8 @@ def guidance_settings(num_classes: int, classes: Any, n: int, *, guidance: float
         Only with a classifier (default 1.0).
     """
     has_clf = classifier_classes is not None
+    if classifier_scale is not None and not has_clf:
+        raise ValueError(f"classifier_scale={classifier_scale!r} needs a classifier")
     if not num_classes:
         for name, value in (("guidance", guidance), ("guidance_rescale", guidance_rescale)):
             if value is not None:
@@ -121,8 +123,6 @@ def guidance_settings(num_classes: int, classes: Any, n: int, *, guidance: float
                 else "classifier guidance")
         raise ValueError(f"{what} needs classes: an integer, a list of one integer per "
                          "sample, or 'all'")
-    if classifier_scale is not None and not has_clf:
-        raise ValueError(f"classifier_scale={classifier_scale!r} needs a classifier")
     scale = 1.0 if guidance is None else _finite("guidance", guidance)
     rescale = 0.0 if guidance_rescale is None else _finite("guidance_rescale", guidance_rescale)
     if not 0.0 <= rescale <= 1.0:
