@@ -69,12 +69,22 @@ def write_grid(out: str, grid_images: np.ndarray, arrays: dict[str, np.ndarray],
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ddpm_core.app.labels import guided_request
+
     check_output(args.out, "grid")
+    classes = args.classes
+    n = args.n or (len(classes) if isinstance(classes, list) else 8 if classes == "all" else 64)
+    guide = {"classes": classes, "guidance": args.guidance,
+             "guidance_rescale": args.guidance_rescale, "classifier": args.classifier,
+             "classifier_scale": args.classifier_scale}
+    labels = guided_request(read_run_json(args.run), n, **guide)[0].labels  # checked up front
     api = load_backend(run_backend(args.run, args.backend))
-    images = call(api.sample, args.run, n=args.n, sampler=args.sampler, steps=args.steps,
-                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                        use_ema=not args.no_ema, device=args.device, compile=args.compile)
-    write_grid(args.out, images, {"images": images})
+    extra = {k: v for k, v in guide.items() if v is not None}
+    images = call(api.sample, args.run, n=n, sampler=args.sampler, steps=args.steps,
+                  eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                  use_ema=not args.no_ema, device=args.device, compile=args.compile, **extra)
+    arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+    write_grid(args.out, images, arrays, ncols=n if classes == "all" else None)
     return 0
 
 

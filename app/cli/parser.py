@@ -142,10 +142,34 @@ def _add_sample(sub: Any) -> None:
                                    "a PNG grid and an .npz of uint8 samples.")
     _add_run_options(p)
     _add_chain_options(p, eta=True)
-    p.add_argument("--out", default="samples.png", help="PNG grid (an .npz is written beside it)")
-    p.add_argument("--n", type=int_at_least(1), default=64)
+    p.add_argument("--out", default="samples.png",
+                   help="PNG grid (an .npz of the images, and labels if any, is written beside it)")
+    p.add_argument("--n", type=int_at_least(1),
+                   help="samples (default 64); per class with --class all (default 8)")
     p.add_argument("--batch-size", type=int_at_least(1))
     p.add_argument("--compile", action="store_true", help="compile the model call on CUDA")
+
+    def classes(text: str) -> Any:
+        from ddpm_core.app.labels import parse_classes
+
+        try:
+            return parse_classes(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("--class ")) from None
+
+    g = p.add_argument_group("guidance")
+    g.add_argument("--class", dest="classes", type=classes, metavar="K|K1,K2,...|all",
+                   help="class of every sample, one class per sample (then --n defaults to "
+                        "their count), or 'all': a grid with one row of --n per class")
+    g.add_argument("--guidance", type=float, metavar="S",
+                   help="classifier-free guidance scale of a class-conditional run (default 1: "
+                        "the conditional model; 0: unconditional; Ho & Salimans' w = S - 1)")
+    g.add_argument("--guidance-rescale", type=float_in(0.0, 1.0, low_open=False), metavar="PHI",
+                   help="rescale the guided prediction's std (Lin et al. 2024; default 0: off)")
+    g.add_argument("--classifier", metavar="CLF_RUN",
+                   help="classifier run (ddpm train-classifier) that guides sampling")
+    g.add_argument("--classifier-scale", type=float, metavar="S",
+                   help="classifier guidance scale (default 1; 0: unguided)")
 
 
 def _add_progressive(sub: Any) -> None:

@@ -28,9 +28,11 @@ import numpy as np
 
 from ddpm_core.app.chains import interpolation_sources
 from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
+from ddpm_core.app.labels import Guidance, guided_request
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.jax import checkpoint as ckpt
+from ddpm_core.backends.jax.guided import classifier_grad, guided_model, load_classifier
 from ddpm_core.backends.jax.sampling import (
     Chain,
     Sampler,
@@ -73,20 +75,30 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
 
 
 def _sampler(net: UNet, schedule: Any, info: dict[str, Any], sampler: str,
-             steps: int | None, eta: float) -> Sampler:
+             steps: int | None, eta: float, g: Guidance | None = None,
+             classifier: Any = None) -> Sampler:
+    """The run's sampler; with guidance ``g`` its model takes labels and params
+    ``{"unet": ..., "classifier": ...}`` (``ddpm_core.backends.jax.guided``)."""
+    use_clf = g is not None and classifier is not None and g.classifier_scale != 0.0
     chain = Chain(chain_schedule(schedule, sampler, steps), sampler, eta=float(eta),
                   prediction=info["prediction"], variance=info["variance"],
-                  clip=info.get("clip", True))
+                  clip=info.get("clip", True),
+                  classifier=classifier_grad(classifier) if use_clf else None,
+                  classifier_scale=g.classifier_scale if use_clf else 0.0)
     c = net.config
-    return Sampler(lambda p, x, t: net.apply({"params": p}, x, t), chain,
-                   (c.in_channels, c.image_size, c.image_size))
+    model = (guided_model(net, g.scale, g.rescale, info["variance"]) if g is not None
+             else lambda p, x, t: net.apply({"params": p}, x, t))
+    return Sampler(model, chain, (c.in_channels, c.image_size, c.image_size))
 
 
 def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, seed: int = 0,
            batch_size: int | None = None, use_ema: bool = True, device: str = "auto",
-           compile: bool = True, loop: bool = False) -> np.ndarray:
-    """``n`` samples of the run's (EMA) model, uint8 (n, H, W, C).
+           compile: bool = True, loop: bool = False, classes: Any = None,
+           guidance: float | None = None, guidance_rescale: float | None = None,
+           classifier: str | os.PathLike | None = None,
+           classifier_scale: float | None = None) -> np.ndarray:
+    """``n`` samples of the run's (EMA) model, uint8 (N, H, W, C).
 
     ``sampler="ddpm"`` runs Algorithm 2 on the full chain (or ``steps`` respaced steps);
     ``"ddim"`` runs DDIM on ``steps`` steps (default 50) with ``eta``. The chain is one
@@ -94,11 +106,28 @@ def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
     images do not depend on ``batch_size``. ``compile`` is accepted for symmetry with the
     PyTorch backend (the JAX chain is always compiled); ``loop=True`` runs a Python loop
     over a jitted step instead (the same numbers; for benchmarks).
+
+    Guidance, as in the PyTorch backend (``ddpm_core.app.labels``): ``classes`` an int, a
+    list of ``n`` ints or ``"all"`` (``n`` per class: N = n K), required by a
+    class-conditional run; ``guidance`` the classifier-free scale s (default 1: the
+    conditional model), ``guidance_rescale`` phi (default 0); ``classifier`` a classifier
+    run guiding with ``classifier_scale`` (default 1; 0: unguided). The guided chain is
+    the same single compiled ``lax.scan``.
     """
     del compile
     net, params, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
-    s = _sampler(net, schedule, info, sampler, steps, eta)
-    x, _ = s.generate(params, n=n, seed=seed, batch_size=batch_size, loop=loop)
+    g, clf_config, clf_info = guided_request(
+        info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
+        classifier=classifier, classifier_scale=classifier_scale)
+    if g.labels is None:
+        s = _sampler(net, schedule, info, sampler, steps, eta)
+        x, _ = s.generate(params, n=n, seed=seed, batch_size=batch_size, loop=loop)
+    else:
+        clf, clf_params = (None, None) if classifier is None else load_classifier(
+            classifier, clf_config, clf_info, pick_devices(device)[0])
+        s = _sampler(net, schedule, info, sampler, steps, eta, g, clf)
+        x, _ = s.generate({"unet": params, "classifier": clf_params}, n=len(g.labels),
+                          seed=seed, batch_size=batch_size, loop=loop, labels=g.labels)
     check_finite_samples(np.asarray(x))
     return to_images(x)
 

@@ -31,6 +31,7 @@ import numpy as np
 from ddpm_core import ddim_step, ddpm_step, q_sample
 from ddpm_core.app.chains import SAMPLERS, chain_schedule
 from ddpm_core.app.images import to_uint8
+from ddpm_core.backends.guided import classifier_guided_step
 from ddpm_core.schedules import Schedule
 
 __all__ = [
@@ -56,6 +57,8 @@ class Chain(NamedTuple):
     prediction: str = "eps"
     variance: str = "fixed_small"
     clip: Any = True
+    classifier: Any = None  # (params, x, t_model, y) -> grad log p(y | x, t_model), or None
+    classifier_scale: float = 0.0
 
 
 def seed_key(seed: int) -> jax.Array:
@@ -84,17 +87,25 @@ def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
 
-def _one_step(chain: Chain, model: Callable[[Any, Any, Any], Any], params: Any,
-              x: jax.Array, i: jax.Array, t_model: jax.Array, noise: jax.Array
+def _one_step(chain: Chain, model: Callable[..., Any], params: Any, x: jax.Array,
+              i: jax.Array, t_model: jax.Array, noise: jax.Array, y: jax.Array | None = None
               ) -> tuple[jax.Array, jax.Array]:
     """Model call + the core's step ``i`` (respaced index); returns ``(x_prev, x0_hat)``.
 
-    Mirrors ``ddpm_core.sample_loop``: DDIM ignores a learned variance head.
+    Mirrors ``ddpm_core.sample_loop``: DDIM ignores a learned variance head. With labels
+    ``y`` the model is called as ``model(params, x, t, y)``; with a classifier the step is
+    ``classifier_guided_step`` (the classifier sees the original-chain ``t_model``).
     """
     B, C = x.shape[0], x.shape[1]
-    out = model(params, x, jnp.broadcast_to(t_model, (B,))).astype(jnp.float32)
+    tm = jnp.broadcast_to(t_model, (B,))
+    out = (model(params, x, tm) if y is None else model(params, x, tm, y)).astype(jnp.float32)
     iv = jnp.broadcast_to(i, (B,))
-    if chain.sampler == "ddpm":
+    if chain.classifier is not None:
+        step = classifier_guided_step(
+            chain.schedule, out, x, iv, noise, chain.classifier(params, x, tm, y),
+            scale=chain.classifier_scale, sampler=chain.sampler, eta=float(chain.eta),
+            prediction=chain.prediction, variance=chain.variance, clip=chain.clip)
+    elif chain.sampler == "ddpm":
         step = ddpm_step(chain.schedule, out, x, iv, noise, prediction=chain.prediction,
                          variance=chain.variance, clip=chain.clip)
     else:
@@ -111,7 +122,8 @@ class Sampler:
     Parameters
     ----------
     model : callable ``(params, x (B, C, H, W), t (B,) int) -> output (B, C or 2C, H, W)``
-        Usually ``lambda p, x, t: unet.apply({"params": p}, x, t)``.
+        Usually ``lambda p, x, t: unet.apply({"params": p}, x, t)``; for runs with labels
+        ``(params, x, t, y (B,) int) -> output`` (``ddpm_core.backends.jax.guided``).
     chain : Chain
         Schedule (already respaced with :func:`chain_schedule`) and step settings.
     shape : (C, H, W)
@@ -142,24 +154,24 @@ class Sampler:
         return idx, self.chain.schedule.timesteps[idx].astype(np.int32)
 
     def _loop_step(self, params: Any, x: jax.Array, keys: jax.Array, s: jax.Array,
-                   i: jax.Array, t_model: jax.Array) -> jax.Array:
+                   i: jax.Array, t_model: jax.Array, y: jax.Array | None) -> jax.Array:
         """One step of :meth:`run_loop`: noise of column ``s`` of ``keys``, model, update."""
         noise = _normal(jax.lax.dynamic_index_in_dim(keys, s, 1, keepdims=False), self.shape)
-        return _one_step(self.chain, self.model, params, x, i, t_model, noise)[0]
+        return _one_step(self.chain, self.model, params, x, i, t_model, noise, y)[0]
 
     # ------------------------------------------------------------------ compiled chain
 
     def _chain(self, params: Any, x: jax.Array, keys: jax.Array, idx: jax.Array,
-               t_model: jax.Array, slots: jax.Array, num_frames: int
+               t_model: jax.Array, slots: jax.Array, y: jax.Array | None, num_frames: int
                ) -> tuple[jax.Array, jax.Array]:
-        """``lax.scan`` over the steps; keys (S, B), idx/t_model/slots (S,)."""
+        """``lax.scan`` over the steps; keys (S, B), idx/t_model/slots (S,), labels y (B,)."""
         frames = jnp.zeros((max(num_frames, 1), *x.shape), jnp.float32)
 
         def body(carry: tuple[jax.Array, jax.Array], xs: Any) -> tuple[Any, None]:
             x, frames = carry
             k, i, tm, slot = xs
             x_prev, x0 = _one_step(self.chain, self.model, params, x, i, tm,
-                                   _normal(k, self.shape))
+                                   _normal(k, self.shape), y)
             if num_frames:
                 at = jnp.maximum(slot, 0)
                 kept = jnp.where(slot >= 0, x0, frames[at])
@@ -170,8 +182,8 @@ class Sampler:
         return x, frames
 
     def run(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
-            start: int | None = None, frame_steps: Sequence[int] = ()
-            ) -> tuple[jax.Array, jax.Array]:
+            start: int | None = None, frame_steps: Sequence[int] = (),
+            labels: Any = None) -> tuple[jax.Array, jax.Array]:
         """Run the chain from ``x_init`` at respaced step ``start`` (default K - 1) to x_0.
 
         Parameters
@@ -179,6 +191,7 @@ class Sampler:
         x_init : float32 (B, C, H, W)
         step_keys : keys (B, S) with S >= start + 1; column s is the noise of step s
         frame_steps : respaced step indices whose x0_hat to keep, in the order kept
+        labels : int (B,) class labels given to the model (and the classifier), or None
 
         Returns
         -------
@@ -190,40 +203,45 @@ class Sampler:
         for n, s in enumerate(frame_steps):
             slots[start - int(s)] = n
         keys = jnp.swapaxes(step_keys[:, : idx.size], 0, 1)
-        return self._scan(params, x_init, keys, idx, t_model, slots,
+        return self._scan(params, x_init, keys, idx, t_model, slots, _labels(labels),
                           num_frames=len(frame_steps))
 
     def run_loop(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
-                 start: int | None = None) -> jax.Array:
+                 start: int | None = None, labels: Any = None) -> jax.Array:
         """The same chain as :meth:`run` as a Python loop calling a jitted step."""
         start = self.num_steps - 1 if start is None else int(start)
         idx, t_model = self._indices(start)
         x = x_init
         for s in range(idx.size):
-            x = self._step(params, x, step_keys, np.int32(s), idx[s], t_model[s])
+            x = self._step(params, x, step_keys, np.int32(s), idx[s], t_model[s], _labels(labels))
         return x
 
     # ------------------------------------------------------------------ images
 
     def generate(self, params: Any, *, n: int, seed: int = 0, batch_size: int | None = None,
-                 frame_steps: Sequence[int] = (), loop: bool = False
+                 frame_steps: Sequence[int] = (), loop: bool = False, labels: Any = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """``n`` samples, float32 NCHW in [-1, 1], and the kept x0_hat frames (F, n, ...).
 
         Batches are padded to ``batch_size`` (one compilation); sample j always uses the
-        keys of global index j.
+        keys of global index j. ``labels``: int (n,), sample j's class, or None.
         """
         bs = _check_counts(n, batch_size)
+        if labels is not None and np.shape(labels) != (n,):
+            raise ValueError(f"labels must have shape ({n},), one per sample; got "
+                             f"{np.shape(labels)}")
         xs: list[np.ndarray] = []
         fs: list[np.ndarray] = []
         for lo in range(0, n, bs):
             keys = sample_keys(seed, np.arange(lo, lo + bs), self.num_steps)
             x_T = _normal(keys[:, 0], self.shape)
             keep = min(bs, n - lo)
+            y = None if labels is None else np.resize(np.asarray(labels)[lo:lo + bs], bs)
             if loop:
-                x = self.run_loop(params, x_T, keys[:, 1:])
+                x = self.run_loop(params, x_T, keys[:, 1:], labels=y)
             else:
-                x, frames = self.run(params, x_T, keys[:, 1:], frame_steps=frame_steps)
+                x, frames = self.run(params, x_T, keys[:, 1:], frame_steps=frame_steps,
+                                     labels=y)
                 fs.append(np.asarray(frames[:, :keep]))
             xs.append(np.asarray(x[:keep]))
         kept = np.concatenate(fs, axis=1) if frame_steps and fs else np.zeros((0,), np.float32)
@@ -256,6 +274,11 @@ class Sampler:
         step_keys = jnp.broadcast_to(keys[:, 2:], (L, T))
         x, _ = self.run(params, mixed, step_keys, start=int(t))
         return np.asarray(x)
+
+
+def _labels(labels: Any) -> jax.Array | None:
+    """Labels as an int32 device array (a traced argument: one compilation for all)."""
+    return None if labels is None else jnp.asarray(np.asarray(labels), jnp.int32)
 
 
 def _check_counts(n: int, batch_size: int | None) -> int:

@@ -24,10 +24,12 @@ import torch
 from ddpm_core.app.chains import interpolation_sources
 from ddpm_core.app.images import to_uint8
 from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
+from ddpm_core.app.labels import guided_request
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch import sampling
+from ddpm_core.backends.torch.guided import load_classifier, make_guide
 from ddpm_core.backends.torch.training import pick_device
 from ddpm_core.backends.torch.training import train as _train
 from ddpm_core.backends.torch.unet import UNet
@@ -68,17 +70,35 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
 def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, seed: int = 0,
            batch_size: int | None = None, use_ema: bool = True, device: str = "auto",
-           compile: bool = False) -> np.ndarray:
-    """``n`` samples of the run's (EMA) model, uint8 (n, H, W, C).
+           compile: bool = False, classes: Any = None, guidance: float | None = None,
+           guidance_rescale: float | None = None, classifier: str | os.PathLike | None = None,
+           classifier_scale: float | None = None) -> np.ndarray:
+    """``n`` samples of the run's (EMA) model, uint8 (N, H, W, C).
 
     ``sampler="ddpm"`` runs Algorithm 2 on the full chain (or ``steps`` respaced steps);
     ``"ddim"`` runs DDIM on ``steps`` steps (default 50) with ``eta``.
+
+    Guidance (``ddpm_core.app.labels``): ``classes`` is an int, a list of ``n`` ints or
+    ``"all"`` (``n`` per class, class by class: N = n K), required by a class-conditional
+    run; ``guidance`` is the classifier-free scale s (default 1: the conditional model,
+    0: the unconditional one) and ``guidance_rescale`` Lin et al.'s phi (default 0);
+    ``classifier`` a classifier run directory guiding with ``classifier_scale``
+    (default 1; 0 is the unguided sampler). Otherwise N = n.
     """
     net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
-    x = sampling.generate(net, schedule, n=n, sampler=sampler, steps=steps, eta=eta,
+    g, clf_config, clf_info = guided_request(
+        info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
+        classifier=classifier, classifier_scale=classifier_scale)
+    clf = None if classifier is None else load_classifier(
+        classifier, clf_config, clf_info, next(net.parameters()).device)
+    guide = make_guide(net, g.labels, scale=g.scale, rescale=g.rescale,
+                       variance=info["variance"], classifier=clf,
+                       classifier_scale=g.classifier_scale)
+    x = sampling.generate(net, schedule, n=n if g.labels is None else len(g.labels),
+                          sampler=sampler, steps=steps, eta=eta,
                           seed=seed, prediction=info["prediction"],
                           variance=info["variance"], batch_size=batch_size, compile=compile,
-                          clip=info.get("clip", True))
+                          clip=info.get("clip", True), guide=guide)
     check_finite_samples(x.float().cpu().numpy() if hasattr(x, "cpu") else x)
     return to_uint8(x)
 

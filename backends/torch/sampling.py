@@ -61,10 +61,14 @@ def host_sync_errors() -> Iterator[None]:
         set_mode(old)
 
 
+# guide(fn, lo, hi) -> (batch lo..hi-1's model callable, its loop), see ``_run``
+Guide = Callable[[Callable[..., Any], int, int], tuple[Callable[..., Any], Callable[..., Any]]]
 
-def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[[Any, Any], Any]:
-    """``(x_t, t) -> float32 output`` without gradients (bf16 autocast on CUDA).
 
+def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[..., Any]:
+    """``(x_t, t, y=None) -> float32 output`` without gradients (bf16 autocast on CUDA).
+
+    ``y`` are the class labels of a class-conditional network (None for an unconditional one).
     Autocast runs without its weight-cast cache (each weight is cast once per call anyway),
     which CUDA-graph capture requires.
     """
@@ -76,9 +80,9 @@ def model_fn(net: nn.Module, *, compile: bool = False) -> Callable[[Any, Any], A
     amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
            if device.type == "cuda" else contextlib.nullcontext())
 
-    def fn(x: torch.Tensor, t: Any) -> torch.Tensor:
+    def fn(x: torch.Tensor, t: Any, y: Any = None) -> torch.Tensor:
         with torch.inference_mode(), amp:
-            return call(x, torch.as_tensor(t, device=x.device)).float()
+            return call(x, torch.as_tensor(t, device=x.device), y).float()
 
     return fn
 
@@ -252,11 +256,13 @@ class _StaticChain:
 def _run(net: nn.Module, schedule: Any, *, n: int, sampler: str, steps: int | None,
          eta: float, seed: int, prediction: str, variance: str, batch_size: int | None,
          clip: Any, compile: bool, keep: Callable[[int], bool], static: bool = False,
-         capture: bool = False) -> list[list[torch.Tensor]]:
+         capture: bool = False, guide: Guide | None = None) -> list[list[torch.Tensor]]:
     """Sample ``n`` images; per batch, the x0_hat of the steps ``keep(i)`` and the final x.
 
     ``static``: run each batch through :class:`_StaticChain` (captured as a CUDA graph with
     ``capture``) instead of the core's ``sample_loop``; the same noise either way.
+    ``guide(fn, lo, hi)`` gives batch ``lo .. hi - 1``'s model callable and loop (the
+    core's ``sample_loop`` or a guided one with its arguments) from the plain ``fn``.
     """
     from ddpm_core import sample_loop
 
@@ -281,9 +287,10 @@ def _run(net: nn.Module, schedule: Any, *, n: int, sampler: str, steps: int | No
                 frames, x = chain.run(streams, keep)
             out.append([*frames, x])
             continue
+        call, loop = (fn, sample_loop) if guide is None else guide(fn, lo, hi)
         frames, x = [], streams.x_T
-        for st in sample_loop(sched, fn, streams.x_T, streams, sampler=sampler, eta=float(eta),
-                              prediction=prediction, variance=variance, clip=clip):
+        for st in loop(sched, call, streams.x_T, streams, sampler=sampler, eta=float(eta),
+                       prediction=prediction, variance=variance, clip=clip):
             x = st.x
             if keep(st.step):
                 frames.append(st.x0_hat)
@@ -299,7 +306,8 @@ def generate(net: nn.Module, schedule: Any, *, n: int, sampler: str = "ddpm",
              steps: int | None = None, eta: float = 0.0, seed: int = 0,
              prediction: str = "eps", variance: str = "fixed_small",
              batch_size: int | None = None, clip: Any = True, compile: bool = False,
-             cuda_graph: bool = False, device: Any = None) -> np.ndarray:
+             cuda_graph: bool = False, device: Any = None, guide: Guide | None = None
+             ) -> np.ndarray:
     """Sample ``n`` images, float32 (n, H, W, C) in the model range [-1, 1].
 
     ``device`` is ignored (the network's device is used); it is accepted for symmetry.
@@ -308,7 +316,12 @@ def generate(net: nn.Module, schedule: Any, *, n: int, sampler: str = "ddpm",
     ``cuda_graph=True`` (a CUDA network only; not with ``compile``) replays one captured
     denoising step K times: the same images up to float32 rounding of the coefficients,
     which it gathers from tables on the device.
+    ``guide``: labels and guidance (``ddpm_core.backends.torch.guided.make_guide``); not with
+    ``cuda_graph``.
     """
+    if cuda_graph and guide is not None:
+        raise ValueError("cuda_graph=True does not support guided sampling (--class/--classifier); "
+                         "leave it off")
     if cuda_graph:
         dev = next(net.parameters()).device
         if dev.type != "cuda":
@@ -319,7 +332,7 @@ def generate(net: nn.Module, schedule: Any, *, n: int, sampler: str = "ddpm",
     parts = _run(net, schedule, n=n, sampler=sampler, steps=steps, eta=eta, seed=seed,
                  prediction=prediction, variance=variance, batch_size=batch_size, clip=clip,
                  compile=compile, keep=lambda i: False, static=bool(cuda_graph),
-                 capture=bool(cuda_graph))
+                 capture=bool(cuda_graph), guide=guide)
     return np.concatenate([_nhwc(p[-1]) for p in parts])
 
 

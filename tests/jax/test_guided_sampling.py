@@ -1,0 +1,110 @@
+"""Guided sampling with JAX: one compiled scan, the same chain as PyTorch's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("flax")
+import jax.numpy as jnp  # noqa: E402
+from guided_runs import write_test_runs  # noqa: E402
+
+from ddpm_core import sample_loop  # noqa: E402
+from ddpm_core.app.classifier_run import read_classifier_run  # noqa: E402
+from ddpm_core.app.labels import Guidance  # noqa: E402
+from ddpm_core.backends.jax import api  # noqa: E402
+from ddpm_core.backends.jax.guided import load_classifier  # noqa: E402
+from ddpm_core.backends.jax.sampling import sample_keys  # noqa: E402
+
+K = 3
+SHAPE = (1, 8, 8)
+TOL = 64 * float(np.finfo(np.float32).eps)
+draw = jax.vmap(lambda k: jax.random.normal(k, SHAPE, jnp.float32))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = write_test_runs(tmp_path_factory.mktemp("guided"), K)
+    return root
+
+
+def _jax_chain(root, run, sampler, steps, g, with_clf=True):
+    net, params, schedule, info = api.load_run(root / run, device="cpu")
+    clf, clf_params = None, None
+    if with_clf:
+        config, clf_info = read_classifier_run(root / "clf")
+        clf, clf_params = load_classifier(root / "clf", config, clf_info)
+    s = api._sampler(net, schedule, info, sampler, steps, 0.0, g, clf)
+    return s, {"unet": params, "classifier": clf_params}, net, params
+
+
+def _torch_chain(root, run, sampler, steps, g, x_T, keys):
+    """The PyTorch backend's guided chain on the same weights and the JAX chain's noise."""
+    torch = pytest.importorskip("torch")
+    from ddpm_core.app.chains import chain_schedule
+    from ddpm_core.backends.torch import api as torch_api
+    from ddpm_core.backends.torch import sampling
+    from ddpm_core.backends.torch.guided import load_classifier as torch_clf
+    from ddpm_core.backends.torch.guided import make_guide
+
+    net, schedule, info = torch_api.load_run(root / run, device="cpu")
+    config, clf_info = read_classifier_run(root / "clf")
+    clf = torch_clf(root / "clf", config, clf_info, torch.device("cpu"))
+    sched = chain_schedule(schedule, sampler, steps)
+    guide = make_guide(net, g.labels, scale=g.scale, rescale=g.rescale, variance="fixed_small",
+                       classifier=clf, classifier_scale=g.classifier_scale)
+    call, loop = guide(sampling.model_fn(net), 0, len(g.labels))
+    n = sched.num_timesteps
+    noise = {i: torch.from_numpy(np.array(draw(keys[:, n - i]))) for i in range(1, n)}
+    x = None
+    for st in loop(sched, call, torch.from_numpy(np.array(x_T)), noise.get, sampler=sampler,
+                   clip=True):
+        x = st.x
+    return x.numpy()
+
+
+@pytest.mark.parametrize("run,sampler,g", [
+    ("cond", "ddpm", Guidance(np.array([2, 0, 1]), 3.0, 0.5, 2.0)),
+    ("uncond", "ddim", Guidance(np.array([1, 1, 0]), 1.0, 0.0, 3.0)),
+])
+def test_torch_and_jax_sample_the_same_guided_chain(runs, run, sampler, g):
+    """Same weights, same noise: the guided chains agree to float32 tolerance."""
+    s, params, _, _ = _jax_chain(runs, run, sampler, 5, g)
+    keys = sample_keys(3, np.arange(3), s.num_steps)
+    x_T = draw(keys[:, 0])
+    x, _ = s.run(params, x_T, keys[:, 1:], labels=g.labels)
+    ref = _torch_chain(runs, run, sampler, 5, g, x_T, keys)
+    np.testing.assert_allclose(np.asarray(x), ref, rtol=0, atol=1e-4)
+    assert np.abs(np.asarray(x)).max() > 0.1
+
+
+def test_guidance_one_is_the_plain_conditional_sampler(runs):
+    """s = 1 in the compiled scan == the core's loop on net(x, t, y) with the same keys."""
+    y = np.array([0, 2])
+    s, params, net, unet_params = _jax_chain(runs, "cond", "ddpm", 5, Guidance(y, 1.0, 0.0, 0.0),
+                                             with_clf=False)
+    keys = sample_keys(1, np.arange(2), s.num_steps)
+    x_T = draw(keys[:, 0])
+    model = jax.jit(lambda x, t: net.apply({"params": unet_params}, x, t.astype(jnp.int32),
+                                           jnp.asarray(y)))
+    n = s.num_steps
+    ref = None
+    for st in sample_loop(s.chain.schedule, model, x_T, lambda i: draw(keys[:, n - i]),
+                          sampler="ddpm", clip=True):
+        ref = st.x
+    x, _ = s.run(params, x_T, keys[:, 1:], labels=y)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(ref), rtol=0, atol=TOL)
+
+
+def test_errors(runs):
+    with pytest.raises(ValueError, match="class-conditional .3 classes. needs classes"):
+        api.sample(runs / "cond", n=2, device="cpu")
+    with pytest.raises(ValueError, match="guidance_rescale needs a class-conditional model"):
+        api.sample(runs / "uncond", n=2, guidance_rescale=0.5, device="cpu")
+    with pytest.raises(ValueError, match="classifier guidance needs classes"):
+        api.sample(runs / "uncond", n=2, classifier=runs / "clf", device="cpu")
+    with pytest.raises(ValueError, match="labels must have shape"):
+        s, params, _, _ = _jax_chain(runs, "cond", "ddim", 2, Guidance(np.zeros(2, int), 1, 0, 0),
+                                     with_clf=False)
+        s.generate(params, n=3, labels=np.zeros(2, int))
