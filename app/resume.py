@@ -36,6 +36,8 @@ _STORED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "prediction": lambda i: i["train"]["prediction"],
     "variance": lambda i: i["train"]["variance"],
     "dropout": lambda i: i["unet"]["dropout"],
+    "class_conditional": lambda i: bool(i["unet"].get("num_classes", 0)),
+    "label_dropout": lambda i: i.get("options", {}).get("label_dropout"),
 }
 
 

@@ -40,7 +40,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             timestep_sampler=args.timestep_sampler, data=args.data, log_every=args.log_every,
             sample_every=args.sample_every, ckpt_every=args.ckpt_every,
             sample_n=args.sample_n, compile=args.compile, device=args.device, init=args.init,
-            progress=False if args.quiet else None)
+            progress=False if args.quiet else None, class_conditional=args.class_conditional,
+            label_dropout=args.label_dropout)
         resolve_options(options)
     except ValueError as e:
         parser.error(str(e))

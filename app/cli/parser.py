@@ -126,6 +126,12 @@ def _add_train(sub: Any) -> None:
                                   "cifar-10-python.tar.gz (default: the preset's)")
     p.add_argument("--init", metavar="RUN", help="start from the weights of another run (trained "
                                                  "or imported) with the same U-Net: fine-tuning")
+    p.add_argument("--class-conditional", action="store_true", default=None,
+                   help="condition the U-Net on the data's class labels (mnist, digits, "
+                        "CIFAR-10, class folders, .npz with labels)")
+    p.add_argument("--label-dropout", type=float_in(0.0, 0.999, low_open=False),
+                   help="with --class-conditional: probability that a label is replaced by "
+                        "the null label, for classifier-free guidance (default 0.1)")
     p.add_argument("--log-every", type=int_at_least(0), help="default 50")
     p.add_argument("--sample-every", type=int_at_least(0),
                    help="write an EMA sample grid every N steps (default 0: only at the end)")

@@ -1,11 +1,11 @@
 """The PyTorch side of the training loop (``ddpm_core.app.trainer``): state and one step.
 
 :class:`TorchTrainer` builds the U-Net, its EMA copy and Adam, and runs one step of
-Algorithm 1 on the batch the shared loop draws: ``eps`` from a generator seeded by
-``(seed, step)`` (drawn for the global batch, then sliced), ``x_t = q_sample(x_0, t, eps)``,
-the core's ``training_losses``, one Adam step with linear warm-up after clipping the global
-gradient norm, and the EMA update. Dropout draws from the global generator, forked and
-seeded by ``(seed, step, rank)``.
+Algorithm 1 on the batch the shared loop draws (and its labels ``y`` for a class-conditional
+run): ``eps`` from a generator seeded by ``(seed, step)`` (drawn for the global batch, then
+sliced), ``x_t = q_sample(x_0, t, eps)``, the core's ``training_losses``, one Adam step with
+linear warm-up after clipping the global gradient norm, and the EMA update. Dropout draws
+from the global generator, forked and seeded by ``(seed, step, rank)``.
 
 Distributed: ``torchrun`` sets ``WORLD_SIZE``; the process group is joined (NCCL on CUDA,
 gloo on the CPU) and the model wrapped in ``DistributedDataParallel``. On CUDA: bf16
@@ -34,7 +34,7 @@ from ddpm_core.app.images import to_uint8
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import make_schedule, schedule_dict
 from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE, step_seed
-from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError
+from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch.sampling import generate
 from ddpm_core.backends.torch.unet import UNet
@@ -96,6 +96,17 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
                          1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
+
+
+class _WithLabels(nn.Module):
+    """A class-conditional network called as ``net(x, t)`` with fixed labels (the grids)."""
+
+    def __init__(self, net: nn.Module, y: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.y, self.config = net, y, net.config
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, self.y)
 
 
 class TorchTrainer:
@@ -182,8 +193,9 @@ class TorchTrainer:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         for group in self.opt.param_groups:
             group["lr"] = trainer.lr_at(self.tc, step)
+        cond = () if batch.labels is None else (torch.as_tensor(batch.labels, device=self.device),)
         with _step_rng(self.o.seed, step, self.rank, self.device), self._autocast():
-            out = self.net(x_t, t)
+            out = self.net(x_t, t, *cond)
         losses = ddpm_core.training_losses(self.schedule, out.float(), x0, x_t, t, noise,
                                            loss=self.tc.loss, prediction=self.tc.prediction,
                                            variance=self.tc.variance)
@@ -222,7 +234,9 @@ class TorchTrainer:
     # ---------------------------------------------------------------- the rest
 
     def sample_grid(self, n: int, seed: int) -> np.ndarray:
-        x = generate(self.ema, self.schedule, n=n, sampler="ddpm",
+        net = self.ema if not self.cfg.num_classes else _WithLabels(
+            self.ema, torch.as_tensor(grid_labels(n, self.cfg.num_classes), device=self.device))
+        x = generate(net, self.schedule, n=n, sampler="ddpm",
                      steps=min(SAMPLE_STEPS, self.schedule.num_timesteps), seed=seed,
                      prediction=self.tc.prediction, variance=self.tc.variance,
                      device=self.device)
