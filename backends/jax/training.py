@@ -41,10 +41,11 @@ from ddpm_core.app.rundir import make_schedule, schedule_dict
 from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE
 from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels, lr_at
 from ddpm_core.backends.jax import checkpoint as ckpt
+from ddpm_core.backends.jax.classifier import Classifier, build_classifier
 from ddpm_core.backends.jax.sampling import Chain, Sampler, chain_schedule, seed_key, to_images
 from ddpm_core.backends.jax.unet import UNet, init_params
 from ddpm_core.data import to_model_range
-from ddpm_core.models import UNetConfig
+from ddpm_core.models import ClassifierConfig, UNetConfig
 
 __all__ = [
     "JaxTrainer",
@@ -56,6 +57,7 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "maybe_initialize_distributed",
+    "network",
     "pick_devices",
     "train",
 ]
@@ -141,23 +143,31 @@ def _stream_key(seed_key: jax.Array, stream: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(seed_key, stream), step)
 
 
+def network(config: UNetConfig | ClassifierConfig, dtype: Any) -> Any:
+    """The Flax module of a model config: the U-Net, or the noise-aware classifier."""
+    if isinstance(config, ClassifierConfig):
+        return build_classifier(config, dtype=dtype)
+    return UNet(config=config, dtype=dtype)
+
+
 @functools.lru_cache(maxsize=8)
-def cached_train_step(unet: UNetConfig, dtype: Any, train: Any, mesh: Mesh) -> Any:
+def cached_train_step(unet: UNetConfig | ClassifierConfig, dtype: Any, train: Any,
+                      mesh: Mesh) -> Any:
     """:func:`make_train_step` for a config, built (and compiled) once per process.
 
     ``train`` enters only through the fields the step uses (``num_steps`` and
     ``batch_size`` are normalised away), so runs of different lengths share one program.
     """
-    net = UNet(config=unet, dtype=dtype)
+    net = network(unet, dtype)
     schedule = make_schedule(schedule_dict(train))
     return make_train_step(net, schedule, train, make_optimizer(train), mesh)
 
 
 @functools.lru_cache(maxsize=8)
-def cached_init(unet: UNetConfig, dtype: Any, train: Any, mesh: Mesh) -> Any:
+def cached_init(unet: UNetConfig | ClassifierConfig, dtype: Any, train: Any, mesh: Mesh) -> Any:
     """Jitted ``key -> TrainState`` (fresh weights, EMA = weights, optimizer state),
     replicated over ``mesh``; built once per process."""
-    net, tx = UNet(config=unet, dtype=dtype), make_optimizer(train)
+    net, tx = network(unet, dtype), make_optimizer(train)
 
     def init(key: jax.Array) -> TrainState:
         params = init_params(net, key)
@@ -177,11 +187,14 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
     ``x0`` float32 (B, C, H, W), ``t`` int32 (B,), ``w`` float32 (B,) (importance
     weights) and, for a class-conditional ``net``, ``y`` int32 (B,) labels in [0, K] are
     sharded along the batch; ``state``, ``key`` (the run's base key) and
-    ``step`` are replicated. A step whose loss or gradient is not finite leaves the state
-    unchanged (the loop then stops); ``metrics["finite"]`` says which happened.
+    ``step`` are replicated. For a :class:`~ddpm_core.backends.jax.classifier.Classifier`
+    ``net`` the loss is the cross-entropy of its logits on ``x_t`` for the classes ``y``.
+    A step whose loss or gradient is not finite leaves the state unchanged (the loop then
+    stops); ``metrics["finite"]`` says which happened.
     """
     batch, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     decay = float(train.ema_decay)
+    classify = isinstance(net, Classifier)
 
     def step_fn(state: TrainState, key: jax.Array, step: jax.Array, x0: jax.Array,
                 t: jax.Array, w: jax.Array, *y: jax.Array
@@ -192,6 +205,11 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
         x_t = q_sample(schedule, x0, t, noise)
 
         def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
+            if classify:
+                logits = net.apply({"params": params}, x_t, t, train=True, rngs=rngs)
+                losses = optax.softmax_cross_entropy_with_integer_labels(
+                    logits.astype(jnp.float32), y[0])
+                return jnp.mean(losses * w), losses
             out = jnp.asarray(net.apply({"params": params}, x_t, t, *y, train=True, rngs=rngs))
             losses = training_losses(schedule, out.astype(jnp.float32), x0, x_t, t, noise,
                                      loss=train.loss, prediction=train.prediction,
@@ -209,7 +227,7 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
         return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "losses": losses}
 
     donate = (0,) if mesh.devices.flat[0].platform != "cpu" else ()
-    labels = (batch,) if net.config.num_classes else ()
+    labels = (batch,) if net.config.num_classes or classify else ()
     return jax.jit(step_fn, in_shardings=(repl, repl, repl, batch, batch, batch, *labels),
                    out_shardings=(repl, repl), donate_argnums=donate)
 

@@ -113,6 +113,7 @@ class TorchTrainer:
     """A :class:`ddpm_core.app.trainer.TrainBackend` for PyTorch."""
 
     name = "torch"
+    network: Any = UNet  # built from the model config by start()
 
     def __init__(self, options: TrainOptions, unet_cfg: Any, train_cfg: Any) -> None:
         self.o, self.cfg, self.tc = options, unet_cfg, train_cfg
@@ -134,7 +135,7 @@ class TorchTrainer:
               ) -> tuple[int, dict[str, np.ndarray]]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed(self.o.seed, 0, STREAM_INIT))
-            self.model = UNet(self.cfg)
+            self.model = self.network(self.cfg)
         self.model.to(self.device)
         if self.cuda:
             self.model.to(memory_format=torch.channels_last)
@@ -178,7 +179,8 @@ class TorchTrainer:
                             device=self.device)
         return noise[self.rank * shape[0]:(self.rank + 1) * shape[0]]
 
-    def train_step(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+    def _inputs(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+        """``(x0, x_t, t, w, eps)`` of a step on the device; sets the step's learning rate."""
         # NCHW rows as np.ascontiguousarray lays them out (for C = 1 it keeps the NHWC
         # strides, so single-channel data runs the convolutions channels_last)
         images = torch.from_numpy(np.ascontiguousarray(batch.images.transpose(0, 3, 1, 2)))
@@ -193,6 +195,19 @@ class TorchTrainer:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         for group in self.opt.param_groups:
             group["lr"] = trainer.lr_at(self.tc, step)
+        return x0, x_t, t, w, noise
+
+    def _optimize(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip the global gradient norm, one Adam step; returns the norm."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.tc.grad_clip if self.tc.grad_clip is not None else math.inf
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+        self.opt.step()
+        return grad_norm
+
+    def train_step(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+        x0, x_t, t, w, noise = self._inputs(step, batch)
         cond = () if batch.labels is None else (torch.as_tensor(batch.labels, device=self.device),)
         with _step_rng(self.o.seed, step, self.rank, self.device), self._autocast():
             out = self.net(x_t, t, *cond)
@@ -200,11 +215,7 @@ class TorchTrainer:
                                            loss=self.tc.loss, prediction=self.tc.prediction,
                                            variance=self.tc.variance)
         loss = (losses * w).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = self.tc.grad_clip if self.tc.grad_clip is not None else math.inf
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
-        self.opt.step()
+        grad_norm = self._optimize(loss)
         _ema_update(self.ema, self.model, self.tc.ema_decay)
         return loss.detach(), grad_norm.detach(), losses.detach()
 
