@@ -20,6 +20,7 @@ from ddpm_core.parameterization import PREDICTIONS, VARIANCES
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_LABEL_DROPOUT",
     "DEVICES",
     "LOSSES",
     "PREDICTIONS",
@@ -40,7 +41,11 @@ DEVICES = ("auto", "cpu", "cuda", "gpu", "tpu")
 # What an unset (None) run option means for a new run; a resumed run takes the stored value.
 RUN_DEFAULTS: dict[str, Any] = {"seed": 0, "timestep_sampler": "uniform", "log_every": 50,
                                 "sample_every": 0, "ckpt_every": 1000, "sample_n": 64,
-                                "compile": False, "device": "auto", "progress": True}
+                                "compile": False, "device": "auto", "progress": True,
+                                "class_conditional": False}
+# The label dropout of a class-conditional run when --label-dropout is not given (Ho &
+# Salimans 2022 train with 0.1 or 0.2); an unconditional run has none.
+DEFAULT_LABEL_DROPOUT = 0.1
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -113,6 +118,13 @@ class TrainOptions:
     device : {"auto", "cpu", "cuda", "gpu", "tpu"}
     progress : bool
         Print a progress line to stderr.
+    class_conditional : bool
+        Train a class-conditional U-Net on the data's labels (``num_classes`` = K of the
+        data, ``ddpm_core.data.load_labeled_dataset``). Fixed for the life of the run.
+    label_dropout : float in [0, 1), optional
+        Class-conditional runs only: the probability that a label is replaced by the null
+        label K (classifier-free guidance, Ho & Salimans 2022); default
+        ``DEFAULT_LABEL_DROPOUT`` (0.1). Fixed for the life of the run.
     """
 
     preset: str
@@ -141,6 +153,8 @@ class TrainOptions:
     compile: bool | None = None
     device: str | None = None
     progress: bool | None = None
+    class_conditional: bool | None = None
+    label_dropout: float | None = None
 
     def __post_init__(self) -> None:
         if self.init is not None and (not isinstance(self.init, (str, os.PathLike))
@@ -161,7 +175,7 @@ class TrainOptions:
         for name, allowed in (("timestep_sampler", TIMESTEP_SAMPLERS), ("device", DEVICES)):
             if getattr(self, name) is not None:
                 check_choice(name, getattr(self, name), allowed)
-        for name in ("resume", "random_flip", "compile", "progress"):
+        for name in ("resume", "random_flip", "compile", "progress", "class_conditional"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False; got {value!r}")
@@ -176,6 +190,11 @@ class TrainOptions:
         _check_float("grad_clip", self.grad_clip, 0.0, math.inf, high_open=True)
         _check_float("ema_decay", self.ema_decay, 0.0, 1.0, low_open=False, high_open=True)
         _check_float("dropout", self.dropout, 0.0, 1.0, low_open=False, high_open=True)
+        _check_float("label_dropout", self.label_dropout, 0.0, 1.0, low_open=False,
+                     high_open=True)
+        if self.label_dropout is not None and not self.class_conditional and not self.resume:
+            raise ValueError("label_dropout is for class-conditional runs; add "
+                             f"class_conditional=True (got label_dropout={self.label_dropout!r})")
         if self.loss is not None and self.variance is not None:
             check_loss_variance(self.loss, self.variance)
 
@@ -191,9 +210,13 @@ class TrainOptions:
 
 
 def with_defaults(options: TrainOptions) -> TrainOptions:
-    """``options`` with every unset run option (seed, cadence, device, ...) at ``RUN_DEFAULTS``."""
-    return options.replace(**{k: v for k, v in RUN_DEFAULTS.items()
-                              if getattr(options, k) is None})
+    """``options`` with every unset run option (seed, cadence, device, ...) at ``RUN_DEFAULTS``
+    and the label dropout of a class-conditional run at ``DEFAULT_LABEL_DROPOUT``."""
+    options = options.replace(**{k: v for k, v in RUN_DEFAULTS.items()
+                                 if getattr(options, k) is None})
+    if options.label_dropout is None and options.class_conditional:
+        options = options.replace(label_dropout=DEFAULT_LABEL_DROPOUT)
+    return options
 
 
 def check_loss_variance(loss: str, variance: str) -> None:
@@ -213,8 +236,13 @@ _TRAIN_OVERRIDES = {"steps": "num_steps", "warmup": "warmup_steps", "batch_size"
                     "variance": "variance"}
 
 
-def resolve_options(options: TrainOptions) -> tuple[Any, Any, Any]:
+def resolve_options(options: TrainOptions, num_classes: int | None = None
+                    ) -> tuple[Any, Any, Any]:
     """The preset with ``options``' overrides applied: ``(preset, unet, train)``.
+
+    ``num_classes``: K of the training data, which a class-conditional run's U-Net takes
+    (``unet.num_classes = K``); without it the U-Net of a class-conditional run is left
+    unconditional (enough to validate the other options).
 
     ``train`` is the preset's ``TrainConfig`` with every non-``None`` override
     (steps -> num_steps, warmup -> warmup_steps, batch_size, lr, grad_clip, ema_decay,
@@ -231,4 +259,7 @@ def resolve_options(options: TrainOptions) -> tuple[Any, Any, Any]:
     unet = with_head(preset.unet, prediction=train.prediction, variance=train.variance)
     if options.dropout is not None:
         unet = dataclasses.replace(unet, dropout=float(options.dropout))
+    if options.class_conditional and num_classes is not None:
+        check_int("num_classes", num_classes, 2)
+        unet = dataclasses.replace(unet, num_classes=int(num_classes))
     return preset, unet, train

@@ -36,6 +36,8 @@ _STORED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "prediction": lambda i: i["train"]["prediction"],
     "variance": lambda i: i["train"]["variance"],
     "dropout": lambda i: i["unet"]["dropout"],
+    "class_conditional": lambda i: bool(i["unet"].get("num_classes", 0)),
+    "label_dropout": lambda i: i.get("options", {}).get("label_dropout"),
 }
 
 
@@ -45,8 +47,12 @@ def stored_options(info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resume_options(options: TrainOptions, info: Mapping[str, Any],
-                   path: str | Path = "run.json") -> TrainOptions:
+                   path: str | Path = "run.json",
+                   stored: Mapping[str, Any] | None = None) -> TrainOptions:
     """``options`` completed from the run's ``info`` (run.json); refuses a changed option.
+
+    ``stored``: the run's fixed options (default :func:`stored_options` of a diffusion
+    run's ``info``; a classifier run passes its own).
 
     Raises
     ------
@@ -54,7 +60,7 @@ def resume_options(options: TrainOptions, info: Mapping[str, Any],
         If an option outside :data:`SAFE_ON_RESUME` is given with a value other than the
         stored one, or ``steps`` is below the run's current step.
     """
-    stored = stored_options(info)
+    stored = stored_options(info) if stored is None else stored
     for name, value in stored.items():
         given = getattr(options, name)
         if name == "preset" and given != value:

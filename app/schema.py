@@ -3,7 +3,8 @@
 Every error names the file, the field (``unet.ch_mult``) and what is allowed. Format 2 adds
 ``files`` (sha256 of each weight and state file, :mod:`ddpm_core.app.hashes`), ``pending``
 (a checkpoint being written) and ``options`` (the resolved run options); format 1 files
-are read as they are.
+are read as they are. A class-conditional run records its ``classes``
+(``{"num_classes": K, "names": [K names]}``, K = ``unet.num_classes``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ddpm_core.app.options import (
     VARIANCES,
 )
 
-__all__ = ["RUN_FORMATS", "validate_run_json", "validate_schedule_entry"]
+__all__ = ["RUN_FORMATS", "validate_classes", "validate_run_json", "validate_schedule_entry"]
 
 RUN_FORMATS = (1, 2)
 SCHEDULE_NAMES = ("linear", "quadratic", "sigmoid", "scaled_linear", "cosine", "betas")
@@ -164,6 +165,24 @@ def _check_extras(info: Mapping[str, Any], path: Any) -> None:
                         "mapped to " + str(_sha256("")))
     if "pending" in info:
         _check_fields(path, "pending.", info["pending"], {"step": _int(0)}, required=True)
+    k = info["unet"].get("num_classes", 0)
+    if "classes" in info or k:
+        validate_classes(info.get("classes"), path)
+        if info["classes"]["num_classes"] != k:
+            raise ValueError(f"{path}: field 'classes.num_classes' is "
+                             f"{info['classes']['num_classes']!r} but 'unet.num_classes' is "
+                             f"{k!r}; they must agree")
+
+
+def validate_classes(classes: Any, path: str | os.PathLike = "run.json") -> None:
+    """Check a ``classes`` entry: ``{"num_classes": K >= 2, "names": [K distinct strings]}``."""
+    names = classes.get("names") if isinstance(classes, dict) else None
+    ok = (isinstance(classes, dict) and _int(2)(classes.get("num_classes")) is None
+          and isinstance(names, list) and all(isinstance(n, str) for n in names)
+          and len(names) == classes["num_classes"] and len(set(names)) == len(names))
+    if not ok:
+        raise _fail(path, "classes", classes, "{'num_classes': K >= 2, 'names': [K distinct "
+                    "strings]}")
 
 
 def _check_agreement(info: Mapping[str, Any], path: Any) -> None:

@@ -1,6 +1,7 @@
-"""What depends only on ``(seed, step)``: stream seeds, data order, flips and timesteps.
+"""What depends only on ``(seed, step)``: stream seeds, data order, flips, timesteps and
+the label dropout of class-conditional runs.
 
-Data order, flips, timesteps and noise depend only on ``(seed, step)`` (:func:`step_seed`,
+Data order, flips, timesteps, dropped labels and noise depend only on ``(seed, step)`` (:func:`step_seed`,
 :func:`batch_indices`), so a resumed run continues exactly and ``N`` ranks each take a
 fixed slice of the same global batch.
 """
@@ -11,11 +12,13 @@ import numpy as np
 
 from ddpm_core.app.options import check_int
 
-__all__ = ["STREAM_DROPOUT", "STREAM_INIT", "STREAM_NOISE", "STREAM_T", "batch_indices",
-           "flip_mask", "step_seed", "timestep_draws"]
+__all__ = ["STREAM_DROPOUT", "STREAM_INIT", "STREAM_LABELS", "STREAM_NOISE", "STREAM_T",
+           "batch_indices", "flip_mask", "label_drop_mask", "step_seed", "timestep_draws"]
 
 # The independent random streams of a training step (``step_seed(seed, step, stream)``).
 STREAM_T, STREAM_NOISE, STREAM_DROPOUT, STREAM_INIT = 1, 2, 3, 4
+# The host stream of the label dropout (``default_rng([seed, step, STREAM_LABELS])``).
+STREAM_LABELS = 0x1ABE1
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -88,3 +91,18 @@ def timestep_draws(seed: int, step: int, batch_size: int) -> np.ndarray:
     :func:`batch_indices` gives it.
     """
     return np.random.default_rng([int(seed), int(step), STREAM_T]).random(batch_size)
+
+
+def label_drop_mask(seed: int, step: int, batch_size: int, p: float, *, rank: int = 0,
+                    world_size: int = 1) -> np.ndarray:
+    """Boolean (batch_size // world_size,) mask of the labels replaced by the null label.
+
+    Each label of the global batch of ``step`` is dropped with probability ``p``
+    (classifier-free guidance training, Ho & Salimans 2022), from uniform draws of
+    ``default_rng([seed, step, STREAM_LABELS])``; sliced like :func:`batch_indices`.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"label dropout p must be in [0, 1); got {p!r}")
+    per = batch_size // world_size
+    rng = np.random.default_rng([int(seed), int(step), STREAM_LABELS])
+    return rng.random(batch_size)[rank * per:(rank + 1) * per] < p

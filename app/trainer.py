@@ -1,12 +1,19 @@
 """The one training loop (Algorithm 1) of every backend, over a small backend protocol.
 
 The loop owns everything that is not framework code: resolving the options against the
-preset, checking the run directory, resuming, the data order, flips and timesteps of every
-step (``ddpm_core.app.seeding``), the timestep sampler's state, the cadence of logs,
-checkpoints and sample grids, the guard against a non-finite loss, the progress line and
-the end of a distributed run. A backend (``ddpm_core.backends.{torch,jax}.training``)
+preset, checking the run directory, resuming, the data order, flips, timesteps and dropped
+labels of every step (``ddpm_core.app.seeding``), the timestep sampler's state, the cadence
+of logs, checkpoints and sample grids, the guard against a non-finite loss, the progress
+line and the end of a distributed run. A backend (``ddpm_core.backends.{torch,jax}.training``)
 supplies a :class:`TrainBackend`: it builds or restores its state, runs one optimizer step
 on a :class:`HostBatch`, reads metrics back, saves, and samples a grid.
+
+What is trained is a :class:`RunTask`: :class:`DiffusionTask` (``ddpm train``, the default)
+or the noise-aware classifier of ``ddpm train-classifier``
+(:class:`ddpm_core.app.classifier_train.ClassifierTask`). A task loads the data, resolves
+the configs, reads and writes the run's run.json and names its weight files; the loop,
+the lock, the atomic checkpoints, exact resume, the progress line and the NaN guard are
+the same for every task.
 
 Step ``s`` (Ho et al. 2020, Algorithm 1, with the options of improved DDPM):
 
@@ -15,6 +22,8 @@ Step ``s`` (Ho et al. 2020, Algorithm 1, with the options of improved DDPM):
 2. ``t ~ Uniform{0..T-1}`` (or the loss-second-moment importance sampler) from uniform
    draws seeded by ``(seed, s)``; the backend draws ``eps`` and forms
    ``x_t = q_sample(x_0, t, eps)`` (eq. 4);
+   A class-conditional run gives the network the images' labels ``y``, each replaced by
+   the null label K with probability ``label_dropout`` (seeded by ``(seed, s)``);
 3. ``loss = mean(w_t * training_losses(...))``, one Adam step with linear warm-up
    (:func:`lr_at`) after clipping the gradient's global norm;
 4. EMA of the weights: ``ema <- decay * ema + (1 - decay) * theta``.
@@ -39,11 +48,11 @@ from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
 from ddpm_core.app.outputs import check_train_out
 from ddpm_core.app.resume import resume_options
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json, schedule_dict, write_run
-from ddpm_core.app.seeding import batch_indices, flip_mask, timestep_draws
+from ddpm_core.app.seeding import batch_indices, flip_mask, label_drop_mask, timestep_draws
 from ddpm_core.timesteps import LossSecondMoment, sample_timesteps, uniform_weights
 
-__all__ = ["HostBatch", "InitWeights", "NonFiniteLossError", "TrainBackend", "host_batch",
-           "load_init_weights", "lr_at", "train"]
+__all__ = ["DiffusionTask", "HostBatch", "InitWeights", "NonFiniteLossError", "RunTask",
+           "TrainBackend", "TrainData", "grid_labels", "host_batch", "load_init_weights", "lr_at", "train"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,13 +65,35 @@ class HostBatch:
 
     ``images`` uint8 (b, H, W, C) in 0..255; ``t`` int64 (b,) 0-based steps; ``weights``
     float32 (b,) importance weights 1 / (T p_t); ``t_global`` int64 (B,) the whole batch's
-    steps (for the timestep sampler). ``b = B / world_size``.
+    steps (for the timestep sampler); ``labels`` int64 (b,) the images' classes in [0, K]
+    (K, the null label, where the label was dropped), or None for a run without labels.
+    ``b = B / world_size``.
     """
 
     images: np.ndarray
     t: np.ndarray
     weights: np.ndarray
     t_global: np.ndarray
+    labels: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """The training split: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,) in [0, K)
+    (None without labels) and the K ``class_names``."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        """K (0 without labels)."""
+        return len(self.class_names)
+
+    def classes(self) -> dict[str, Any]:
+        """The ``classes`` entry of run.json: ``{"num_classes": K, "names": [...]}``."""
+        return {"num_classes": self.num_classes, "names": list(self.class_names)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +168,7 @@ class TrainBackend(Protocol):
         """Write the weights, EMA weights and the state of ``step`` (main process only)."""
 
     def sample_grid(self, n: int, seed: int) -> np.ndarray:
-        """``n`` EMA samples, uint8 (n, H, W, C)."""
+        """``n`` EMA samples, uint8 (n, H, W, C) (only for a task with ``grids``)."""
 
     def summary(self) -> dict[str, Any]:
         """``{"device": str, "world_size": int}`` for the summary."""
@@ -154,11 +185,14 @@ def lr_at(train: Any, step: int) -> float:
 
 
 def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.ndarray | None,
-               *, rank: int = 0, world_size: int = 1) -> HostBatch:
-    """This process's images, timesteps and importance weights of ``step``.
+               *, rank: int = 0, world_size: int = 1, labels: np.ndarray | None = None,
+               num_classes: int = 0, label_dropout: float = 0.0) -> HostBatch:
+    """This process's images, timesteps, importance weights (and labels) of ``step``.
 
-    ``data`` uint8 (N, H, W, C); ``weights`` p_t (T,) or None for uniform. Depends only on
-    ``(seed, step, rank, world_size)`` and the data.
+    ``data`` uint8 (N, H, W, C); ``weights`` p_t (T,) or None for uniform; ``labels``
+    int64 (N,) in [0, K) or None, each replaced by the null label ``num_classes`` (K) with
+    probability ``label_dropout`` (:func:`ddpm_core.app.seeding.label_drop_mask`). Depends
+    only on ``(seed, step, rank, world_size)`` and the data.
     """
     B, T = train.batch_size, train.num_timesteps
     idx = batch_indices(seed, step, data.shape[0], B, rank=rank, world_size=world_size)
@@ -170,35 +204,141 @@ def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.n
                             timestep_draws(seed, step, B))
     per = B // world_size
     part = slice(rank * per, (rank + 1) * per)
+    y = None
+    if labels is not None:
+        y = np.asarray(labels[idx], np.int64)
+        if label_dropout > 0:
+            drop = label_drop_mask(seed, step, B, label_dropout, rank=rank,
+                                   world_size=world_size)
+            y = np.where(drop, np.int64(num_classes), y)
     return HostBatch(np.ascontiguousarray(x), np.asarray(t[part], np.int64),
-                     np.asarray(w[part], np.float32), np.asarray(t, np.int64))
+                     np.asarray(w[part], np.float32), np.asarray(t, np.int64), y)
 
 
-def train(options: TrainOptions, make_backend: Any) -> dict[str, Any]:
-    """Train (or resume) ``options.out`` with ``make_backend(options, unet, train)``.
+def grid_labels(n: int, num_classes: int) -> np.ndarray:
+    """The labels of a class-conditional run's EMA grid: ``0, 1, .., K-1, 0, 1, ..`` int64 (n,)."""
+    return np.arange(n, dtype=np.int64) % num_classes
+
+
+class RunTask(Protocol):
+    """What the loop trains: the data, the configs and the run directory's files.
+
+    ``labels``: whether batches carry the data's labels; ``grids``: whether EMA sample
+    grids are written.
+    """
+
+    grids: bool
+
+    def complete(self, options: TrainOptions) -> TrainOptions:
+        """Unset options: the stored ones of a resumed run, else the defaults."""
+
+    def load_data(self, options: TrainOptions) -> TrainData:
+        """The training split."""
+
+    def configs(self, options: TrainOptions, data: TrainData) -> tuple[Any, Any]:
+        """``(model config, TrainConfig)`` the backend builds from (checked against data)."""
+
+    def label_dropout(self, options: TrainOptions) -> float | None:
+        """None: batches carry no labels; else the probability a label is dropped."""
+
+    def read_info(self, run_dir: str | Path) -> dict[str, Any]:
+        """The run's validated run.json."""
+
+    def check_resume(self, options: TrainOptions, info: dict[str, Any], model: Any) -> None:
+        """Refuse to resume a run whose model differs from ``model``."""
+
+    def write_info(self, options: TrainOptions, model: Any, train: Any, data: TrainData,
+                   step: int, **extra: Any) -> None:
+        """Write run.json (``extra``: ``files``, ``pending``)."""
+
+    def weight_paths(self, paths: RunPaths) -> list[Path]:
+        """The weight files ``backend.save`` writes besides the state (hashed in run.json)."""
+
+    def report(self, options: TrainOptions, backend: Any, data: TrainData) -> dict[str, Any]:
+        """Extra entries of the summary, after the last step."""
+
+
+class DiffusionTask:
+    """``ddpm train``: the diffusion model (unconditional or class-conditional)."""
+
+    grids = True
+
+    def complete(self, options: TrainOptions) -> TrainOptions:
+        return _complete_options(options)
+
+    def load_data(self, options: TrainOptions) -> TrainData:
+        from ddpm_core.data import load_dataset, load_labeled_dataset
+        from ddpm_core.models import get_preset
+
+        name = options.data or get_preset(options.preset).data
+        if not options.class_conditional:
+            return TrainData(load_dataset(name, "train"))
+        try:
+            labeled = load_labeled_dataset(name, "train")
+        except ValueError as e:
+            raise ValueError(f"--class-conditional needs labeled data: {e}") from e
+        return TrainData(labeled.images, labeled.labels, tuple(labeled.class_names))
+
+    def configs(self, options: TrainOptions, data: TrainData) -> tuple[Any, Any]:
+        _, unet, train = resolve_options(options, data.num_classes or None)
+        _check_image_shape(options, data.images, unet)
+        return unet, train
+
+    def label_dropout(self, options: TrainOptions) -> float | None:
+        return float(options.label_dropout or 0.0) if options.class_conditional else None
+
+    def read_info(self, run_dir: str | Path) -> dict[str, Any]:
+        return read_run_json(run_dir)
+
+    def check_resume(self, options: TrainOptions, info: dict[str, Any], model: Any) -> None:
+        if info["preset"] != options.preset or info["unet"] != _as_json(model):
+            raise ValueError(f"{RunPaths.of(options.out).run_json}: the run was trained with "
+                             f"preset {info['preset']!r} and a different U-Net; cannot resume "
+                             f"it with preset {options.preset!r}")
+
+    def write_info(self, options: TrainOptions, model: Any, train: Any, data: TrainData,
+                   step: int, **extra: Any) -> None:
+        if options.class_conditional:
+            extra["classes"] = data.classes()
+        write_run(options.out, options, model, train, step, **extra)
+
+    def weight_paths(self, paths: RunPaths) -> list[Path]:
+        return [paths.model, paths.ema]
+
+    def report(self, options: TrainOptions, backend: Any, data: TrainData) -> dict[str, Any]:
+        return {}
+
+
+def train(options: TrainOptions, make_backend: Any, task: RunTask | None = None
+          ) -> dict[str, Any]:
+    """Train (or resume) ``options.out`` with ``make_backend(options, model, train)``.
+
+    ``task`` says what is trained (default :class:`DiffusionTask`); ``model`` is the
+    config its ``configs`` gives (the U-Net's for a diffusion run).
 
     Returns
     -------
     dict
         ``{"run_dir", "steps" (total), "steps_run" (this call), "seconds", "images_per_s",
-        "final_loss", "device", "world_size"}``.
+        "final_loss", "device", "world_size"}`` and the task's report.
 
     Raises
     ------
     NonFiniteLossError
         If the loss becomes NaN or inf (nothing is written after the last good checkpoint).
     """
+    task = DiffusionTask() if task is None else task
     check_train_out(options.out, resume=options.resume)
-    options = _complete_options(options)
-    preset, unet_cfg, train_cfg = resolve_options(options)
-    backend = make_backend(options, unet_cfg, train_cfg)
+    options = task.complete(options)
+    data = task.load_data(options)  # before the configs: K comes from the data
+    model_cfg, train_cfg = task.configs(options, data)
+    backend = make_backend(options, model_cfg, train_cfg)
     if train_cfg.batch_size % backend.shards:
         raise ValueError(f"batch_size ({train_cfg.batch_size}) must be divisible by the number "
                          f"of {backend.name} data-parallel shards ({backend.shards})")
     with run_lock(options.out, enabled=backend.main):
-        _check_run_dir(options, unet_cfg, backend)
-        data = _load_train_data(options, preset, unet_cfg)
-        return _Loop(options, unet_cfg, train_cfg, backend, data).run()
+        _check_run_dir(options, model_cfg, backend, task)
+        return _Loop(options, model_cfg, train_cfg, backend, data, task).run()
 
 
 def _complete_options(options: TrainOptions) -> TrainOptions:
@@ -209,48 +349,52 @@ def _complete_options(options: TrainOptions) -> TrainOptions:
 
 
 def _load_train_data(options: TrainOptions, preset: Any, unet: Any) -> np.ndarray:
-    """The training split, uint8 (N, H, W, C)."""
+    """The unlabeled training split, uint8 (N, H, W, C), checked against ``unet``."""
     from ddpm_core.data import load_dataset
 
-    name = options.data or preset.data
-    images = load_dataset(name, "train")
-    want = (unet.image_size, unet.image_size, unet.in_channels)
-    if images.shape[1:] != want:
-        raise ValueError(f"{name}: images of shape {images.shape[1:]} (H, W, C) do not fit "
-                         f"preset {options.preset!r}, which needs {want}")
+    images = load_dataset(options.data or preset.data, "train")
+    _check_image_shape(options, images, unet)
     return images
 
 
-def _check_run_dir(options: TrainOptions, unet: Any, backend: TrainBackend) -> None:
+def _check_image_shape(options: TrainOptions, images: np.ndarray, unet: Any) -> None:
+    """The training images must have the preset's (H, W, C)."""
+    from ddpm_core.models import get_preset
+
+    want = (unet.image_size, unet.image_size, unet.in_channels)
+    if images.shape[1:] != want:
+        name = options.data or get_preset(options.preset).data
+        raise ValueError(f"{name}: images of shape {images.shape[1:]} (H, W, C) do not fit "
+                         f"preset {options.preset!r}, which needs {want}")
+
+
+def _check_run_dir(options: TrainOptions, model: Any, backend: TrainBackend,
+                   task: RunTask) -> None:
     paths = RunPaths.of(options.out)
     has_state = backend.state_path(options.out).is_file()
     if options.resume:
-        info = read_run_json(options.out)
-        if info["preset"] != options.preset or info["unet"] != _as_json(unet):
-            raise ValueError(f"{paths.run_json}: the run was trained with preset "
-                             f"{info['preset']!r} and a different U-Net; cannot resume it with "
-                             f"preset {options.preset!r}")
+        task.check_resume(options, task.read_info(options.out), model)
         if not has_state:
             raise FileNotFoundError(f"{backend.state_path(options.out)}: no {backend.name} "
                                     "checkpoint to resume (was the run trained with another "
                                     "backend?)")
-    elif has_state or _other_backend_run(paths, backend.name):
+    elif has_state or _other_backend_run(paths, backend.name, task):
         raise FileExistsError(f"{options.out} already holds a run; pass --resume to continue "
                               "it or choose another --out")
 
 
-def _saved_step(run_dir: Any) -> int | None:
+def _saved_step(run_dir: Any, task: RunTask) -> int | None:
     """The step of the checkpoint run.json records (None before the first one)."""
     try:
-        info = read_run_json(run_dir)
+        info = task.read_info(run_dir)
     except (OSError, ValueError):
         return None
     return int(info["step"])
 
 
-def _other_backend_run(paths: RunPaths, backend: str) -> bool:
+def _other_backend_run(paths: RunPaths, backend: str, task: RunTask) -> bool:
     try:
-        return paths.run_json.is_file() and read_run_json(paths.root)["backend"] != backend
+        return paths.run_json.is_file() and task.read_info(paths.root)["backend"] != backend
     except ValueError:
         return True
 
@@ -268,9 +412,10 @@ class _Window:
 
 
 class _Loop:
-    def __init__(self, options: TrainOptions, unet_cfg: Any, train_cfg: Any,
-                 backend: TrainBackend, data: np.ndarray) -> None:
-        self.o, self.cfg, self.tc, self.b, self.data = options, unet_cfg, train_cfg, backend, data
+    def __init__(self, options: TrainOptions, model_cfg: Any, train_cfg: Any,
+                 backend: TrainBackend, data: TrainData, task: RunTask) -> None:
+        self.o, self.cfg, self.tc, self.b, self.data = options, model_cfg, train_cfg, backend, data
+        self.task, self.label_dropout = task, task.label_dropout(options)
         self.paths = RunPaths.of(options.out)
         self.schedule = make_schedule(schedule_dict(train_cfg))
         self.tsampler = (None if options.timestep_sampler == "uniform"
@@ -287,7 +432,7 @@ class _Loop:
         if not self.o.resume:
             init = None if self.o.init is None else load_init_weights(self.o.init, self.cfg)
             return self.b.start(None, init)
-        info = read_run_json(self.o.out)
+        info = self.task.read_info(self.o.out)
         state = self.b.state_path(self.o.out)
         verify_file(info, state)
         step, arrays = self.b.start(self.o.out)
@@ -302,7 +447,7 @@ class _Loop:
         t0 = time.perf_counter()
         log = self._open_log()
         if self.b.main:
-            write_run(o.out, o, self.cfg, self.tc, self.step, files=self.files)
+            self._write_info(self.step, files=self.files)
         progress = Progress(total, self.tc.batch_size, enabled=o.progress and self.b.main)
         window = _Window(start=time.perf_counter())
         while self.step < total:
@@ -318,12 +463,16 @@ class _Loop:
         done = self.step - start_step
         return {"run_dir": str(o.out), "steps": self.step, "steps_run": done,
                 "seconds": seconds, "images_per_s": done * self.tc.batch_size / max(seconds, 1e-9),
-                "final_loss": self.last_loss, **self.b.summary()}
+                "final_loss": self.last_loss, **self.b.summary(),
+                **self.task.report(o, self.b, self.data)}
 
     def _train_step(self, step: int) -> Any:
         weights = None if self.tsampler is None else self.tsampler.weights()
-        batch = host_batch(self.data, self.o.seed, step, self.tc, weights, rank=self.b.rank,
-                           world_size=self.b.world_size)
+        batch = host_batch(self.data.images, self.o.seed, step, self.tc, weights,
+                           rank=self.b.rank, world_size=self.b.world_size,
+                           labels=None if self.label_dropout is None else self.data.labels,
+                           num_classes=self.data.num_classes,
+                           label_dropout=self.label_dropout or 0.0)
         handle = self.b.train_step(step, batch)
         if self.tsampler is not None:
             self.tsampler = self.tsampler.update(batch.t_global, self.b.global_losses(handle))
@@ -373,7 +522,7 @@ class _Loop:
 
     def _checkpoint_step(self) -> int | str:
         try:
-            return read_run_json(self.o.out)["step"]
+            return self.task.read_info(self.o.out)["step"]
         except (OSError, ValueError):
             return "unknown"
 
@@ -392,17 +541,19 @@ class _Loop:
             return
         arrays = {} if self.tsampler is None else {"tsampler/losses": self.tsampler.losses,
                                                    "tsampler/counts": self.tsampler.counts}
-        saved = _saved_step(self.o.out)
+        saved = _saved_step(self.o.out, self.task)
         if saved is not None:  # a crash inside the write leaves old or new files: say so
-            write_run(self.o.out, self.o, self.cfg, self.tc, saved, files=self.files,
-                      pending={"step": self.step})
+            self._write_info(saved, files=self.files, pending={"step": self.step})
         self.b.save(self.o.out, self.step, arrays)
-        self.files = file_hashes([self.b.state_path(self.o.out), self.paths.model,
-                                  self.paths.ema])
-        write_run(self.o.out, self.o, self.cfg, self.tc, self.step, files=self.files)
+        self.files = file_hashes([self.b.state_path(self.o.out),
+                                  *self.task.weight_paths(self.paths)])
+        self._write_info(self.step, files=self.files)
+
+    def _write_info(self, step: int, **extra: Any) -> None:
+        self.task.write_info(self.o, self.cfg, self.tc, self.data, step, **extra)
 
     def _sample_grid(self) -> None:
-        if not self.b.main:
+        if not (self.b.main and self.task.grids):
             return
         images = self.b.sample_grid(self.o.sample_n, self.o.seed)
         save_png(self.paths.sample_png(self.step), image_grid(images))

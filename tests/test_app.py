@@ -265,3 +265,98 @@ def test_classifier_run_round_trip_and_fit_checks(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="schedule.num_timesteps"):
         read_classifier_run(tmp_path)
+
+
+# --------------------------------------------------------------------------- class labels
+
+def test_label_drop_mask_rate_is_p_and_depends_only_on_seed_and_step():
+    B, p = 20000, 0.1
+    mask = seeding.label_drop_mask(5, 7, B, p)
+    assert mask.dtype == bool and mask.shape == (B,)
+    # a binomial rate: 5 standard deviations sqrt(p (1 - p) / B) = 0.0106
+    assert abs(mask.mean() - p) < 5 * np.sqrt(p * (1 - p) / B), mask.mean()
+    np.testing.assert_array_equal(mask, seeding.label_drop_mask(5, 7, B, p))
+    assert not np.array_equal(mask, seeding.label_drop_mask(5, 8, B, p))
+    assert not np.array_equal(mask, seeding.label_drop_mask(6, 7, B, p))
+    # independent of the flip stream, and the ranks tile the global mask
+    assert not np.array_equal(seeding.label_drop_mask(5, 7, B, 0.5), seeding.flip_mask(5, 7, B))
+    parts = [seeding.label_drop_mask(5, 7, 12, p, rank=r, world_size=3) for r in range(3)]
+    np.testing.assert_array_equal(np.concatenate(parts), seeding.label_drop_mask(5, 7, 12, p))
+    assert not seeding.label_drop_mask(5, 7, 100, 0.0).any()
+    with pytest.raises(ValueError, match=r"label dropout p must be in \[0, 1\); got 1.0"):
+        seeding.label_drop_mask(5, 7, 10, 1.0)
+
+
+def test_host_batch_labels_are_the_images_classes_with_dropped_ones_null():
+    from ddpm_core.app import trainer
+
+    train = options.resolve_options(TrainOptions(preset="tiny", out="x", batch_size=64))[2]
+    data = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1) * np.ones((1, 8, 8, 1), np.uint8)
+    labels = np.arange(40, dtype=np.int64) % 10
+    plain = trainer.host_batch(data, 2, 3, train, None)
+    assert plain.labels is None
+    batch = trainer.host_batch(data, 2, 3, train, None, labels=labels, num_classes=10,
+                               label_dropout=0.25)
+    np.testing.assert_array_equal(batch.images, plain.images)  # labels change nothing else
+    np.testing.assert_array_equal(batch.t, plain.t)
+    drop = seeding.label_drop_mask(2, 3, 64, 0.25)
+    assert drop.any() and not drop.all()
+    own = batch.images[:, 0, 0, 0].astype(np.int64) % 10  # image i holds its index
+    np.testing.assert_array_equal(batch.labels, np.where(drop, 10, own))
+    assert batch.labels.dtype == np.int64
+    half = trainer.host_batch(data, 2, 3, train, None, labels=labels, num_classes=10,
+                              label_dropout=0.25, rank=1, world_size=2)
+    np.testing.assert_array_equal(half.labels, batch.labels[32:])
+
+
+def test_class_conditional_options():
+    o = TrainOptions(preset="tiny", out="x", class_conditional=True)
+    assert options.with_defaults(o).label_dropout == options.DEFAULT_LABEL_DROPOUT == 0.1
+    assert options.with_defaults(TrainOptions(preset="tiny", out="x")).label_dropout is None
+    assert options.with_defaults(o.replace(label_dropout=0.0)).label_dropout == 0.0
+    with pytest.raises(ValueError, match="label_dropout is for class-conditional runs"):
+        TrainOptions(preset="tiny", out="x", label_dropout=0.1)
+    with pytest.raises(ValueError, match=r"label_dropout must be a number in \[0.0, 1.0\)"):
+        TrainOptions(preset="tiny", out="x", class_conditional=True, label_dropout=1.0)
+    assert options.resolve_options(o)[1].num_classes == 0  # K unknown: validation only
+    assert options.resolve_options(o, 10)[1].num_classes == 10
+    assert options.resolve_options(TrainOptions(preset="tiny", out="x"), 10)[1].num_classes == 0
+
+
+def test_run_json_classes_must_agree_with_the_unet(tmp_path):
+    from ddpm_core.models import get_preset
+
+    pre = get_preset("tiny")
+    unet = {**rundir._plain(pre.unet), "num_classes": 3}
+    kw = dict(backend="torch", preset="tiny", unet=unet, train=pre.train,
+              schedule=rundir.schedule_dict(pre.train), prediction="eps",
+              variance="fixed_small", data="x.npz", step=0)
+    rundir.write_run_json(tmp_path, **kw, classes={"num_classes": 3, "names": ["a", "b", "c"]})
+    assert rundir.read_run_json(tmp_path)["classes"]["names"] == ["a", "b", "c"]
+    rundir.write_run_json(tmp_path, **kw, classes={"num_classes": 2, "names": ["a", "b"]})
+    with pytest.raises(ValueError, match="'classes.num_classes' is 2 but 'unet.num_classes' is 3"):
+        rundir.read_run_json(tmp_path)
+    rundir.write_run_json(tmp_path, **kw)
+    with pytest.raises(ValueError, match="field 'classes' is None"):
+        rundir.read_run_json(tmp_path)
+    rundir.write_run_json(tmp_path, **kw, classes={"num_classes": 3, "names": ["a", "a", "c"]})
+    with pytest.raises(ValueError, match="K distinct strings"):
+        rundir.read_run_json(tmp_path)
+
+
+def test_resume_refuses_another_label_dropout():
+    from ddpm_core.app.resume import resume_options
+    from ddpm_core.models import get_preset
+
+    pre = get_preset("tiny")
+    info = {"preset": "tiny", "backend": "torch", "data": "digits", "step": 4,
+            "unet": {**rundir._plain(pre.unet), "num_classes": 10},
+            "train": rundir._plain(pre.train), "options": {"label_dropout": 0.2}}
+    o = TrainOptions(preset="tiny", out="x", resume=True)
+    done = resume_options(o, info)
+    assert done.class_conditional is True and done.label_dropout == 0.2
+    with pytest.raises(ValueError, match="--label-dropout cannot change on --resume: the run "
+                                         "has 0.2, got 0.3"):
+        resume_options(o.replace(label_dropout=0.3), info)
+    with pytest.raises(ValueError, match="--class-conditional cannot change"):
+        resume_options(o.replace(class_conditional=False), info)

@@ -3,6 +3,8 @@
 Subcommands::
 
     ddpm train --backend torch --preset mnist --out runs/mnist [--steps N] [--resume] ...
+    ddpm train --preset mnist --out runs/cond --class-conditional [--label-dropout 0.1]
+    ddpm train-classifier --data mnist --out runs/clf [--steps N] [--backend jax]
     ddpm sample --run runs/mnist --n 64 [--sampler ddpm|ddim --steps K --eta E] --out s.png
     ddpm progressive --run runs/mnist --n 8 --frames 10 --out progressive.png   (Figure 6)
     ddpm interpolate --run runs/mnist --pair 0 1 --t 500 --out interp.png       (Figure 8)
@@ -31,6 +33,7 @@ from ddpm_core.app.cli.commands import (
     cmd_progressive,
     cmd_sample,
     cmd_train,
+    cmd_train_classifier,
 )
 from ddpm_core.app.cli.evaluate import cmd_eval
 from ddpm_core.app.cli.parser import build_parser
@@ -40,7 +43,8 @@ __all__ = ["BackendUnavailable", "build_parser", "load_backend", "main"]
 
 _COMMANDS = {"sample": cmd_sample, "progressive": cmd_progressive,
              "interpolate": cmd_interpolate, "presets": cmd_presets, "eval": cmd_eval,
-             "import": cmd_import, "export": cmd_export}
+             "import": cmd_import, "export": cmd_export,
+             "train-classifier": cmd_train_classifier}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ library function and prints."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from ddpm_core.app.outputs import check_output
 from ddpm_core.app.rundir import read_run_json
 
 __all__ = ["cmd_export", "cmd_import", "cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "cmd_train",
-           "write_grid"]
+           "cmd_train_classifier", "write_grid"]
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -40,7 +41,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             timestep_sampler=args.timestep_sampler, data=args.data, log_every=args.log_every,
             sample_every=args.sample_every, ckpt_every=args.ckpt_every,
             sample_n=args.sample_n, compile=args.compile, device=args.device, init=args.init,
-            progress=False if args.quiet else None)
+            progress=False if args.quiet else None, class_conditional=args.class_conditional,
+            label_dropout=args.label_dropout)
         resolve_options(options)
     except ValueError as e:
         parser.error(str(e))
@@ -48,6 +50,31 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"trained {summary['steps_run']} steps (now at step {summary['steps']}) in "
           f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s, final loss "
           f"{summary['final_loss']:.4f}; run directory {summary['run_dir']}")
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from ddpm_core.models import list_presets
+
+    preset = args.preset or (args.data if args.data in list_presets() else None)
+    if preset is None:
+        raise ValueError(f"--preset is required for --data {args.data!r} (no preset of that "
+                         f"name); choose one of {', '.join(list_presets())}")
+    backend = args.backend or default_train_backend()
+    options = TrainOptions(
+        preset=preset, out=args.out, backend=backend, steps=args.steps, resume=args.resume,
+        seed=args.seed, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        grad_clip=args.grad_clip, data=args.data, log_every=args.log_every,
+        ckpt_every=args.ckpt_every, device=args.device, progress=False if args.quiet else None)
+    load_backend(backend)
+    module = importlib.import_module(f"ddpm_core.backends.{backend}.classifier_training")
+    s = module.train_classifier(options)
+    acc = (f"; held-out accuracy {s['heldout_accuracy']:.4f} at uniform t, "
+           f"{s['heldout_accuracy_t0']:.4f} at t = 0 ({s['heldout_n']} images)"
+           if "heldout_accuracy" in s else "")
+    print(f"trained the classifier {s['steps_run']} steps (now at step {s['steps']}) in "
+          f"{s['seconds']:.1f} s, final loss {s['final_loss']:.4f}{acc}; run directory "
+          f"{s['run_dir']}")
     return 0
 
 

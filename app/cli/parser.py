@@ -126,12 +126,45 @@ def _add_train(sub: Any) -> None:
                                   "cifar-10-python.tar.gz (default: the preset's)")
     p.add_argument("--init", metavar="RUN", help="start from the weights of another run (trained "
                                                  "or imported) with the same U-Net: fine-tuning")
+    p.add_argument("--class-conditional", action="store_true", default=None,
+                   help="condition the U-Net on the data's class labels (mnist, digits, "
+                        "CIFAR-10, class folders, .npz with labels)")
+    p.add_argument("--label-dropout", type=float_in(0.0, 0.999, low_open=False),
+                   help="with --class-conditional: probability that a label is replaced by "
+                        "the null label, for classifier-free guidance (default 0.1)")
     p.add_argument("--log-every", type=int_at_least(0), help="default 50")
     p.add_argument("--sample-every", type=int_at_least(0),
                    help="write an EMA sample grid every N steps (default 0: only at the end)")
     p.add_argument("--ckpt-every", type=int_at_least(0), help="default 1000")
     p.add_argument("--sample-n", type=int_at_least(1), help="default 64")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile on CUDA")
+    p.add_argument("--device", choices=DEVICES, help="default auto")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _add_train_classifier(sub: Any) -> None:
+    p = sub.add_parser("train-classifier", help="train (or resume) a noise-aware classifier",
+                       description="Train the classifier of Dhariwal & Nichol 2021 (the "
+                                   "U-Net's encoder and a pooling head) on q_sample(x0, t, eps) "
+                                   "at uniform t with cross-entropy, for classifier guidance. "
+                                   "Same run-directory machinery as `ddpm train`.")
+    p.add_argument("--data", required=True, help="labeled data: mnist, digits, a folder of "
+                                                 "class folders, an .npz with labels or "
+                                                 "cifar-10-python.tar.gz")
+    p.add_argument("--out", required=True, help="classifier run directory")
+    p.add_argument("--preset", choices=_presets(),
+                   help="U-Net whose encoder the classifier uses, and its diffusion schedule "
+                        "(default: the preset named like --data)")
+    p.add_argument("--backend", choices=BACKENDS, help="default: torch if installed, else jax")
+    p.add_argument("--steps", type=int_at_least(1), help="total optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int_at_least(0), help="default 0")
+    p.add_argument("--batch-size", type=int_at_least(1), help="global batch size")
+    p.add_argument("--lr", type=float_in(0.0, 1.0))
+    p.add_argument("--warmup", type=int_at_least(0), help="linear warm-up steps")
+    p.add_argument("--grad-clip", type=float_in(0.0, float("inf")))
+    p.add_argument("--log-every", type=int_at_least(0), help="default 50")
+    p.add_argument("--ckpt-every", type=int_at_least(0), help="default 1000")
     p.add_argument("--device", choices=DEVICES, help="default auto")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -301,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm", description="Denoising Diffusion "
                                      "Probabilistic Models (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_progressive, _add_interpolate, _add_presets,
+    for add in (_add_train, _add_train_classifier, _add_sample, _add_progressive, _add_interpolate, _add_presets,
                 _add_eval, _add_import, _add_export):
         add(sub)
     return parser

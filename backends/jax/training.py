@@ -39,12 +39,13 @@ from ddpm_core.app import trainer
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import make_schedule, schedule_dict
 from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE
-from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, lr_at
+from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels, lr_at
 from ddpm_core.backends.jax import checkpoint as ckpt
+from ddpm_core.backends.jax.classifier import Classifier, build_classifier
 from ddpm_core.backends.jax.sampling import Chain, Sampler, chain_schedule, seed_key, to_images
 from ddpm_core.backends.jax.unet import UNet, init_params
 from ddpm_core.data import to_model_range
-from ddpm_core.models import UNetConfig
+from ddpm_core.models import ClassifierConfig, UNetConfig
 
 __all__ = [
     "JaxTrainer",
@@ -56,6 +57,7 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "maybe_initialize_distributed",
+    "network",
     "pick_devices",
     "train",
 ]
@@ -141,23 +143,31 @@ def _stream_key(seed_key: jax.Array, stream: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(seed_key, stream), step)
 
 
+def network(config: UNetConfig | ClassifierConfig, dtype: Any) -> Any:
+    """The Flax module of a model config: the U-Net, or the noise-aware classifier."""
+    if isinstance(config, ClassifierConfig):
+        return build_classifier(config, dtype=dtype)
+    return UNet(config=config, dtype=dtype)
+
+
 @functools.lru_cache(maxsize=8)
-def cached_train_step(unet: UNetConfig, dtype: Any, train: Any, mesh: Mesh) -> Any:
+def cached_train_step(unet: UNetConfig | ClassifierConfig, dtype: Any, train: Any,
+                      mesh: Mesh) -> Any:
     """:func:`make_train_step` for a config, built (and compiled) once per process.
 
     ``train`` enters only through the fields the step uses (``num_steps`` and
     ``batch_size`` are normalised away), so runs of different lengths share one program.
     """
-    net = UNet(config=unet, dtype=dtype)
+    net = network(unet, dtype)
     schedule = make_schedule(schedule_dict(train))
     return make_train_step(net, schedule, train, make_optimizer(train), mesh)
 
 
 @functools.lru_cache(maxsize=8)
-def cached_init(unet: UNetConfig, dtype: Any, train: Any, mesh: Mesh) -> Any:
+def cached_init(unet: UNetConfig | ClassifierConfig, dtype: Any, train: Any, mesh: Mesh) -> Any:
     """Jitted ``key -> TrainState`` (fresh weights, EMA = weights, optimizer state),
     replicated over ``mesh``; built once per process."""
-    net, tx = UNet(config=unet, dtype=dtype), make_optimizer(train)
+    net, tx = network(unet, dtype), make_optimizer(train)
 
     def init(key: jax.Array) -> TrainState:
         params = init_params(net, key)
@@ -172,25 +182,35 @@ def _step_key(train: Any) -> Any:
 
 def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTransformation,
                     mesh: Mesh) -> Any:
-    """The jitted step ``(state, key, step, x0, t, w) -> (state, metrics)``.
+    """The jitted step ``(state, key, step, x0, t, w[, y]) -> (state, metrics)``.
 
-    ``x0`` float32 (B, C, H, W), ``t`` int32 (B,) and ``w`` float32 (B,) (importance
-    weights) are sharded along the batch; ``state``, ``key`` (the run's base key) and
-    ``step`` are replicated. A step whose loss or gradient is not finite leaves the state
-    unchanged (the loop then stops); ``metrics["finite"]`` says which happened.
+    ``x0`` float32 (B, C, H, W), ``t`` int32 (B,), ``w`` float32 (B,) (importance
+    weights) and, for a class-conditional ``net``, ``y`` int32 (B,) labels in [0, K] are
+    sharded along the batch; ``state``, ``key`` (the run's base key) and
+    ``step`` are replicated. For a :class:`~ddpm_core.backends.jax.classifier.Classifier`
+    ``net`` the loss is the cross-entropy of its logits on ``x_t`` for the classes ``y``.
+    A step whose loss or gradient is not finite leaves the state unchanged (the loop then
+    stops); ``metrics["finite"]`` says which happened.
     """
     batch, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     decay = float(train.ema_decay)
+    classify = isinstance(net, Classifier)
 
     def step_fn(state: TrainState, key: jax.Array, step: jax.Array, x0: jax.Array,
-                t: jax.Array, w: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+                t: jax.Array, w: jax.Array, *y: jax.Array
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
         noise = jax.random.normal(_stream_key(key, STREAM_NOISE, step), x0.shape, x0.dtype)
         noise = jax.lax.with_sharding_constraint(noise, batch)
         rngs = {"dropout": _stream_key(key, STREAM_DROPOUT, step)}
         x_t = q_sample(schedule, x0, t, noise)
 
         def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
-            out = jnp.asarray(net.apply({"params": params}, x_t, t, train=True, rngs=rngs))
+            if classify:
+                logits = net.apply({"params": params}, x_t, t, train=True, rngs=rngs)
+                losses = optax.softmax_cross_entropy_with_integer_labels(
+                    logits.astype(jnp.float32), y[0])
+                return jnp.mean(losses * w), losses
+            out = jnp.asarray(net.apply({"params": params}, x_t, t, *y, train=True, rngs=rngs))
             losses = training_losses(schedule, out.astype(jnp.float32), x0, x_t, t, noise,
                                      loss=train.loss, prediction=train.prediction,
                                      variance=train.variance)
@@ -207,7 +227,8 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
         return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "losses": losses}
 
     donate = (0,) if mesh.devices.flat[0].platform != "cpu" else ()
-    return jax.jit(step_fn, in_shardings=(repl, repl, repl, batch, batch, batch),
+    labels = (batch,) if net.config.num_classes or classify else ()
+    return jax.jit(step_fn, in_shardings=(repl, repl, repl, batch, batch, batch, *labels),
                    out_shardings=(repl, repl), donate_argnums=donate)
 
 
@@ -221,10 +242,13 @@ def train(options: TrainOptions) -> dict[str, Any]:
 
 
 def device_batch(batch: HostBatch, sharding: NamedSharding) -> tuple[jax.Array, ...]:
-    """``x_0`` float32 (B, C, H, W) in [-1, 1], ``t`` int32 (B,), ``w`` float32 (B,), each
-    assembled from every process's share and sharded along the batch."""
+    """``x_0`` float32 (B, C, H, W) in [-1, 1], ``t`` int32 (B,), ``w`` float32 (B,) (and
+    the labels ``y`` int32 (B,) of a batch that has them), each assembled from every
+    process's share and sharded along the batch."""
     x0 = np.ascontiguousarray(to_model_range(batch.images).transpose(0, 3, 1, 2))
     parts = (x0, batch.t.astype(np.int32), batch.weights)
+    if batch.labels is not None:
+        parts += (batch.labels.astype(np.int32),)
     return tuple(jax.make_array_from_process_local_data(sharding, a) for a in parts)
 
 
@@ -272,8 +296,8 @@ class JaxTrainer:
                         scalars={"seed": self.o.seed}, arrays=arrays)
 
     def train_step(self, step: int, batch: HostBatch) -> dict[str, jax.Array]:
-        x0, t, w = device_batch(batch, self.batch_sharding)
-        self.state, metrics = self.step_fn(self.state, self.key, np.int32(step), x0, t, w)
+        arrays = device_batch(batch, self.batch_sharding)
+        self.state, metrics = self.step_fn(self.state, self.key, np.int32(step), *arrays)
         return metrics
 
     def read_metrics(self, handles: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -288,6 +312,8 @@ class JaxTrainer:
         sampler = _grid_sampler(self.cfg, self.dtype, _step_key(self.tc))
         # One device's replica: the grid is this process's own computation (multi-host safe).
         ema = jax.tree.map(lambda a: a.addressable_data(0), self.state.ema)
+        if self.cfg.num_classes:
+            sampler = _labeled_grid_sampler(self.cfg, self.dtype, _step_key(self.tc), n)
         x, _ = sampler.generate(ema, n=n, seed=seed)
         return to_images(x)
 
@@ -311,6 +337,14 @@ def _grid_sampler(unet: UNetConfig, dtype: Any, train: Any) -> Sampler:
     net = UNet(config=unet, dtype=dtype)
     return Sampler(lambda p, x, t: net.apply({"params": p}, x, t), chain,
                    (unet.in_channels, unet.image_size, unet.image_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _labeled_grid_sampler(unet: UNetConfig, dtype: Any, train: Any, n: int) -> Sampler:
+    """The grid sampler of a class-conditional run: labels ``grid_labels(n, K)``."""
+    plain = _grid_sampler(unet, dtype, train)
+    net, y = UNet(config=unet, dtype=dtype), jnp.asarray(grid_labels(n, unet.num_classes))
+    return Sampler(lambda p, x, t: net.apply({"params": p}, x, t, y), plain.chain, plain.shape)
 
 
 def _flax_params(arrays: dict[str, np.ndarray], config: UNetConfig, source: Any) -> Any:

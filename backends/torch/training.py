@@ -1,11 +1,11 @@
 """The PyTorch side of the training loop (``ddpm_core.app.trainer``): state and one step.
 
 :class:`TorchTrainer` builds the U-Net, its EMA copy and Adam, and runs one step of
-Algorithm 1 on the batch the shared loop draws: ``eps`` from a generator seeded by
-``(seed, step)`` (drawn for the global batch, then sliced), ``x_t = q_sample(x_0, t, eps)``,
-the core's ``training_losses``, one Adam step with linear warm-up after clipping the global
-gradient norm, and the EMA update. Dropout draws from the global generator, forked and
-seeded by ``(seed, step, rank)``.
+Algorithm 1 on the batch the shared loop draws (and its labels ``y`` for a class-conditional
+run): ``eps`` from a generator seeded by ``(seed, step)`` (drawn for the global batch, then
+sliced), ``x_t = q_sample(x_0, t, eps)``, the core's ``training_losses``, one Adam step with
+linear warm-up after clipping the global gradient norm, and the EMA update. Dropout draws
+from the global generator, forked and seeded by ``(seed, step, rank)``.
 
 Distributed: ``torchrun`` sets ``WORLD_SIZE``; the process group is joined (NCCL on CUDA,
 gloo on the CPU) and the model wrapped in ``DistributedDataParallel``. On CUDA: bf16
@@ -34,7 +34,7 @@ from ddpm_core.app.images import to_uint8
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import make_schedule, schedule_dict
 from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE, step_seed
-from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError
+from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch.sampling import generate
 from ddpm_core.backends.torch.unet import UNet
@@ -98,10 +98,22 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         be.copy_(bm)
 
 
+class _WithLabels(nn.Module):
+    """A class-conditional network called as ``net(x, t)`` with fixed labels (the grids)."""
+
+    def __init__(self, net: nn.Module, y: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.y, self.config = net, y, net.config
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, self.y)
+
+
 class TorchTrainer:
     """A :class:`ddpm_core.app.trainer.TrainBackend` for PyTorch."""
 
     name = "torch"
+    network: Any = UNet  # built from the model config by start()
 
     def __init__(self, options: TrainOptions, unet_cfg: Any, train_cfg: Any) -> None:
         self.o, self.cfg, self.tc = options, unet_cfg, train_cfg
@@ -123,7 +135,7 @@ class TorchTrainer:
               ) -> tuple[int, dict[str, np.ndarray]]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed(self.o.seed, 0, STREAM_INIT))
-            self.model = UNet(self.cfg)
+            self.model = self.network(self.cfg)
         self.model.to(self.device)
         if self.cuda:
             self.model.to(memory_format=torch.channels_last)
@@ -167,7 +179,8 @@ class TorchTrainer:
                             device=self.device)
         return noise[self.rank * shape[0]:(self.rank + 1) * shape[0]]
 
-    def train_step(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+    def _inputs(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+        """``(x0, x_t, t, w, eps)`` of a step on the device; sets the step's learning rate."""
         # NCHW rows as np.ascontiguousarray lays them out (for C = 1 it keeps the NHWC
         # strides, so single-channel data runs the convolutions channels_last)
         images = torch.from_numpy(np.ascontiguousarray(batch.images.transpose(0, 3, 1, 2)))
@@ -182,17 +195,27 @@ class TorchTrainer:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         for group in self.opt.param_groups:
             group["lr"] = trainer.lr_at(self.tc, step)
-        with _step_rng(self.o.seed, step, self.rank, self.device), self._autocast():
-            out = self.net(x_t, t)
-        losses = ddpm_core.training_losses(self.schedule, out.float(), x0, x_t, t, noise,
-                                           loss=self.tc.loss, prediction=self.tc.prediction,
-                                           variance=self.tc.variance)
-        loss = (losses * w).mean()
+        return x0, x_t, t, w, noise
+
+    def _optimize(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip the global gradient norm, one Adam step; returns the norm."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.tc.grad_clip if self.tc.grad_clip is not None else math.inf
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
         self.opt.step()
+        return grad_norm
+
+    def train_step(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+        x0, x_t, t, w, noise = self._inputs(step, batch)
+        cond = () if batch.labels is None else (torch.as_tensor(batch.labels, device=self.device),)
+        with _step_rng(self.o.seed, step, self.rank, self.device), self._autocast():
+            out = self.net(x_t, t, *cond)
+        losses = ddpm_core.training_losses(self.schedule, out.float(), x0, x_t, t, noise,
+                                           loss=self.tc.loss, prediction=self.tc.prediction,
+                                           variance=self.tc.variance)
+        loss = (losses * w).mean()
+        grad_norm = self._optimize(loss)
         _ema_update(self.ema, self.model, self.tc.ema_decay)
         return loss.detach(), grad_norm.detach(), losses.detach()
 
@@ -222,7 +245,9 @@ class TorchTrainer:
     # ---------------------------------------------------------------- the rest
 
     def sample_grid(self, n: int, seed: int) -> np.ndarray:
-        x = generate(self.ema, self.schedule, n=n, sampler="ddpm",
+        net = self.ema if not self.cfg.num_classes else _WithLabels(
+            self.ema, torch.as_tensor(grid_labels(n, self.cfg.num_classes), device=self.device))
+        x = generate(net, self.schedule, n=n, sampler="ddpm",
                      steps=min(SAMPLE_STEPS, self.schedule.num_timesteps), seed=seed,
                      prediction=self.tc.prediction, variance=self.tc.variance,
                      device=self.device)
