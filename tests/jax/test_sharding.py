@@ -24,11 +24,11 @@ SCRIPT = textwrap.dedent("""
     import dataclasses, json, sys
     import jax, numpy as np
     from ddpm_core.app import trainer
-    from ddpm_core.app.options import TrainOptions, resolve_options
+    from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
     from ddpm_core.backends.jax import sampling as sample, training as tr
 
     assert len(jax.devices()) == 2, jax.devices()
-    opts = TrainOptions(preset="tiny", out="unused", backend="jax", batch_size=8)
+    opts = with_defaults(TrainOptions(preset="tiny", out="unused", backend="jax", batch_size=8))
     preset, unet, train = resolve_options(opts)
     # A one-level U-Net: the property under test is the sharding, and it compiles fast.
     unet = dataclasses.replace(unet, ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4)
