@@ -173,8 +173,9 @@ class TrainBackend(Protocol):
     def summary(self) -> dict[str, Any]:
         """``{"device": str, "world_size": int}`` for the summary."""
 
-    def finish(self) -> None:
-        """Wait for every process, then leave the process group (if one was joined)."""
+    def finish(self, ok: bool = True) -> None:
+        """Leave the process group (if one was joined); if ``ok``, wait for every process
+        first (after an error the others may never arrive)."""
 
 
 def lr_at(train: Any, step: int) -> float:
@@ -320,7 +321,8 @@ def train(options: TrainOptions, make_backend: Any, task: RunTask | None = None
     -------
     dict
         ``{"run_dir", "steps" (total), "steps_run" (this call), "seconds", "images_per_s",
-        "final_loss", "device", "world_size"}`` and the task's report.
+        "final_loss" (global), "device", "world_size", "main"}`` and the task's report;
+        ``main``: whether this is the process that writes files and speaks.
 
     Raises
     ------
@@ -336,9 +338,15 @@ def train(options: TrainOptions, make_backend: Any, task: RunTask | None = None
     if train_cfg.batch_size % backend.shards:
         raise ValueError(f"batch_size ({train_cfg.batch_size}) must be divisible by the number "
                          f"of {backend.name} data-parallel shards ({backend.shards})")
-    with run_lock(options.out, enabled=backend.main):
-        _check_run_dir(options, model_cfg, backend, task)
-        return _Loop(options, model_cfg, train_cfg, backend, data, task).run()
+    try:
+        with run_lock(options.out, enabled=backend.main):
+            _check_run_dir(options, model_cfg, backend, task)
+            summary = _Loop(options, model_cfg, train_cfg, backend, data, task).run()
+    except BaseException:
+        backend.finish(ok=False)
+        raise
+    backend.finish()  # every process waits until the main one has written its files
+    return summary
 
 
 def _complete_options(options: TrainOptions) -> TrainOptions:
@@ -458,12 +466,11 @@ class _Loop:
             self._save()
             self._sample_grid()
         progress.close()
-        self.b.finish()
         seconds = time.perf_counter() - t0
         done = self.step - start_step
         return {"run_dir": str(o.out), "steps": self.step, "steps_run": done,
                 "seconds": seconds, "images_per_s": done * self.tc.batch_size / max(seconds, 1e-9),
-                "final_loss": self.last_loss, **self.b.summary(),
+                "final_loss": self.last_loss, **self.b.summary(), "main": self.b.main,
                 **self.task.report(o, self.b, self.data)}
 
     def _train_step(self, step: int) -> Any:

@@ -47,6 +47,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as e:
         parser.error(str(e))
     summary = load_backend(backend).train(options)
+    if not summary["main"]:
+        return 0
     print(f"trained {summary['steps_run']} steps (now at step {summary['steps']}) in "
           f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s, final loss "
           f"{summary['final_loss']:.4f}; run directory {summary['run_dir']}")

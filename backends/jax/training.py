@@ -320,8 +320,8 @@ class JaxTrainer:
     def summary(self) -> dict[str, Any]:
         return {"device": str(self.devices[0].platform), "world_size": len(self.devices)}
 
-    def finish(self) -> None:
-        if self.world_size > 1:
+    def finish(self, ok: bool = True) -> None:
+        if self.world_size > 1 and ok:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("ddpm_core train finished")

@@ -144,6 +144,10 @@ class TorchTrainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if init is not None:
             _load_numpy(self.ema, init.ema, self.o.init)
+        if self.distributed and getattr(self.cfg, "unet", self.cfg).in_channels == 1:
+            # DDP's gradient buckets take the parameters' strides; single-channel data runs
+            # the convolutions channels_last (see train_step), so do their gradients.
+            self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr,
                                     fused=True if self.cuda else None,
                                     foreach=None if self.cuda else True)
@@ -257,8 +261,8 @@ class TorchTrainer:
     def summary(self) -> dict[str, Any]:
         return {"device": str(self.device), "world_size": self.world_size}
 
-    def finish(self) -> None:
-        if self.distributed:
+    def finish(self, ok: bool = True) -> None:
+        if self.distributed and ok:
             dist.barrier()
         if self.joined:
             dist.destroy_process_group()
