@@ -22,9 +22,10 @@ import numpy as np
 
 from ddpm_core.app.classifier_run import read_classifier_run, write_classifier_run
 from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
+from ddpm_core.app.protocol import TrainData
 from ddpm_core.app.resume import resume_options
-from ddpm_core.app.rundir import RunPaths, _plain, _run_options, schedule_dict
-from ddpm_core.app.trainer import TrainData, _check_image_shape
+from ddpm_core.app.rundir import RunPaths, plain_json, run_options_dict, schedule_dict
+from ddpm_core.app.tasks import check_image_shape
 
 __all__ = ["ACCURACY_STREAM", "ClassifierTask", "heldout_accuracy", "stored_classifier_options"]
 
@@ -72,7 +73,7 @@ class ClassifierTask:
 
         _, unet, train = resolve_options(options)
         config = classifier_config(unet, data.num_classes)
-        _check_image_shape(options, data.images, config.unet)
+        check_image_shape(options, data.images, config.unet)
         return config, train
 
     def label_dropout(self, options: TrainOptions) -> float | None:
@@ -92,8 +93,8 @@ class ClassifierTask:
         write_classifier_run(options.out, backend=options.backend, config=model,
                              schedule=schedule_dict(train), class_names=data.class_names,
                              data=_data_name(options), step=step,
-                             train=_plain(dataclasses.asdict(train)),
-                             options=_run_options(options), **extra)
+                             train=plain_json(dataclasses.asdict(train)),
+                             options=run_options_dict(options), **extra)
 
     def weight_paths(self, paths: RunPaths) -> list[Path]:
         return [paths.model]

@@ -36,7 +36,9 @@ __all__ = [
     "RUN_KEYS",
     "RunPaths",
     "make_schedule",
+    "plain_json",
     "read_run_json",
+    "run_options_dict",
     "schedule_dict",
     "write_run",
     "write_run_json",
@@ -98,10 +100,10 @@ def write_run_json(run_dir: str | os.PathLike, *, backend: str, preset: str, une
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("variance", variance, VARIANCES)
     check_int("step", step, 0)
-    info = {"format": RUN_FORMAT, "backend": backend, "preset": preset, "unet": _plain(unet),
-            "train": _plain(train), "schedule": _plain(schedule), "prediction": prediction,
+    info = {"format": RUN_FORMAT, "backend": backend, "preset": preset, "unet": plain_json(unet),
+            "train": plain_json(train), "schedule": plain_json(schedule), "prediction": prediction,
             "variance": variance, "data": str(data), "step": int(step)}
-    info.update({k: _plain(v) for k, v in extra.items()})
+    info.update({k: plain_json(v) for k, v in extra.items()})
     atomic_write_json(RunPaths.of(run_dir).run_json, info)
     return info
 
@@ -117,10 +119,10 @@ def write_run(run_dir: str | os.PathLike, options: TrainOptions, unet: Any, trai
                           prediction=train.prediction, variance=train.variance,
                           data=options.data or _preset_data(options.preset), step=step,
                           seed=options.seed, timestep_sampler=options.timestep_sampler,
-                          options=_run_options(options), **extra)
+                          options=run_options_dict(options), **extra)
 
 
-def _run_options(options: TrainOptions) -> dict[str, Any]:
+def run_options_dict(options: TrainOptions) -> dict[str, Any]:
     """The options of the run as given to the loop (resolved; ``out``/``resume`` left out)."""
     return {k: v for k, v in options.to_dict().items() if k not in ("out", "resume")}
 
@@ -162,14 +164,14 @@ def make_schedule(schedule: Mapping[str, Any]) -> Any:
     return schedule_from_entry(schedule)
 
 
-def _plain(obj: Any) -> Any:
+def plain_json(obj: Any) -> Any:
     """Dataclasses/mappings/tuples -> JSON-ready dicts and lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_json(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     return obj

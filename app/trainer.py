@@ -32,282 +32,36 @@ Step ``s`` (Ho et al. 2020, Algorithm 1, with the options of improved DDPM):
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ddpm_core.app.atomic import remove_stale_temporaries
+from ddpm_core.app.batches import grid_labels, host_batch
 from ddpm_core.app.images import image_grid, save_png
-from ddpm_core.app.integrity import check_finite, check_state_step, file_hashes, verify_file
+from ddpm_core.app.integrity import check_state_step, file_hashes, verify_file
 from ddpm_core.app.lock import run_lock
 from ddpm_core.app.logs import LOG_FIELDS, CsvLog, Progress
-from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
+from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.outputs import check_train_out
-from ddpm_core.app.resume import resume_options
-from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json, schedule_dict, write_run
-from ddpm_core.app.seeding import batch_indices, flip_mask, label_drop_mask, timestep_draws
-from ddpm_core.timesteps import LossSecondMoment, sample_timesteps, uniform_weights
+from ddpm_core.app.protocol import (
+    HostBatch,
+    InitWeights,
+    NonFiniteLossError,
+    RunTask,
+    TrainBackend,
+    TrainData,
+    lr_at,
+)
+from ddpm_core.app.rundir import RunPaths, make_schedule, schedule_dict
+from ddpm_core.app.tasks import DiffusionTask, load_init_weights, load_train_data
+from ddpm_core.timesteps import LossSecondMoment
 
+# The loop's parts are importable from here too (the backends' one import).
 __all__ = ["DiffusionTask", "HostBatch", "InitWeights", "NonFiniteLossError", "RunTask",
-           "TrainBackend", "TrainData", "grid_labels", "host_batch", "load_init_weights", "lr_at", "train"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass(frozen=True)
-class HostBatch:
-    """One process's share of a step's batch, on the host.
-
-    ``images`` uint8 (b, H, W, C) in 0..255; ``t`` int64 (b,) 0-based steps; ``weights``
-    float32 (b,) importance weights 1 / (T p_t); ``t_global`` int64 (B,) the whole batch's
-    steps (for the timestep sampler); ``labels`` int64 (b,) the images' classes in [0, K]
-    (K, the null label, where the label was dropped), or None for a run without labels.
-    ``b = B / world_size``.
-    """
-
-    images: np.ndarray
-    t: np.ndarray
-    weights: np.ndarray
-    t_global: np.ndarray
-    labels: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainData:
-    """The training split: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,) in [0, K)
-    (None without labels) and the K ``class_names``."""
-
-    images: np.ndarray
-    labels: np.ndarray | None = None
-    class_names: tuple[str, ...] = ()
-
-    @property
-    def num_classes(self) -> int:
-        """K (0 without labels)."""
-        return len(self.class_names)
-
-    def classes(self) -> dict[str, Any]:
-        """The ``classes`` entry of run.json: ``{"num_classes": K, "names": [...]}``."""
-        return {"num_classes": self.num_classes, "names": list(self.class_names)}
-
-
-@dataclasses.dataclass(frozen=True)
-class InitWeights:
-    """Weights that start a new run (``--init``): canonical PyTorch ``state_dict`` naming,
-    NumPy arrays, for the raw model and its EMA."""
-
-    model: dict[str, np.ndarray]
-    ema: dict[str, np.ndarray]
-
-
-def load_init_weights(run_dir: str | Path, unet: Any) -> InitWeights:
-    """The weights of run ``run_dir`` for a new run whose U-Net is ``unet``.
-
-    Raises ValueError naming the first U-Net field that differs (the architectures must be
-    the same), and the errors of run.json, hash and finiteness checks of the source files.
-    """
-    from ddpm_core.backends.convert import load_safetensors
-
-    info = read_run_json(run_dir)
-    mine, theirs = _as_json(unet), info["unet"]
-    diff = [k for k in sorted(set(mine) | set(theirs))
-            if k != "dropout" and mine.get(k) != theirs.get(k)]
-    if diff:
-        k = diff[0]
-        raise ValueError(f"--init {run_dir}: its U-Net differs from this run's: {k} is "
-                         f"{theirs.get(k)!r} there and {mine.get(k)!r} here (the architectures "
-                         "must match; choose the preset and --prediction/--variance of that run)")
-    paths, arrays = RunPaths.of(run_dir), []
-    for path in (paths.model, paths.ema):
-        if not path.is_file():
-            raise FileNotFoundError(f"--init {run_dir}: {path} is missing")
-        verify_file(info, path)
-        weights = load_safetensors(path)
-        check_finite(path, weights)
-        arrays.append(weights)
-    return InitWeights(*arrays)
-
-
-class TrainBackend(Protocol):
-    """What a framework supplies to :func:`train`.
-
-    ``rank`` / ``world_size``: this process's data slice among the processes that feed
-    data; ``shards``: how many parts the global batch is split into (processes or
-    devices), which must divide it; ``main``: whether this process writes files.
-    """
-
-    name: str
-    rank: int
-    world_size: int
-    shards: int
-    main: bool
-
-    def state_path(self, run_dir: str | Path) -> Path:
-        """The backend's checkpoint file in ``run_dir``."""
-
-    def start(self, run_dir: str | Path | None, init: InitWeights | None = None
-              ) -> tuple[int, dict[str, np.ndarray]]:
-        """Build fresh state (weights and EMA from ``init`` if given), or restore
-        ``run_dir``'s checkpoint: ``(step, arrays)``."""
-
-    def train_step(self, step: int, batch: HostBatch) -> Any:
-        """One optimizer step; returns a handle on its metrics (left on the device)."""
-
-    def read_metrics(self, handles: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Global ``(loss, grad_norm)`` float64 (n,) of ``n`` steps (every process calls it)."""
-
-    def global_losses(self, handle: Any) -> np.ndarray:
-        """The whole batch's per-sample losses (B,) of one step, on the host."""
-
-    def save(self, run_dir: str | Path, step: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write the weights, EMA weights and the state of ``step`` (main process only)."""
-
-    def sample_grid(self, n: int, seed: int) -> np.ndarray:
-        """``n`` EMA samples, uint8 (n, H, W, C) (only for a task with ``grids``)."""
-
-    def summary(self) -> dict[str, Any]:
-        """``{"device": str, "world_size": int}`` for the summary."""
-
-    def finish(self, ok: bool = True) -> None:
-        """Leave the process group (if one was joined); if ``ok``, wait for every process
-        first (after an error the others may never arrive)."""
-
-
-def lr_at(train: Any, step: int) -> float:
-    """Linear warm-up from 0 to ``lr`` over ``warmup_steps`` steps, then constant (0-based ``step``)."""
-    if train.warmup_steps <= 0:
-        return float(train.lr)
-    return float(train.lr) * min(1.0, (step + 1) / train.warmup_steps)
-
-
-def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.ndarray | None,
-               *, rank: int = 0, world_size: int = 1, labels: np.ndarray | None = None,
-               num_classes: int = 0, label_dropout: float = 0.0) -> HostBatch:
-    """This process's images, timesteps, importance weights (and labels) of ``step``.
-
-    ``data`` uint8 (N, H, W, C); ``weights`` p_t (T,) or None for uniform; ``labels``
-    int64 (N,) in [0, K) or None, each replaced by the null label ``num_classes`` (K) with
-    probability ``label_dropout`` (:func:`ddpm_core.app.seeding.label_drop_mask`). Depends
-    only on ``(seed, step, rank, world_size)`` and the data.
-    """
-    B, T = train.batch_size, train.num_timesteps
-    idx = batch_indices(seed, step, data.shape[0], B, rank=rank, world_size=world_size)
-    x = data[idx]
-    if train.random_flip:
-        flip = flip_mask(seed, step, B, rank=rank, world_size=world_size)
-        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    t, w = sample_timesteps(uniform_weights(T) if weights is None else weights,
-                            timestep_draws(seed, step, B))
-    per = B // world_size
-    part = slice(rank * per, (rank + 1) * per)
-    y = None
-    if labels is not None:
-        y = np.asarray(labels[idx], np.int64)
-        if label_dropout > 0:
-            drop = label_drop_mask(seed, step, B, label_dropout, rank=rank,
-                                   world_size=world_size)
-            y = np.where(drop, np.int64(num_classes), y)
-    return HostBatch(np.ascontiguousarray(x), np.asarray(t[part], np.int64),
-                     np.asarray(w[part], np.float32), np.asarray(t, np.int64), y)
-
-
-def grid_labels(n: int, num_classes: int) -> np.ndarray:
-    """The labels of a class-conditional run's EMA grid: ``0, 1, .., K-1, 0, 1, ..`` int64 (n,)."""
-    return np.arange(n, dtype=np.int64) % num_classes
-
-
-class RunTask(Protocol):
-    """What the loop trains: the data, the configs and the run directory's files.
-
-    ``labels``: whether batches carry the data's labels; ``grids``: whether EMA sample
-    grids are written.
-    """
-
-    grids: bool
-
-    def complete(self, options: TrainOptions) -> TrainOptions:
-        """Unset options: the stored ones of a resumed run, else the defaults."""
-
-    def load_data(self, options: TrainOptions) -> TrainData:
-        """The training split."""
-
-    def configs(self, options: TrainOptions, data: TrainData) -> tuple[Any, Any]:
-        """``(model config, TrainConfig)`` the backend builds from (checked against data)."""
-
-    def label_dropout(self, options: TrainOptions) -> float | None:
-        """None: batches carry no labels; else the probability a label is dropped."""
-
-    def read_info(self, run_dir: str | Path) -> dict[str, Any]:
-        """The run's validated run.json."""
-
-    def check_resume(self, options: TrainOptions, info: dict[str, Any], model: Any) -> None:
-        """Refuse to resume a run whose model differs from ``model``."""
-
-    def write_info(self, options: TrainOptions, model: Any, train: Any, data: TrainData,
-                   step: int, **extra: Any) -> None:
-        """Write run.json (``extra``: ``files``, ``pending``)."""
-
-    def weight_paths(self, paths: RunPaths) -> list[Path]:
-        """The weight files ``backend.save`` writes besides the state (hashed in run.json)."""
-
-    def report(self, options: TrainOptions, backend: Any, data: TrainData) -> dict[str, Any]:
-        """Extra entries of the summary, after the last step."""
-
-
-class DiffusionTask:
-    """``ddpm train``: the diffusion model (unconditional or class-conditional)."""
-
-    grids = True
-
-    def complete(self, options: TrainOptions) -> TrainOptions:
-        return _complete_options(options)
-
-    def load_data(self, options: TrainOptions) -> TrainData:
-        from ddpm_core.data import load_dataset, load_labeled_dataset
-        from ddpm_core.models import get_preset
-
-        name = options.data or get_preset(options.preset).data
-        if not options.class_conditional:
-            return TrainData(load_dataset(name, "train"))
-        try:
-            labeled = load_labeled_dataset(name, "train")
-        except ValueError as e:
-            raise ValueError(f"--class-conditional needs labeled data: {e}") from e
-        return TrainData(labeled.images, labeled.labels, tuple(labeled.class_names))
-
-    def configs(self, options: TrainOptions, data: TrainData) -> tuple[Any, Any]:
-        _, unet, train = resolve_options(options, data.num_classes or None)
-        _check_image_shape(options, data.images, unet)
-        return unet, train
-
-    def label_dropout(self, options: TrainOptions) -> float | None:
-        return float(options.label_dropout or 0.0) if options.class_conditional else None
-
-    def read_info(self, run_dir: str | Path) -> dict[str, Any]:
-        return read_run_json(run_dir)
-
-    def check_resume(self, options: TrainOptions, info: dict[str, Any], model: Any) -> None:
-        if info["preset"] != options.preset or info["unet"] != _as_json(model):
-            raise ValueError(f"{RunPaths.of(options.out).run_json}: the run was trained with "
-                             f"preset {info['preset']!r} and a different U-Net; cannot resume "
-                             f"it with preset {options.preset!r}")
-
-    def write_info(self, options: TrainOptions, model: Any, train: Any, data: TrainData,
-                   step: int, **extra: Any) -> None:
-        if options.class_conditional:
-            extra["classes"] = data.classes()
-        write_run(options.out, options, model, train, step, **extra)
-
-    def weight_paths(self, paths: RunPaths) -> list[Path]:
-        return [paths.model, paths.ema]
-
-    def report(self, options: TrainOptions, backend: Any, data: TrainData) -> dict[str, Any]:
-        return {}
+           "TrainBackend", "TrainData", "grid_labels", "host_batch", "load_init_weights",
+           "load_train_data", "lr_at", "train"]
 
 
 def train(options: TrainOptions, make_backend: Any, task: RunTask | None = None
@@ -349,33 +103,6 @@ def train(options: TrainOptions, make_backend: Any, task: RunTask | None = None
     return summary
 
 
-def _complete_options(options: TrainOptions) -> TrainOptions:
-    """Unset options: the stored ones of a resumed run, else the defaults."""
-    if not options.resume:
-        return with_defaults(options)
-    return resume_options(options, read_run_json(options.out), RunPaths.of(options.out).run_json)
-
-
-def _load_train_data(options: TrainOptions, preset: Any, unet: Any) -> np.ndarray:
-    """The unlabeled training split, uint8 (N, H, W, C), checked against ``unet``."""
-    from ddpm_core.data import load_dataset
-
-    images = load_dataset(options.data or preset.data, "train")
-    _check_image_shape(options, images, unet)
-    return images
-
-
-def _check_image_shape(options: TrainOptions, images: np.ndarray, unet: Any) -> None:
-    """The training images must have the preset's (H, W, C)."""
-    from ddpm_core.models import get_preset
-
-    want = (unet.image_size, unet.image_size, unet.in_channels)
-    if images.shape[1:] != want:
-        name = options.data or get_preset(options.preset).data
-        raise ValueError(f"{name}: images of shape {images.shape[1:]} (H, W, C) do not fit "
-                         f"preset {options.preset!r}, which needs {want}")
-
-
 def _check_run_dir(options: TrainOptions, model: Any, backend: TrainBackend,
                    task: RunTask) -> None:
     paths = RunPaths.of(options.out)
@@ -405,10 +132,6 @@ def _other_backend_run(paths: RunPaths, backend: str, task: RunTask) -> bool:
         return paths.run_json.is_file() and task.read_info(paths.root)["backend"] != backend
     except ValueError:
         return True
-
-
-def _as_json(obj: Any) -> Any:
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
 
 
 @dataclasses.dataclass

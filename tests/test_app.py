@@ -232,7 +232,7 @@ def test_runs_keeps_the_documented_names():
     assert runs.TrainOptions is options.TrainOptions and runs.RunPaths is rundir.RunPaths
     assert runs.chain_schedule is chains.chain_schedule and runs.step_seed is seeding.step_seed
     assert set(runs.__all__) <= set(dir(runs))
-    assert trainer.host_batch.__module__ == "ddpm_core.app.trainer"
+    assert trainer.host_batch.__module__ == "ddpm_core.app.batches"
 
 
 def test_classifier_run_round_trip_and_fit_checks(tmp_path):
@@ -327,7 +327,7 @@ def test_run_json_classes_must_agree_with_the_unet(tmp_path):
     from ddpm_core.models import get_preset
 
     pre = get_preset("tiny")
-    unet = {**rundir._plain(pre.unet), "num_classes": 3}
+    unet = {**rundir.plain_json(pre.unet), "num_classes": 3}
     kw = dict(backend="torch", preset="tiny", unet=unet, train=pre.train,
               schedule=rundir.schedule_dict(pre.train), prediction="eps",
               variance="fixed_small", data="x.npz", step=0)
@@ -350,8 +350,8 @@ def test_resume_refuses_another_label_dropout():
 
     pre = get_preset("tiny")
     info = {"preset": "tiny", "backend": "torch", "data": "digits", "step": 4,
-            "unet": {**rundir._plain(pre.unet), "num_classes": 10},
-            "train": rundir._plain(pre.train), "options": {"label_dropout": 0.2}}
+            "unet": {**rundir.plain_json(pre.unet), "num_classes": 10},
+            "train": rundir.plain_json(pre.train), "options": {"label_dropout": 0.2}}
     o = TrainOptions(preset="tiny", out="x", resume=True)
     done = resume_options(o, info)
     assert done.class_conditional is True and done.label_dropout == 0.2

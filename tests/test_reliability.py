@@ -23,8 +23,8 @@ from ddpm_core.models import get_preset
 def _info(**changes):
     preset = get_preset("tiny")
     info = {"format": 2, "backend": "torch", "preset": "tiny",
-            "unet": json.loads(json.dumps(rundir._plain(preset.unet))),
-            "train": rundir._plain(preset.train), "schedule": rundir.schedule_dict(preset.train),
+            "unet": json.loads(json.dumps(rundir.plain_json(preset.unet))),
+            "train": rundir.plain_json(preset.train), "schedule": rundir.schedule_dict(preset.train),
             "prediction": preset.train.prediction, "variance": preset.train.variance,
             "data": "digits", "step": 20, "seed": 5, "timestep_sampler": "uniform",
             "options": {"log_every": 5, "ckpt_every": 10, "sample_every": 0, "sample_n": 4,

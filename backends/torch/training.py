@@ -36,6 +36,7 @@ from ddpm_core.app.rundir import make_schedule, schedule_dict
 from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE, step_seed
 from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels
 from ddpm_core.backends.torch import checkpoint as ckpt
+from ddpm_core.backends.torch.guided import make_guide
 from ddpm_core.backends.torch.sampling import generate
 from ddpm_core.backends.torch.unet import UNet
 
@@ -96,17 +97,6 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
                          1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
-
-
-class _WithLabels(nn.Module):
-    """A class-conditional network called as ``net(x, t)`` with fixed labels (the grids)."""
-
-    def __init__(self, net: nn.Module, y: torch.Tensor) -> None:
-        super().__init__()
-        self.net, self.y, self.config = net, y, net.config
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x, t, self.y)
 
 
 class TorchTrainer:
@@ -249,12 +239,12 @@ class TorchTrainer:
     # ---------------------------------------------------------------- the rest
 
     def sample_grid(self, n: int, seed: int) -> np.ndarray:
-        net = self.ema if not self.cfg.num_classes else _WithLabels(
-            self.ema, torch.as_tensor(grid_labels(n, self.cfg.num_classes), device=self.device))
-        x = generate(net, self.schedule, n=n, sampler="ddpm",
+        labels = grid_labels(n, self.cfg.num_classes) if self.cfg.num_classes else None
+        x = generate(self.ema, self.schedule, n=n, sampler="ddpm",
                      steps=min(SAMPLE_STEPS, self.schedule.num_timesteps), seed=seed,
                      prediction=self.tc.prediction, variance=self.tc.variance,
-                     device=self.device)
+                     device=self.device,
+                     guide=make_guide(self.ema, labels, variance=self.tc.variance))
         self.model.train()
         return to_uint8(x)
 

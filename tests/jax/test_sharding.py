@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     preset, unet, train = resolve_options(opts)
     # A one-level U-Net: the property under test is the sharding, and it compiles fast.
     unet = dataclasses.replace(unet, ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4)
-    data = trainer._load_train_data(opts, preset, unet)
+    data = trainer.load_train_data(opts, preset, unet)
     result = {}
     key = sample.seed_key(opts.seed)
     mesh1 = tr.make_mesh(jax.devices()[:1])

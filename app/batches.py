@@ -1,0 +1,49 @@
+"""One step's batch on the host: images, flips, timesteps and labels from ``(seed, step)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ddpm_core.app.protocol import HostBatch
+from ddpm_core.app.seeding import batch_indices, flip_mask, label_drop_mask, timestep_draws
+from ddpm_core.timesteps import sample_timesteps, uniform_weights
+
+__all__ = ["grid_labels", "host_batch"]
+
+
+def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.ndarray | None,
+               *, rank: int = 0, world_size: int = 1, labels: np.ndarray | None = None,
+               num_classes: int = 0, label_dropout: float = 0.0) -> HostBatch:
+    """This process's images, timesteps, importance weights (and labels) of ``step``.
+
+    ``data`` uint8 (N, H, W, C); ``weights`` p_t (T,) or None for uniform; ``labels``
+    int64 (N,) in [0, K) or None, each replaced by the null label ``num_classes`` (K) with
+    probability ``label_dropout`` (:func:`ddpm_core.app.seeding.label_drop_mask`). Depends
+    only on ``(seed, step, rank, world_size)`` and the data.
+    """
+    B, T = train.batch_size, train.num_timesteps
+    idx = batch_indices(seed, step, data.shape[0], B, rank=rank, world_size=world_size)
+    x = data[idx]
+    if train.random_flip:
+        flip = flip_mask(seed, step, B, rank=rank, world_size=world_size)
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    t, w = sample_timesteps(uniform_weights(T) if weights is None else weights,
+                            timestep_draws(seed, step, B))
+    per = B // world_size
+    part = slice(rank * per, (rank + 1) * per)
+    y = None
+    if labels is not None:
+        y = np.asarray(labels[idx], np.int64)
+        if label_dropout > 0:
+            drop = label_drop_mask(seed, step, B, label_dropout, rank=rank,
+                                   world_size=world_size)
+            y = np.where(drop, np.int64(num_classes), y)
+    return HostBatch(np.ascontiguousarray(x), np.asarray(t[part], np.int64),
+                     np.asarray(w[part], np.float32), np.asarray(t, np.int64), y)
+
+
+def grid_labels(n: int, num_classes: int) -> np.ndarray:
+    """The labels of a class-conditional run's EMA grid: ``0, 1, .., K-1, 0, 1, ..`` int64 (n,)."""
+    return np.arange(n, dtype=np.int64) % num_classes
