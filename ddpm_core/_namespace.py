@@ -182,7 +182,7 @@ def as_timesteps(
         return xp.full((like.shape[0],), t, dtype=index_dtype(xp, dev), device=dev)
     xp = namespace(like)
     t = _as_vector(t, like, xp, name)
-    if check_values and not (gathered and is_torch(xp) and t.device.type == "cpu"):
+    if check_values and not (gathered and is_torch(xp) and t.is_cpu):
         check_range(t, num_timesteps, name=name, minimum=minimum)
     return t
 
@@ -237,30 +237,27 @@ def check_range(t: Any, num_timesteps: int, *, name: str = "t", minimum: int = 0
     xp = namespace(t)
     if not is_concrete(t):
         return
-    if is_torch(xp) and t.device.type != "cpu":
+    if not is_torch(xp):
+        check_range_now(t, num_timesteps, name=name, minimum=minimum)
+    elif not t.is_cpu:
         inside = (t >= minimum) & (t < num_timesteps)
         _torch()._assert_async(inside.all(), f"{name} must lie in [{minimum}, {num_timesteps})")
-        return
-    if is_torch(xp):
-        probe = _probe(num_timesteps - minimum, t.device, xp)
+    else:
         try:
-            probe.index_select(0, t if minimum == 0 else t - minimum)
+            _probe(num_timesteps - minimum, xp).index_select(0, t if minimum == 0 else t - minimum)
         except (IndexError, RuntimeError):
             check_range_now(t, num_timesteps, name=name, minimum=minimum)
             raise
-        return
-    check_range_now(t, num_timesteps, name=name, minimum=minimum)
 
 
-_PROBES: dict[tuple[int, Any], Any] = {}
+_PROBES: dict[int, Any] = {}
 
 
-def _probe(n: int, device: Any, xp: Any) -> Any:
-    """A cached int8 vector of length ``n`` whose gather bounds-checks an index vector."""
-    key = (n, device)
-    probe = _PROBES.get(key)
+def _probe(n: int, xp: Any) -> Any:
+    """A cached int8 CPU tensor of length ``n`` whose gather bounds-checks an index vector."""
+    probe = _PROBES.get(n)
     if probe is None:
-        probe = _PROBES[key] = xp.zeros(n, dtype=xp.int8, device=device)
+        probe = _PROBES[n] = xp.zeros(n, dtype=xp.int8, device="cpu")
     return probe
 
 

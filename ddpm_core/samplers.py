@@ -226,7 +226,7 @@ def _check_order(schedule: Schedule, t: Any, t_prev: Any, after: Any, xp: Any) -
     if isinstance(t, int):
         if t_prev >= t:
             raise ValueError(f"{message}, got t={t}, t_prev={t_prev}")
-    elif is_torch(xp) and t.device.type == "cpu":
+    elif is_torch(xp) and t.is_cpu:
         try:
             check_range(t - after, schedule.num_timesteps)
         except ValueError:
@@ -235,8 +235,9 @@ def _check_order(schedule: Schedule, t: Any, t_prev: Any, after: Any, xp: Any) -
         check_all(t_prev < t, message, xp=xp)
 
 
-# sqrt(abar'), sqrt(1 - abar') and abar' at t_prev: (1, 0, 1) where t_prev == -1.
-_PREV_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "alphas_cumprod")
+# sqrt(abar') and sqrt(1 - abar') at t_prev, (1, 0) where t_prev == -1; eta > 0 adds abar'.
+_PREV_ROOTS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
+_PREV_TABLES = _PREV_ROOTS + ("alphas_cumprod",)
 
 
 def _ddim_step(schedule, pred, x_t, t, after, noise, eta, prediction, clip, threshold, xp):
@@ -246,14 +247,15 @@ def _ddim_step(schedule, pred, x_t, t, after, noise, eta, prediction, clip, thre
     if clip is not None or threshold is not None:
         x0 = _clip_x0(x0, clip, threshold, xp)
         eps = _eps_from_x0(schedule, x0, x, t, xp)
-    root_prev, root_one_minus_prev, abar_prev = schedule.prev_coefs(_PREV_TABLES, after, x, xp)
     if eta > 0:
+        root_prev, _, abar_prev = schedule.prev_coefs(_PREV_TABLES, after, x, xp)
         abar = schedule.coefs(("alphas_cumprod",), t, x, xp)[0]
         var = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
         rest = 1.0 - abar_prev - var
         rest = max(rest, 0.0) if isinstance(rest, float) else xp.clip(rest, 0.0, None)
         x_prev = lincomb(xp, (root_prev, x0), (fsqrt(rest, xp), eps), (fsqrt(var, xp), noise))
     else:
+        root_prev, root_one_minus_prev = schedule.prev_coefs(_PREV_ROOTS, after, x, xp)
         x_prev = lincomb(xp, (root_prev, x0), (root_one_minus_prev, eps))
     return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
 
