@@ -424,6 +424,13 @@ def clip_to(x: Any, lo: float, hi: float, xp: Any) -> Any:
     return xp.clip(x, lo, hi)
 
 
+def _broadcasts_into(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    """True when an array of shape ``small`` broadcasts to ``big`` without growing it."""
+    if len(small) > len(big):
+        return False
+    return all(s in (1, b) for s, b in zip(small[::-1], big[::-1], strict=False))
+
+
 def take_rows(table: Any, t: Any, xp: Any) -> tuple[Any, ...]:
     """The K rows of ``xp.take(table, t, axis=1)`` for a (K, T, ...) ``table`` and an integer
     vector ``t`` (torch: one ``index_select`` and one ``unbind``)."""
