@@ -5,14 +5,18 @@ Every contender of a backend runs interleaved, round by round, in one process; a
 the median over rounds of the per-call median. Each row gives the floor, ddpm_core and
 (for PyTorch, where installed) diffusers, with ``core/floor`` and ``core/diffusers``.
 
-    python benchmarks/bench_steps.py [--rounds 30] [--calls 20] [--json out.json]
+    python benchmarks/bench_steps.py [--rounds 30] [--calls 20] [--rows "tensor t"] [--json out.json]
 
 The floors do the same arithmetic as the core with precomputed coefficients, written the
 fastest obvious way: x0 = a x - b eps; x_prev = c1 x0 + c2 x + sd z (ddpm_step returns x0
 too, so the floor computes it); DDIM: sqrt(abar') x0 + sqrt(1 - abar') eps; q_sample:
-``torch.add(a x, eps, alpha=b)`` for one t and ``torch.addcmul(a[t] x, b[t], eps)`` for a
-per-sample t. diffusers runs with its randn patched to return the same noise, and with
-``clip_sample`` matching the row.
+``torch.add(a x, eps, alpha=b)`` for one t. The "tensor t" rows pass ``t`` as a (B,) int64
+tensor (what a training step or a user's own loop holds); their floor gathers every
+coefficient of a step from one precomputed float32 (K, T, 1, 1, 1) table with a single
+``index_select`` per timestep vector and combines with ``addcmul``, and their diffusers
+contender is what a diffusers user runs per step: ``step`` with a 0-d tensor timestep (the
+elements of ``scheduler.timesteps``) and ``add_noise`` with the (B,) tensor. diffusers runs
+with its randn patched to return the same noise, and with ``clip_sample`` matching the row.
 """
 
 from __future__ import annotations
@@ -77,11 +81,8 @@ def torch_rows(s: dc.Schedule) -> Rows:
     g = torch.Generator().manual_seed(0)
     x, eps, z = (torch.randn(SHAPE, generator=g) for _ in range(3))
     c = _coefs(s, STEP)
-    tv = torch.full((SHAPE[0],), STEP)
-    tab = {k: torch.tensor(np.array(getattr(s, k)), dtype=torch.float32) for k in (
-        "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
-        "posterior_mean_coef2", "posterior_std", "sqrt_alphas_cumprod",
-        "sqrt_one_minus_alphas_cumprod")}
+    tv = torch.full((SHAPE[0],), STEP, dtype=torch.int64)
+    tv_prev = tv - 1
 
     def floor_ddpm(clip: bool = False):  # noqa: ANN202
         x0 = c["a"] * x - c["b"] * eps
@@ -89,22 +90,11 @@ def torch_rows(s: dc.Schedule) -> Rows:
             x0 = x0.clamp(-1, 1)
         return c["c1"] * x0 + c["c2"] * x + c["sd"] * z, x0
 
-    def floor_ddpm_vector():  # noqa: ANN202
-        a, b, c1, c2, sd = (tab[k][tv].view(-1, 1, 1, 1) for k in (
-            "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
-            "posterior_mean_coef2", "posterior_std"))
-        x0 = a * x - b * eps
-        return c1 * x0 + c2 * x + sd * z, x0
-
     def floor_ddim():  # noqa: ANN202
         x0 = c["a"] * x - c["b"] * eps
         return c["abar_prev"] ** 0.5 * x0 + (1 - c["abar_prev"]) ** 0.5 * eps, x0
 
-    def floor_q_vector():  # noqa: ANN202
-        a = tab["sqrt_alphas_cumprod"][tv].view(-1, 1, 1, 1)
-        b = tab["sqrt_one_minus_alphas_cumprod"][tv].view(-1, 1, 1, 1)
-        return torch.addcmul(a * x, b, eps)
-
+    fl_ddpm, fl_ddim, fl_q = gather_floors(s, x, eps, z).values()
     rows: Rows = {
         "ddpm_step": {"floor": floor_ddpm, "core": lambda: dc.ddpm_step(s, eps, x, STEP, z)},
         "ddpm_step clip": {"floor": lambda: floor_ddpm(True),
@@ -112,16 +102,53 @@ def torch_rows(s: dc.Schedule) -> Rows:
         "ddpm_step + torch.randn": {
             "floor": lambda: (floor_ddpm(), torch.randn(SHAPE, generator=g)),
             "core": lambda: dc.ddpm_step(s, eps, x, STEP, torch.randn(SHAPE, generator=g))},
-        "ddpm_step t-vector": {"floor": floor_ddpm_vector,
+        "ddpm_step tensor t": {"floor": lambda: fl_ddpm(tv),
                                "core": lambda: dc.ddpm_step(s, eps, x, tv, z)},
         "ddim_step eta=0": {"floor": floor_ddim, "core": lambda: dc.ddim_step(s, eps, x, STEP, STEP - 1)},
         "q_sample": {"floor": lambda: torch.add(x * c["abar"] ** 0.5, eps, alpha=(1 - c["abar"]) ** 0.5),
                      "core": lambda: dc.q_sample(s, x, STEP, eps)},
-        "q_sample t-vector": {"floor": floor_q_vector, "core": lambda: dc.q_sample(s, x, tv, eps)},
+        "ddim_step eta=0 tensor t": {"floor": lambda: fl_ddim(tv, tv_prev),
+                                     "core": lambda: dc.ddim_step(s, eps, x, tv, tv_prev)},
+        "q_sample tensor t": {"floor": lambda: fl_q(tv), "core": lambda: dc.q_sample(s, x, tv, eps)},
     }
     for name, fn in _diffusers(s, x, eps, z, tv).items():
         rows[name]["diffusers"] = fn
     return rows
+
+
+def _stacked(s: dc.Schedule, device: object, *names: str) -> object:
+    """Tables ``names`` as one float32 (K, T, 1, 1, 1) tensor; ``-name`` is the negated table."""
+    import torch
+
+    rows = [-getattr(s, n[1:]) if n[0] == "-" else getattr(s, n) for n in names]
+    return torch.tensor(np.stack(rows)[:, :, None, None, None], dtype=torch.float32, device=device)
+
+
+def gather_floors(s: dc.Schedule, x, eps, z) -> dict[str, Callable]:  # noqa: ANN001
+    """Hand-written per-sample-t steps: one ``index_select`` per timestep vector, ``addcmul``."""
+    import torch
+
+    ddpm = _stacked(s, x.device, "sqrt_recip_alphas_cumprod", "-sqrt_recipm1_alphas_cumprod",
+                    "posterior_mean_coef1", "posterior_mean_coef2", "posterior_std")
+    x0_tab = _stacked(s, x.device, "sqrt_recip_alphas_cumprod", "-sqrt_recipm1_alphas_cumprod")
+    roots = _stacked(s, x.device, "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")  # DDIM's, q's
+
+    def floor_ddpm(t):  # noqa: ANN001, ANN202
+        a, nb, c1, c2, sd = ddpm.index_select(1, t).unbind(0)
+        x0 = torch.addcmul(a * x, nb, eps)
+        return torch.addcmul(c1 * x0, c2, x).addcmul_(sd, z), x0
+
+    def floor_ddim(t, t_prev):  # noqa: ANN001, ANN202  (t_prev >= 0 here)
+        a, nb = x0_tab.index_select(1, t).unbind(0)
+        ap, bp = roots.index_select(1, t_prev).unbind(0)
+        x0 = torch.addcmul(a * x, nb, eps)
+        return torch.addcmul(ap * x0, bp, eps), x0
+
+    def floor_q(t):  # noqa: ANN001, ANN202
+        a, b = roots.index_select(1, t).unbind(0)
+        return torch.addcmul(a * x, b, eps)
+
+    return {"ddpm": floor_ddpm, "ddim": floor_ddim, "q": floor_q}
 
 
 def _diffusers(s: dc.Schedule, x, eps, z, tv) -> dict[str, Fn]:  # noqa: ANN001
@@ -136,11 +163,15 @@ def _diffusers(s: dc.Schedule, x, eps, z, tv) -> dict[str, Fn]:  # noqa: ANN001
     ddpm_clip = diffusers.DDPMScheduler(clip_sample=True, **kw)
     ddim = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **kw)
     ddim.set_timesteps(s.num_timesteps)
+    t0d = ddim.timesteps[s.num_timesteps - 1 - STEP]  # a 0-d tensor, as a diffusers loop has it
+    assert int(t0d) == STEP
     return {
         "ddpm_step": lambda: ddpm.step(eps, STEP, x),
         "ddpm_step clip": lambda: ddpm_clip.step(eps, STEP, x),
         "ddim_step eta=0": lambda: ddim.step(eps, STEP, x, eta=0.0),
-        "q_sample t-vector": lambda: ddpm.add_noise(x, eps, tv),
+        "ddpm_step tensor t": lambda: ddpm.step(eps, t0d, x),
+        "ddim_step eta=0 tensor t": lambda: ddim.step(eps, t0d, x, eta=0.0),
+        "q_sample tensor t": lambda: ddpm.add_noise(x, eps, tv),
     }
 
 
@@ -227,6 +258,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--json", help="also write the raw medians (seconds) here")
+    parser.add_argument("--rows", default="", help="only the rows whose name contains this text")
     args = parser.parse_args()
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     s = dc.Schedule.linear(1000)
@@ -239,6 +271,7 @@ def main() -> None:
             rows = make(s)
         except ImportError:
             continue
+        rows = {name: group for name, group in rows.items() if args.rows in name}
         if rows:
             raw[backend] = measure(rows, args.rounds, args.calls)
             print("\n".join(table(backend, raw[backend])), flush=True)

@@ -36,7 +36,7 @@ def q_mean_variance(schedule: Schedule, x0: Any, t: Any) -> tuple[Any, Any, Any]
     variance, log_variance : shape (B, 1, ..., 1)
     """
     check_batch("x0", x0)
-    t = as_timesteps(t, x0, schedule.num_timesteps)
+    t = as_timesteps(t, x0, schedule.num_timesteps, gathered=True)
     xp = namespace(x0)
     x = upcast(x0, xp)
     root, abar = schedule.coefs(("sqrt_alphas_cumprod", "alphas_cumprod"), t, x, xp)
@@ -44,7 +44,7 @@ def q_mean_variance(schedule: Schedule, x0: Any, t: Any) -> tuple[Any, Any, Any]
     return cast_like(root * x, x0, xp), var, xp.log(var)
 
 
-def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
+def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any, *, validate: bool = True) -> Any:
     r"""Draw x_t ~ q(x_t | x_0) given standard normal ``noise``, eq. (4).
 
     .. math:: x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon
@@ -54,6 +54,10 @@ def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
     x0 : array, shape (B, ...)
     t : int or int array, shape (B,)
     noise : array, same shape as ``x0``
+    validate : bool
+        False skips the check of ``t``'s values (its dtype and shape are still checked): for
+        callers that drew ``t`` themselves, e.g. with ``sample_timesteps``. Under PyTorch the
+        check costs no host read either way.
 
     Examples
     --------
@@ -65,7 +69,8 @@ def q_sample(schedule: Schedule, x0: Any, t: Any, noise: Any) -> Any:
     """
     check_batch("x0", x0)
     check_same_shape("x0", x0, "noise", noise)
-    t = as_timesteps(t, x0, schedule.num_timesteps, scalar_ok=True)
+    t = as_timesteps(t, x0, schedule.num_timesteps, scalar_ok=True, check_values=validate,
+                     gathered=True)
     return _q_sample(schedule, x0, t, noise, namespace(x0))
 
 
@@ -83,7 +88,7 @@ def q_step_sample(schedule: Schedule, x_prev: Any, t: Any, noise: Any) -> Any:
     """
     check_batch("x_prev", x_prev)
     check_same_shape("x_prev", x_prev, "noise", noise)
-    t = as_timesteps(t, x_prev, schedule.num_timesteps)
+    t = as_timesteps(t, x_prev, schedule.num_timesteps, gathered=True)
     xp = namespace(x_prev)
     x = upcast(x_prev, xp)
     alpha, beta = schedule.coefs(("alphas", "betas"), t, x, xp)

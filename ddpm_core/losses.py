@@ -18,13 +18,17 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ddpm_core._namespace import (
     LN2,
     as_timesteps,
     cast_like,
+    check_all,
     check_batch,
     check_choice,
     check_same_shape,
+    constant,
     device_of,
     namespace,
     stop_gradient,
@@ -32,12 +36,14 @@ from ddpm_core._namespace import (
 )
 from ddpm_core.forward import _q_sample
 from ddpm_core.parameterization import (
+    LOG_VARIANCE_TABLES,
     PREDICTIONS,
     VARIANCES,
     _check_zero_snr,
     _log_variance,
     _mean_x0,
     split_model_output,
+    step_tables,
 )
 from ddpm_core.posterior import q_posterior_mean
 from ddpm_core.schedules import Schedule
@@ -134,10 +140,12 @@ def prior_bpd(schedule: Schedule, x0: Any) -> Any:
 def _vlb(schedule: Schedule, pred: Any, var_values: Any, x0: Any, x_t: Any, t: Any,
          prediction: str, variance: str, clip: Any, xp: Any) -> tuple[Any, Any]:
     """Per-sample L_{t-1} (bits/dim) and x0_hat; t an integer vector (B,), compute dtype."""
-    true_mean = q_posterior_mean(schedule, x0, x_t, t, xp)
-    true_logvar = schedule.coefs(("posterior_log_variance_clipped",), t, x_t, xp)[0]
-    mean, x0_hat = _mean_x0(schedule, pred, x_t, t, prediction, clip, None, xp)
-    log_var = _log_variance(schedule, var_values, x_t, t, variance, xp)
+    true_var = LOG_VARIANCE_TABLES["fixed_small"]
+    at = schedule.tables_at(step_tables(prediction, true_var + LOG_VARIANCE_TABLES[variance]), t, x_t, xp)
+    true_mean = q_posterior_mean(schedule, x0, x_t, at, xp)
+    true_logvar = schedule.coefs(true_var, at, x_t, xp)[0]
+    mean, x0_hat = _mean_x0(schedule, pred, x_t, at, prediction, clip, None, xp)
+    log_var = _log_variance(schedule, var_values, x_t, at, variance, xp)
     kl = _mean_flat(normal_kl(true_mean, true_logvar, mean, log_var)) / LN2
     nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / LN2
     return xp.where(t == 0, nll, kl), x0_hat
@@ -160,7 +168,7 @@ def vlb_terms(
     decoder NLL L_0 = -log p_theta(x_0|x_1) (eq. 13) for index 0.
     """
     xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
-        schedule, model_output, x0, x_t, t, prediction, variance)
+        schedule, model_output, x0, x_t, t, prediction, variance, gathered=True)
     term = _vlb(schedule, pred, var_values, x0_c, x, t, prediction, variance, clip, xp)[0]
     return cast_like(term, x_t, xp)
 
@@ -197,8 +205,14 @@ def loss_weights(
     as is for x0), or an array of T per-step weights (e.g. eq. (12)'s
     beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)), which turns L_simple into the bound).
     """
-    xp = namespace(like)
     t = as_timesteps(t, like, schedule.num_timesteps)
+    return _loss_weights(schedule, t, like, weighting, prediction, min_snr_gamma)
+
+
+def _loss_weights(schedule: Schedule, t: Any, like: Any, weighting: Any, prediction: str,
+                  min_snr_gamma: float) -> Any:
+    """``loss_weights`` for a validated integer vector ``t``."""
+    xp = namespace(like)
     if weighting is None:
         return xp.ones(t.shape, dtype=like.dtype, device=device_of(like))
     if isinstance(weighting, str):
@@ -206,13 +220,16 @@ def loss_weights(
         if not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be > 0, got min_snr_gamma={min_snr_gamma}")
         snr = xp.reshape(schedule.lookup("snr", t, like, dtype=like.dtype), (-1,))
-        clipped = xp.minimum(snr, min_snr_gamma)
+        clipped = xp.clip(snr, None, min_snr_gamma)  # min(SNR, gamma); no scalar copied to the device
         if prediction == "eps":
             return clipped / snr
         if prediction == "v":
             return clipped / (snr + 1.0)
         return clipped
-    table = xp.asarray(weighting, dtype=like.dtype, device=device_of(like))
+    if isinstance(weighting, (np.ndarray, list, tuple)):  # host values: copied to the device once
+        table = constant(np.asarray(weighting, dtype=np.float64), xp, device_of(like), like.dtype)
+    else:
+        table = xp.asarray(weighting, dtype=like.dtype, device=device_of(like))
     if table.shape != (schedule.num_timesteps,):
         raise ValueError(
             f"weighting as an array must have shape ({schedule.num_timesteps},), got {tuple(table.shape)}"
@@ -220,8 +237,12 @@ def loss_weights(
     return xp.take(table, t, axis=0)
 
 
-def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance):
-    """Validate; return (xp, prediction part, variance part, x0, x_t (compute dtype), t)."""
+def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance, *,
+                       check_values=True, gathered=False):
+    """Validate; return (xp, prediction part, variance part, x0, x_t (compute dtype), t).
+
+    ``check_values`` and ``gathered`` as in ``as_timesteps``.
+    """
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("variance", variance, VARIANCES)
     check_batch("x_t", x_t)
@@ -230,7 +251,7 @@ def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance)
     check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
     _check_zero_snr(schedule, prediction)
     xp = namespace(x_t)
-    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    t = as_timesteps(t, x_t, schedule.num_timesteps, check_values=check_values, gathered=gathered)
     var_values = None if var_values is None else upcast(var_values, xp)
     return xp, upcast(pred, xp), var_values, upcast(x0, xp), upcast(x_t, xp), t
 
@@ -249,6 +270,7 @@ def training_losses(
     weighting: Any = None,
     min_snr_gamma: float = 5.0,
     hybrid_weight: float = 0.001,
+    validate: bool = True,
 ) -> Any:
     r"""Per-sample training loss, shape (B,); average it (or weight it) for the step.
 
@@ -266,10 +288,14 @@ def training_losses(
     model_output : (B, C, ...) or (B, 2C, ...) for learned variances
     x0, x_t, noise : (B, C, ...), with x_t = q_sample(schedule, x0, t, noise)
     t : int or int array (B,), 0-based
+    validate : bool
+        False skips the check of ``t``'s values (dtype and shape are still checked): for a
+        trainer that drew ``t`` itself (``sample_timesteps``) and checked it in ``q_sample``.
+        Under PyTorch the check costs no host read either way.
     """
     check_choice("loss", loss, LOSSES)
     xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
-        schedule, model_output, x0, x_t, t, prediction, variance)
+        schedule, model_output, x0, x_t, t, prediction, variance, check_values=validate)
     check_same_shape("x_t", x_t, "noise", noise)
     learned = variance in ("learned", "learned_range")
     if loss == "simple" and learned:
@@ -283,8 +309,7 @@ def training_losses(
     target = upcast(_training_target(schedule, x0, x_t, t, noise, prediction), xp)
     mse = _mean_flat((target - pred) ** 2)
     if weighting is not None:
-        mse = mse * loss_weights(schedule, t, x, weighting=weighting, prediction=prediction,
-                                 min_snr_gamma=min_snr_gamma)
+        mse = mse * _loss_weights(schedule, t, x, weighting, prediction, min_snr_gamma)
     if loss == "hybrid":
         frozen = stop_gradient(pred)
         vb = _vlb(schedule, frozen, var_values, x0_c, x, t, prediction, variance, None, xp)[0]
@@ -319,6 +344,8 @@ def bits_per_dim(
     t_model)`` receives ``schedule.timesteps[i]`` for every sample.
     """
     check_batch("x0", x0)
+    check_all((x0 >= -1.0) & (x0 <= 1.0), "x0 must hold data scaled to [-1, 1] (the decoder's "
+              "256 bins, eq. 13)", values=x0)
     xp = namespace(x0)
     T = schedule.num_timesteps
     T_model = int(schedule.timesteps[-1]) + 1

@@ -33,7 +33,7 @@ from ddpm_core._namespace import (
     namespace,
     upcast,
 )
-from ddpm_core.posterior import posterior_mean_terms, q_posterior_mean
+from ddpm_core.posterior import MEAN_TABLES, posterior_mean_terms, q_posterior_mean
 from ddpm_core.schedules import Schedule
 
 __all__ = [
@@ -65,20 +65,27 @@ class MeanVariance(NamedTuple):
 
 
 # ---- conversions between parameterisations ----------------------------------------------
-# Internal helpers take ``t`` as a Python int (scalar coefficients) or a validated int64
-# vector, ``xp`` resolved once by the public caller, and arrays already in compute dtype.
+# Internal helpers take ``t`` as a Python int (scalar coefficients), a validated int64
+# vector or a ``TablesAt`` prefetch of it, ``xp`` resolved once by the public caller, and
+# arrays already in compute dtype.
+
+# x0 = a x_t + nb eps (eq. 4 solved for x_0): 1/sqrt(abar) and -sqrt(1/abar - 1).
+_EPS_TABLES = ("sqrt_recip_alphas_cumprod", "-sqrt_recipm1_alphas_cumprod")
+_V_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
+# The tables ``_x0_eps`` reads for each prediction, so a step can gather them all at once.
+X0_EPS_TABLES = {"eps": _EPS_TABLES, "v": _V_TABLES, "mean": MEAN_TABLES + _EPS_TABLES, "x0": _EPS_TABLES}
 
 
 def _x0_eps(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, xp: Any) -> tuple[Any, Any]:
     """(x0_hat, eps_hat) from a prediction of any type."""
     if prediction == "eps":
-        a, b = schedule.coefs(("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"), t, x_t, xp)
-        return lincomb(xp, (a, x_t), (-b, pred)), pred
+        a, nb = schedule.coefs(_EPS_TABLES, t, x_t, xp)
+        return lincomb(xp, (a, x_t), (nb, pred)), pred
     if prediction == "v":
-        a, b = schedule.coefs(("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"), t, x_t, xp)
+        a, b = schedule.coefs(_V_TABLES, t, x_t, xp)
         return lincomb(xp, (a, x_t), (-b, pred)), lincomb(xp, (b, x_t), (a, pred))
     if prediction == "mean":
-        c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x_t, xp)
+        c1, c2 = schedule.coefs(MEAN_TABLES, t, x_t, xp)
         x0 = (pred - c2 * x_t) / c1
     else:
         x0 = pred
@@ -86,18 +93,23 @@ def _x0_eps(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, xp
 
 
 def _eps_from_x0(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> Any:
-    a, b = schedule.coefs(("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"), t, x_t, xp)
-    return (a * x_t - x0) / b
+    a, nb = schedule.coefs(_EPS_TABLES, t, x_t, xp)
+    return (x0 - a * x_t) / nb
 
 
-def _checked(schedule: Schedule, model_output: Any, x_t: Any, t: Any, prediction: str) -> tuple[Any, Any, Any, Any]:
-    """Validate; return (xp, x_t and model_output in compute dtype, t vector)."""
+def _checked(schedule: Schedule, model_output: Any, x_t: Any, t: Any, prediction: str,
+             gathered: bool = True) -> tuple[Any, Any, Any, Any]:
+    """Validate; return (xp, x_t and model_output in compute dtype, t vector).
+
+    ``gathered``: the caller looks ``t`` up in a schedule table (``_x0_eps`` does), whose
+    bounds check is then the range check under PyTorch.
+    """
     check_choice("prediction", prediction, PREDICTIONS)
     check_batch("x_t", x_t)
     check_same_shape("x_t", x_t, "model_output", model_output)
     _check_zero_snr(schedule, prediction)
     xp = namespace(x_t)
-    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    t = as_timesteps(t, x_t, schedule.num_timesteps, gathered=gathered)
     return xp, upcast(x_t, xp), upcast(model_output, xp), t
 
 
@@ -131,7 +143,7 @@ def predict_v(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, predic
 
 def predict_mean(schedule: Schedule, model_output: Any, x_t: Any, t: Any, *, prediction: str = "eps") -> Any:
     """mu_theta = mu~_t(x_t, x0_hat), eq. (11) for eps-prediction."""
-    xp, x, out, t = _checked(schedule, model_output, x_t, t, prediction)
+    xp, x, out, t = _checked(schedule, model_output, x_t, t, prediction, gathered=prediction != "mean")
     if prediction == "mean":
         return model_output
     x0 = _x0_eps(schedule, out, x, t, prediction, xp)[0]
@@ -184,7 +196,7 @@ def _dynamic_threshold(x0: Any, threshold: float, xp: Any) -> Any:
     hi = min(lo + 1, flat.shape[1] - 1)
     frac = pos - lo
     s = flat[:, lo] * (1.0 - frac) + flat[:, hi] * frac
-    s = broadcast_to_batch(xp.maximum(s, 1.0), x0.ndim, xp)
+    s = broadcast_to_batch(xp.clip(s, 1.0, None), x0.ndim, xp)  # max(s, 1) with no scalar copy
     return xp.clip(x0, -s, s) / s
 
 
@@ -213,17 +225,36 @@ def split_model_output(model_output: Any, variance: str, channels: int | None = 
     return model_output[:, :c, ...], model_output[:, c:, ...]
 
 
+# The tables ``_log_variance`` reads for each variance type.
+LOG_VARIANCE_TABLES = {
+    "fixed_small": ("posterior_log_variance_clipped",),
+    "fixed_large": ("fixed_large_log_variance",),
+    "learned": (),
+    "learned_range": ("posterior_log_variance_clipped", "log_betas"),
+}
+
+
 def _log_variance(schedule: Schedule, var_values: Any, x_t: Any, t: Any, variance: str, xp: Any) -> Any:
     """log sigma_t^2 of eq. (1) for each variance type."""
-    if variance == "fixed_small":
-        return schedule.coefs(("posterior_log_variance_clipped",), t, x_t, xp)[0]
-    if variance == "fixed_large":
-        return schedule.coefs(("fixed_large_log_variance",), t, x_t, xp)[0]
+    if variance in ("fixed_small", "fixed_large"):
+        return schedule.coefs(LOG_VARIANCE_TABLES[variance], t, x_t, xp)[0]
     if variance == "learned":
         return var_values
-    min_log, max_log = schedule.coefs(("posterior_log_variance_clipped", "log_betas"), t, x_t, xp)
+    min_log, max_log = schedule.coefs(LOG_VARIANCE_TABLES[variance], t, x_t, xp)
     frac = (var_values + 1.0) / 2.0
     return frac * max_log + (1.0 - frac) * min_log
+
+
+def step_tables(prediction: str, extra: tuple[str, ...]) -> tuple[str, ...]:
+    """Every table a reverse step with ``prediction`` reads: x0_hat, mu~ and ``extra``."""
+    names = _STEP_TABLES.get((prediction, extra))
+    if names is None:
+        names = _STEP_TABLES[prediction, extra] = tuple(
+            dict.fromkeys(X0_EPS_TABLES[prediction] + MEAN_TABLES + extra))
+    return names
+
+
+_STEP_TABLES: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
 
 
 def _mean_x0(schedule: Schedule, pred: Any, x_t: Any, t: Any, prediction: str, clip: Any,
@@ -276,8 +307,9 @@ def p_mean_variance(
     check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
     _check_zero_snr(schedule, prediction)
     xp = namespace(x_t)
-    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    t = as_timesteps(t, x_t, schedule.num_timesteps, gathered=True)
     x = upcast(x_t, xp)
+    t = schedule.tables_at(step_tables(prediction, LOG_VARIANCE_TABLES[variance]), t, x, xp)
     var_values = None if var_values is None else upcast(var_values, xp)
     mean, x0 = _mean_x0(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
     log_var = _log_variance(schedule, var_values, x, t, variance, xp)

@@ -27,6 +27,9 @@ from ddpm_core.schedules import Schedule
 
 __all__ = ["q_posterior", "q_posterior_mean"]
 
+# The tables mu~ of eq. (7) reads: the coefficients of x_0 and of x_t.
+MEAN_TABLES = ("posterior_mean_coef1", "posterior_mean_coef2")
+
 
 def q_posterior(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> tuple[Any, Any, Any]:
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), eqs. (6)-(7).
@@ -51,7 +54,7 @@ def q_posterior(schedule: Schedule, x0: Any, x_t: Any, t: Any) -> tuple[Any, Any
     """
     check_batch("x_t", x_t)
     check_same_shape("x_t", x_t, "x0", x0)
-    t = as_timesteps(t, x_t, schedule.num_timesteps)
+    t = as_timesteps(t, x_t, schedule.num_timesteps, gathered=True)
     xp = namespace(x_t)
     x = upcast(x_t, xp)
     var, logvar = schedule.coefs(("posterior_variance", "posterior_log_variance_clipped"), t, x, xp)
@@ -66,5 +69,5 @@ def q_posterior_mean(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> 
 def posterior_mean_terms(schedule: Schedule, x0: Any, x_t: Any, t: Any, xp: Any) -> tuple[tuple[Any, Any], ...]:
     """mu~_t of eq. (7) as ``lincomb`` terms ((coef1, x_0), (coef2, x_t)), so that callers can
     fuse further terms (the sampler's noise) into the same sum."""
-    c1, c2 = schedule.coefs(("posterior_mean_coef1", "posterior_mean_coef2"), t, x_t, xp)
+    c1, c2 = schedule.coefs(MEAN_TABLES, t, x_t, xp)
     return (c1, x0), (c2, x_t)

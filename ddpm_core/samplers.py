@@ -25,19 +25,22 @@ from typing import Any, NamedTuple
 from ddpm_core._namespace import (
     as_timesteps,
     cast_like,
+    check_all,
     check_batch,
     check_choice,
+    check_range,
     check_same_shape,
     device_of,
     fsqrt,
     index_dtype,
-    is_concrete,
+    is_torch,
     lincomb,
     namespace,
     upcast,
 )
 from ddpm_core.forward import _q_sample
 from ddpm_core.parameterization import (
+    LOG_VARIANCE_TABLES,
     PREDICTIONS,
     VARIANCES,
     _check_zero_snr,
@@ -47,6 +50,7 @@ from ddpm_core.parameterization import (
     _mean_terms,
     _x0_eps,
     split_model_output,
+    step_tables,
 )
 from ddpm_core.schedules import Schedule
 
@@ -90,7 +94,8 @@ def ddpm_step(
     x_t : (B, C, ...)
     t : int or int array (B,), 0-based (index 0 is the paper's t = 1). A Python int uses
         float64 scalar coefficients (the fastest path); an array, per-sample coefficients.
-    noise : (B, C, ...) standard normal draws; ignored for samples with t == 0
+    noise : (B, C, ...) standard normal draws; ignored for samples with t == 0, and may be
+        None when every t is 0 (Algorithm 2 adds no noise at index 0)
     prediction, variance, clip, threshold : see ``ddpm_core.parameterization``
 
     Examples
@@ -105,10 +110,24 @@ def ddpm_step(
     _check_step(schedule, x_t, prediction, variance)
     pred, var_values = split_model_output(model_output, variance)
     check_same_shape("x_t", x_t, "model_output (prediction part)", pred)
-    check_same_shape("x_t", x_t, "noise", noise)
-    t = as_timesteps(t, x_t, schedule.num_timesteps, scalar_ok=True)
+    t = as_timesteps(t, x_t, schedule.num_timesteps, scalar_ok=True, gathered=True)
+    noise = _noise_or_zeros(noise, x_t, t)
     return _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, clip,
                       threshold, namespace(x_t))
+
+
+def _noise_or_zeros(noise: Any, x_t: Any, t: Any) -> Any:
+    """``noise`` checked against ``x_t``; None (zeros) only where every t is 0."""
+    if noise is not None:
+        check_same_shape("x_t", x_t, "noise", noise)
+        return noise
+    message = "noise is required where t > 0 (noise=None is allowed only at index 0, which adds no noise)"
+    if isinstance(t, int):
+        if t != 0:
+            raise ValueError(f"{message}, got t={t}")
+    else:
+        check_all(t == 0, message)
+    return namespace(x_t).zeros_like(x_t)
 
 
 def _check_step(schedule: Schedule, x_t: Any, prediction: str, variance: str) -> None:
@@ -125,11 +144,13 @@ def _ddpm_step(schedule, pred, var_values, x_t, t, noise, prediction, variance, 
                threshold, xp):
     """``ddpm_step`` without validation (``t`` a Python int or an integer vector)."""
     x = upcast(x_t, xp)
-    mean_terms, x0 = _mean_terms(schedule, upcast(pred, xp), x, t, prediction, clip, threshold, xp)
+    extra = (_STEP_STD[variance],) if variance in _STEP_STD else LOG_VARIANCE_TABLES[variance]
+    at = schedule.tables_at(step_tables(prediction, extra), t, x, xp)  # one gather per step
+    mean_terms, x0 = _mean_terms(schedule, upcast(pred, xp), x, at, prediction, clip, threshold, xp)
     if variance in _STEP_STD:  # the std table is 0 at index 0: no noise on the last step
-        std = schedule.coefs((_STEP_STD[variance],), t, x, xp)[0]
+        std = schedule.coefs(extra, at, x, xp)[0]
     else:
-        log_var = _log_variance(schedule, upcast(var_values, xp), x, t, variance, xp)
+        log_var = _log_variance(schedule, upcast(var_values, xp), x, at, variance, xp)
         std = xp.exp(0.5 * log_var) * _nonzero(t, x, xp)
     x_prev = lincomb(xp, *mean_terms, (std, noise))  # mu_theta + sigma z as one sum
     return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
@@ -180,53 +201,61 @@ def ddim_step(
             raise ValueError(f"noise is required when eta > 0 (got eta={eta}, noise=None)")
         check_same_shape("x_t", x_t, "noise", noise)
     T = schedule.num_timesteps
-    t = as_timesteps(t, x_t, T, scalar_ok=True)
-    t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1, scalar_ok=True)
+    # Both are gathered (t_prev from tables with index -1 prepended): see as_timesteps.
+    t = as_timesteps(t, x_t, T, scalar_ok=True, gathered=True)
+    t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1, scalar_ok=True, gathered=True)
     if isinstance(t, int) != isinstance(t_prev, int):  # mixed: use per-sample vectors
-        t = as_timesteps(t, x_t, T)
-        t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1)
-    _check_order(t, t_prev)
-    return _ddim_step(schedule, model_output, x_t, t, t_prev, noise, eta, prediction, clip,
-                      threshold, namespace(x_t))
+        t = as_timesteps(t, x_t, T, gathered=True)
+        t_prev = as_timesteps(t_prev, x_t, T, name="t_prev", minimum=-1, gathered=True)
+    xp = namespace(x_t)
+    after = t_prev + 1  # the index of t_prev in the tables of Schedule.prev_coefs
+    step = _ddim_step(schedule, model_output, x_t, t, after, noise, eta, prediction, clip,
+                      threshold, xp)
+    _check_order(schedule, t, t_prev, after, xp)  # after the gathers: their errors come first
+    return step
 
 
-def _check_order(t: Any, t_prev: Any) -> None:
-    """DDIM steps go backwards: t_prev < t for every sample (checked when concrete)."""
+def _check_order(schedule: Schedule, t: Any, t_prev: Any, after: Any, xp: Any) -> None:
+    """DDIM steps go backwards: t_prev < t for every sample, with no host read.
+
+    On the PyTorch CPU path this is the bounds check of one gather at t - (t_prev + 1),
+    which lies in [0, T) exactly when t_prev < t (t < T is already known): one kernel fewer
+    than a comparison and a reduction.
+    """
+    message = "t_prev must be smaller than t for every sample (DDIM steps toward x_0)"
     if isinstance(t, int):
-        bad = t_prev >= t
-    elif is_concrete(t) and is_concrete(t_prev):
-        bad = bool(namespace(t).any(t_prev >= t))
+        if t_prev >= t:
+            raise ValueError(f"{message}, got t={t}, t_prev={t_prev}")
+    elif is_torch(xp) and t.is_cpu:
+        try:
+            check_range(t - after, schedule.num_timesteps)
+        except ValueError:
+            raise ValueError(message) from None
     else:
-        return
-    if bad:
-        raise ValueError("t_prev must be smaller than t for every sample (DDIM steps toward x_0)")
+        check_all(t_prev < t, message, xp=xp)
 
 
-def _prev_roots(schedule: Schedule, t_prev: Any, like: Any, xp: Any) -> tuple[Any, Any, Any]:
-    """(sqrt(abar'), sqrt(1 - abar'), abar') at ``t_prev``; (1, 0, 1) where t_prev == -1."""
-    names = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "alphas_cumprod")
-    if isinstance(t_prev, int):
-        return (1.0, 0.0, 1.0) if t_prev < 0 else schedule.coefs(names, t_prev, like, xp)
-    got = schedule.coefs(names, xp.clip(t_prev, 0, None), like, xp)
-    last = xp.reshape(t_prev < 0, got[0].shape)
-    return tuple(xp.where(last, v, g) for v, g in zip((1.0, 0.0, 1.0), got, strict=True))
+# sqrt(abar') and sqrt(1 - abar') at t_prev, (1, 0) where t_prev == -1; eta > 0 adds abar'.
+_PREV_ROOTS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
+_PREV_TABLES = _PREV_ROOTS + ("alphas_cumprod",)
 
 
-def _ddim_step(schedule, pred, x_t, t, t_prev, noise, eta, prediction, clip, threshold, xp):
-    """``ddim_step`` without validation."""
+def _ddim_step(schedule, pred, x_t, t, after, noise, eta, prediction, clip, threshold, xp):
+    """``ddim_step`` without validation; ``after`` = t_prev + 1 (see ``Schedule.prev_coefs``)."""
     x = upcast(x_t, xp)
     x0, eps = _x0_eps(schedule, upcast(pred, xp), x, t, prediction, xp)
     if clip is not None or threshold is not None:
         x0 = _clip_x0(x0, clip, threshold, xp)
         eps = _eps_from_x0(schedule, x0, x, t, xp)
-    root_prev, root_one_minus_prev, abar_prev = _prev_roots(schedule, t_prev, x, xp)
     if eta > 0:
+        root_prev, _, abar_prev = schedule.prev_coefs(_PREV_TABLES, after, x, xp)
         abar = schedule.coefs(("alphas_cumprod",), t, x, xp)[0]
         var = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
         rest = 1.0 - abar_prev - var
         rest = max(rest, 0.0) if isinstance(rest, float) else xp.clip(rest, 0.0, None)
         x_prev = lincomb(xp, (root_prev, x0), (fsqrt(rest, xp), eps), (fsqrt(var, xp), noise))
     else:
+        root_prev, root_one_minus_prev = schedule.prev_coefs(_PREV_ROOTS, after, x, xp)
         x_prev = lincomb(xp, (root_prev, x0), (root_one_minus_prev, eps))
     return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
 
@@ -294,8 +323,8 @@ def _loop(schedule, model, x, noise_fn, sampler, eta, prediction, variance, clip
             step = _ddpm_step(schedule, pred, var_values, x, i, noise, prediction, variance,
                               clip, threshold, xp)
         else:
-            step = _ddim_step(schedule, pred, x, i, i - 1, noise, eta, prediction, clip,
-                              threshold, xp)
+            step = _ddim_step(schedule, pred, x, i, i, noise, eta, prediction, clip,
+                              threshold, xp)  # t_prev = i - 1: index i in the prev tables
         x = step.x_prev
         yield SampleStep(i, x, step.x0_hat)
 
@@ -363,6 +392,11 @@ def interpolate(
     T = schedule.num_timesteps
     tt = as_timesteps(t, x0_a, T, scalar_ok=True)
     lam_arr = xp.asarray(lam, dtype=x0_a.dtype, device=device_of(x0_a))
+    if lam_arr.ndim > 1 or (lam_arr.ndim == 1 and lam_arr.shape[0] != x0_a.shape[0]):
+        raise ValueError(f"lam must be a float or an array of shape ({x0_a.shape[0]},), got shape "
+                         f"{tuple(lam_arr.shape)}")
+    check_all((lam_arr >= 0.0) & (lam_arr <= 1.0), "lam must lie in [0, 1] (the mixing weight)",
+              values=lam_arr)
     if lam_arr.ndim == 1:
         lam_arr = xp.reshape(lam_arr, (-1,) + (1,) * (x0_a.ndim - 1))
     mixed = (1.0 - lam_arr) * _q_sample(schedule, x0_a, tt, noise_a, xp) + lam_arr * _q_sample(

@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core._namespace import broadcast_to_batch, device_of, is_concrete, namespace, take_along
+from ddpm_core._namespace import (
+    broadcast_to_batch,
+    check_range_now,
+    device_of,
+    is_concrete,
+    is_torch,
+    namespace,
+    take_rows,
+)
 
 __all__ = ["Schedule", "TABLES"]
 
@@ -65,6 +73,24 @@ def _check_betas(betas: np.ndarray) -> None:
         raise ValueError(
             "betas must lie in (0, 1) (the last may be 1 for zero terminal SNR), got values in "
             f"[{betas.min():.6g}, {betas.max():.6g}]"
+        )
+    _check_no_underflow(betas, "betas")
+
+
+def _check_no_underflow(betas: np.ndarray, given: str) -> None:
+    """Raise unless alphas_cumprod stays a normal float64 (> 2.2e-308) at every step.
+
+    Past that, 1/abar overflows and x_0 cannot be recovered from x_t; only a last beta of
+    exactly 1 (zero terminal SNR, chosen on purpose) may end the chain at abar = 0.
+    """
+    abar = np.cumprod(1.0 - betas)
+    body = abar[:-1] if betas[-1] == 1.0 else abar
+    low = np.flatnonzero(body < np.finfo(np.float64).tiny)
+    if low.size:
+        raise ValueError(
+            f"{given} drive alphas_cumprod below the smallest float64 (2.2e-308) at step "
+            f"{int(low[0])} of {len(betas)}, where x_0 can no longer be recovered; use smaller "
+            "betas or fewer steps (only a last beta of exactly 1 may reach alphas_cumprod = 0)"
         )
 
 
@@ -192,7 +218,9 @@ class Schedule:
         """The paper's schedule: betas linear from ``beta_start`` to ``beta_end``."""
         _check_t(num_timesteps)
         _check_range(beta_start=beta_start, beta_end=beta_end)
-        return cls(np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64))
+        betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+        _check_no_underflow(betas, _given(num_timesteps, beta_start, beta_end))
+        return cls(betas)
 
     @classmethod
     def quadratic(
@@ -202,6 +230,7 @@ class Schedule:
         _check_t(num_timesteps)
         _check_range(beta_start=beta_start, beta_end=beta_end)
         root = np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_timesteps)
+        _check_no_underflow(root**2, _given(num_timesteps, beta_start, beta_end))
         return cls(root**2)
 
     @classmethod
@@ -219,7 +248,9 @@ class Schedule:
         _check_t(num_timesteps)
         _check_range(beta_start=beta_start, beta_end=beta_end)
         s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, num_timesteps)))
-        return cls(beta_start + (beta_end - beta_start) * s)
+        betas = beta_start + (beta_end - beta_start) * s
+        _check_no_underflow(betas, _given(num_timesteps, beta_start, beta_end))
+        return cls(betas)
 
     @classmethod
     def cosine(cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
@@ -230,8 +261,8 @@ class Schedule:
                   \beta_{max})
         """
         _check_t(num_timesteps)
-        if not s > 0:
-            raise ValueError(f"s must be > 0, got s={s}")
+        if not (s > 0 and math.isfinite(s)):
+            raise ValueError(f"s must be a finite number > 0, got s={s}")
         if not 0 < max_beta < 1:
             raise ValueError(f"max_beta must lie in (0, 1), got max_beta={max_beta}")
         grid = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
@@ -330,20 +361,66 @@ class Schedule:
 
         A Python int ``t`` gives Python floats (float64, no device work). A validated integer
         vector (B,) gives arrays (B, 1, ..., 1) in ``like``'s dtype, gathered in one ``take``
-        from a (K, T) table that is built once per namespace, device and dtype.
+        from a (K, T) table that is built once per namespace, device and dtype. A name with a
+        leading ``-`` gives the negated table (so a subtraction costs no negation on device).
         """
         if isinstance(t, int):
-            return tuple(float(getattr(self, n)[t]) for n in names)
-        dev = device_of(like)
-        key = (names, xp.__name__, dev, like.dtype, like.ndim)  # devices, dtypes hash everywhere
+            return tuple(_scalar(self, n, t) for n in names)
+        if type(t) is TablesAt:
+            try:
+                return tuple([t.values[n] for n in names])
+            except KeyError:  # not prefetched: gather at the plain vector
+                t = t.t
+        try:  # under PyTorch the index_select's bounds check is t's range check
+            return take_rows(self._stacked(names, like, xp, 0), t, xp)
+        except (IndexError, RuntimeError):  # raise the ValueError naming t if that is the cause
+            check_range_now(t, self.num_timesteps)
+            raise
+
+    def tables_at(self, names: tuple[str, ...], t: Any, like: Any, xp: Any) -> Any:
+        """Prefetch ``names`` at ``t`` in one gather, for the ``coefs`` calls of one step.
+
+        A Python int ``t`` is returned as is (its coefficients cost no device work). A vector
+        gives a ``TablesAt`` that ``coefs`` answers from; names it lacks are gathered then.
+        """
+        if isinstance(t, int):
+            return t
+        return TablesAt(t, dict(zip(names, self.coefs(names, t, like, xp), strict=True)))
+
+    def prev_coefs(self, names: tuple[str, ...], after: Any, like: Any, xp: Any) -> tuple[Any, ...]:
+        """Tables at a DDIM target step t_prev in [-1, T), given as ``after`` = t_prev + 1.
+
+        t_prev = -1 is x_0 itself: there ``alphas_cumprod`` and ``sqrt_alphas_cumprod`` are 1
+        and ``sqrt_one_minus_alphas_cumprod`` is 0. The tables have that value prepended, so
+        ``after`` (a Python int, or a vector gathered in one ``take`` like ``coefs``) indexes
+        them directly; the caller computes t_prev + 1 once and reuses it.
+        """
+        if isinstance(after, int):
+            return tuple(_AT_X0[n] if after == 0 else _scalar(self, n, after - 1) for n in names)
+        try:
+            return take_rows(self._stacked(names, like, xp, 1), after, xp)
+        except (IndexError, RuntimeError):
+            check_range_now(after - 1, self.num_timesteps, name="t_prev", minimum=-1)
+            raise
+
+    def _stacked(self, names: tuple[str, ...], like: Any, xp: Any, before: int) -> Any:
+        """(K, before + T, 1, ..., 1) table of ``names`` in ``like``'s namespace, device, dtype.
+
+        ``before`` = 1 prepends each table's value at index -1 (``_AT_X0``); the trailing unit
+        axes make a gather along axis 1 broadcast against ``like`` with no reshape.
+        """
+        dev = like.device if is_torch(xp) else device_of(like)
+        key = (names, xp.__name__, dev, like.dtype, like.ndim, before)  # devices, dtypes hash
         table = self._cache.get(key)  # type: ignore[attr-defined]
-        if table is None:  # (K, T, 1, ..., 1): a gather along axis 1 is already broadcastable
-            stacked = np.stack([getattr(self, n) for n in names])
+        if table is None:
+            rows = [_signed(self, n) for n in names]
+            if before:
+                rows = [np.append(_AT_X0[n], r) for n, r in zip(names, rows, strict=True)]
+            stacked = np.stack(rows)
             table = _convert(stacked.reshape(stacked.shape + (1,) * (like.ndim - 1)), xp, dev, like.dtype)
             if is_concrete(table):
                 self._cache[key] = table  # type: ignore[attr-defined]
-        g = take_along(table, t, 1, xp)
-        return tuple(g[k, ...] for k in range(len(names)))
+        return table
 
     def __repr__(self) -> str:
         respaced = "" if np.array_equal(self.timesteps, np.arange(len(self.betas))) else ", respaced"
@@ -393,6 +470,33 @@ class Schedule:
                                       variance=variance, clip=clip)
 
 
+class TablesAt:
+    """Schedule tables gathered at a validated timestep vector ``t`` (``Schedule.tables_at``).
+
+    Pass it in place of ``t`` to code that only reads coefficients through ``Schedule.coefs``.
+    """
+
+    __slots__ = ("t", "values")
+
+    def __init__(self, t: Any, values: dict[str, Any]) -> None:
+        self.t = t  # the integer vector (B,)
+        self.values = values  # table name -> (B, 1, ..., 1) coefficients
+
+
+# The chain's end (DDIM's t_prev = -1, x_0 itself): abar = 1.
+_AT_X0 = {"alphas_cumprod": 1.0, "sqrt_alphas_cumprod": 1.0, "sqrt_one_minus_alphas_cumprod": 0.0}
+
+
+def _signed(schedule: Schedule, name: str) -> np.ndarray:
+    """Table ``name``, or its negation for ``-name``."""
+    return -getattr(schedule, name[1:]) if name[0] == "-" else getattr(schedule, name)
+
+
+def _scalar(schedule: Schedule, name: str, t: int) -> float:
+    """Entry ``t`` of table ``name`` (or ``-name``) as a Python float."""
+    return -float(getattr(schedule, name[1:])[t]) if name[0] == "-" else float(getattr(schedule, name)[t])
+
+
 def _convert(table: np.ndarray, xp: Any, device: Any, dtype: Any) -> Any:
     """``table`` as ``xp`` array; cast in NumPy where possible, so the result is a constant."""
     for name in ("float64", "float32", "float16"):
@@ -421,6 +525,11 @@ def _check_t(num_timesteps: Any) -> None:
         raise TypeError(f"num_timesteps must be an int, got {num_timesteps!r}")
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got num_timesteps={num_timesteps}")
+
+
+def _given(num_timesteps: int, beta_start: float, beta_end: float) -> str:
+    """The constructor arguments an error names."""
+    return f"beta_start={beta_start}, beta_end={beta_end} with num_timesteps={num_timesteps}"
 
 
 def _check_range(*, beta_start: float, beta_end: float) -> None:

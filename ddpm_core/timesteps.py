@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core._namespace import device_of, index_dtype, namespace
+from ddpm_core._namespace import check_all, constant, device_of, index_dtype, namespace
 
 __all__ = ["uniform_weights", "LossSecondMoment", "sample_timesteps"]
 
@@ -96,14 +96,17 @@ def sample_timesteps(weights: Any, u: Any) -> tuple[Any, Any]:
         keep the objective unbiased.
     """
     xp = namespace(u)
+    if not xp.isdtype(u.dtype, "real floating"):
+        raise TypeError(f"u must be a real floating-point array of uniform draws, got dtype {u.dtype}")
+    check_all((u >= 0.0) & (u < 1.0), "u must lie in [0, 1) (uniform draws)", values=u)
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
         raise ValueError("weights must be a 1-D array of non-negative probabilities summing to 1")
     cdf = np.cumsum(w)
     cdf[-1] = 1.0
     dev = device_of(u)
-    cdf_x = xp.asarray(cdf, dtype=u.dtype, device=dev)
+    cdf_x = constant(cdf, xp, dev, u.dtype)
     t = xp.searchsorted(cdf_x, u, side="right")
     t = xp.clip(xp.astype(t, index_dtype(xp, dev)), 0, w.shape[0] - 1)
-    probs = xp.asarray(w, dtype=u.dtype, device=dev)
+    probs = constant(w, xp, dev, u.dtype)
     return t, 1.0 / (w.shape[0] * xp.take(probs, t, axis=0))

@@ -42,6 +42,14 @@ def test_torch_floors_and_diffusers_match_the_core():
     pytest.importorskip("torch")
     bench = _bench()
     rows = bench.torch_rows(bench.dc.Schedule.linear(1000))
+    tensor_t = {"ddpm_step tensor t", "ddim_step eta=0 tensor t", "q_sample tensor t"}
+    assert tensor_t <= set(rows), "the tensor-t rows (issue 14) are missing"
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert all("diffusers" in rows[name] for name in tensor_t)
     _check_rows(rows, rtol=1e-5)
 
 

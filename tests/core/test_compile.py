@@ -1,10 +1,11 @@
-"""The core runs unchanged under jax.jit and torch.compile(fullgraph=True)."""
+"""The core runs unchanged under jax.jit (every per-step function, t traced) and torch.compile."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from ddpm_testing import import_backend, to_numpy
+from per_step_calls import Inputs, as_tuple, numpy_inputs, per_step_calls
 
 from ddpm_core.forward import q_sample
 from ddpm_core.samplers import ddim_step, ddpm_step
@@ -50,3 +51,17 @@ def test_under_torch_compile_fullgraph():
     torch._dynamo.reset()
     compiled = torch.compile(_steps, fullgraph=True, backend="aot_eager")
     _check(compiled(*args), eager)
+
+
+@pytest.mark.parametrize("name", sorted(per_step_calls(S)))
+def test_every_per_step_function_under_jax_jit_with_a_traced_t(name):
+    """No check breaks tracing: t, t_prev and u are jit arguments, so they are traced."""
+    pytest.importorskip("jax")
+    import jax
+
+    jnp = import_backend("jax")
+    call = per_step_calls(S)[name]
+    args = Inputs(*(jnp.asarray(a) for a in numpy_inputs(S.num_timesteps)))
+    eager = as_tuple(call(args))
+    traced = as_tuple(jax.jit(lambda a: call(a))(args))
+    _check(traced, eager)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
-from ddpm_testing import as_t, asarray
+from ddpm_testing import as_t, asarray, assert_close, to_numpy
 
 from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
-from ddpm_core.losses import discretized_gaussian_log_likelihood, training_losses, vlb_terms
+from ddpm_core.losses import bits_per_dim, discretized_gaussian_log_likelihood, training_losses, vlb_terms
 from ddpm_core.parameterization import p_mean_variance, predict_x0
 from ddpm_core.posterior import q_posterior
-from ddpm_core.samplers import ddim_step, ddpm_step
+from ddpm_core.samplers import ddim_step, ddpm_step, interpolate
 from ddpm_core.schedules import Schedule
+from ddpm_core.timesteps import sample_timesteps, uniform_weights
 
 S = Schedule.linear(10, 1e-3, 0.2)
 
@@ -98,3 +101,65 @@ def test_zero_terminal_snr_refuses_eps_prediction(xp):
     z = Schedule.linear(10, 1e-3, 0.2).rescale_zero_terminal_snr()
     x = _x(xp)
     _raises("prediction", ddpm_step, z, x, x, 9, x, prediction="eps")
+
+
+# --------------------------------------------------------------------------- issue 12, item 11
+def test_ddpm_step_noise_none_is_an_error_naming_noise_except_at_index_0(xp):
+    x = _x(xp)
+    _raises("noise", ddpm_step, S, x, x, 5, None)  # was an AttributeError deep inside
+    _raises("noise", ddpm_step, S, x, x, as_t([0, 3], xp), None)
+    # Index 0 (the paper's t = 1) adds no noise (Algorithm 2), so None is allowed there.
+    rng = np.random.default_rng(0)
+    eps, x_t = (asarray(rng.standard_normal((2, 3)), xp) for _ in range(2))
+    zeros = _x(xp)
+    for t in (0, as_t([0, 0], xp)):
+        got, want = ddpm_step(S, eps, x_t, t, None), ddpm_step(S, eps, x_t, t, zeros)
+        assert_close(got.x_prev, to_numpy(want.x_prev), xp=xp, dtype="float64", factor=1)
+
+
+@pytest.mark.parametrize("build, names", [
+    (lambda: Schedule.linear(1000, 0.5, 0.9), ("beta_start", "beta_end", "num_timesteps")),
+    (lambda: Schedule.quadratic(1000, 0.5, 0.9), ("beta_start", "beta_end", "num_timesteps")),
+    (lambda: Schedule.sigmoid(2000, 0.3, 0.6), ("beta_start", "beta_end", "num_timesteps")),
+    (lambda: Schedule.scaled_linear(1000, 0.5, 0.9), ("beta_start", "beta_end", "num_timesteps")),
+    (lambda: Schedule.from_betas(np.full(400, 0.9)), ("betas",)),
+])
+def test_betas_that_underflow_alphas_cumprod_are_refused_naming_them(build, names):
+    """Schedule.linear(1000, 0.5, 0.9) used to warn of an overflow and later blame zero SNR."""
+    with pytest.raises(ValueError, match=r"alphas_cumprod below the smallest float64 .* at step \d+") as info:
+        build()
+    for name in names:
+        assert re.search(rf"\b{name}\b", str(info.value)), (name, str(info.value))
+
+
+def test_every_beta_constructor_argument_is_checked():
+    for bad in (0.0, 1.0, -0.1, float("nan"), float("inf")):
+        for make in (Schedule.linear, Schedule.quadratic, Schedule.sigmoid, Schedule.scaled_linear):
+            _raises("beta_start", make, 10, bad, 0.02)
+            _raises("beta_end", make, 10, 1e-4, bad)
+    _raises("s", Schedule.cosine, 10, float("inf"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.0, 2.0, -0.5])
+def test_sample_timesteps_refuses_u_outside_0_1(xp, bad):
+    u = asarray(np.array([0.25, bad]), xp)
+    with pytest.raises(ValueError, match=r"^u must lie in \[0, 1\).*got values in"):
+        sample_timesteps(uniform_weights(10), u)
+    _raises("u", sample_timesteps, uniform_weights(10), as_t([0, 1], xp))  # integers are not draws
+
+
+def _zero_model(x, t):  # noqa: ARG001
+    return x * 0.0
+
+
+@pytest.mark.parametrize("lam", [1.5, -0.1, float("nan"), [0.5, 1.5], [0.5, 0.5, 0.5]])
+def test_interpolate_refuses_a_mixing_weight_outside_0_1(xp, lam):
+    x = _x(xp)
+    _raises("lam", interpolate, S, _zero_model, x, x, lam, 3, x, x, lambda i: x)
+
+
+@pytest.mark.parametrize("bad", [1.5, -1.01, float("nan")])
+def test_bits_per_dim_refuses_x0_outside_minus_1_1(xp, bad):
+    x0 = asarray(np.array([[0.0, 1.0, -1.0], [0.5, bad, 0.0]]), xp)
+    with pytest.raises(ValueError, match=r"^x0 must hold data scaled to \[-1, 1\].*got values in"):
+        bits_per_dim(S, _zero_model, x0, lambda i: x0 * 0.0)
