@@ -59,7 +59,7 @@ def _erf_small(x: Any) -> Any:
 def _erfcx_large(x: Any, xp: Any) -> Any:
     """erfcx(x) = exp(x^2) erfc(x) on x >= 1."""
     mid = _horner(x, _P) / _horner(x, _Q, monic=True)
-    far = _horner(xp.maximum(x, 8.0), _R) / _horner(xp.maximum(x, 8.0), _S, monic=True)
+    far = _horner(xp.clip(x, 8.0, None), _R) / _horner(xp.clip(x, 8.0, None), _S, monic=True)
     return xp.where(x < 8.0, mid, far)
 
 
@@ -68,7 +68,7 @@ def log_erfc(x: Any, *, xp: Any = None) -> Any:
     xp = namespace(x, xp=xp)
     ax = xp.abs(x)
     small = xp.clip(x, -1.0, 1.0)
-    large = xp.maximum(ax, 1.0)
+    large = xp.clip(ax, 1.0, None)
     pos_tail = -large * large + xp.log(_erfcx_large(large, xp))
     neg_tail = xp.log(2.0 - xp.exp(pos_tail))
     tail = xp.where(x > 0, pos_tail, neg_tail)
@@ -86,7 +86,7 @@ def erf(x: Any, *, xp: Any = None) -> Any:
     """
     xp = namespace(x, xp=xp)
     ax = xp.abs(x)
-    large = xp.maximum(ax, 1.0)
+    large = xp.clip(ax, 1.0, None)
     tail = 1.0 - xp.exp(-large * large) * _erfcx_large(large, xp)
     tail = xp.where(x < 0, -tail, tail)
     return xp.where(ax <= 1.0, _erf_small(xp.clip(x, -1.0, 1.0)), tail)
@@ -106,14 +106,14 @@ def log_ndtr(x: Any, *, xp: Any = None) -> Any:
     xp = namespace(x, xp=xp)
     lower = _LOG_HALF + log_erfc(-x * _SQRT1_2, xp=xp)
     # For x > 0, log(1 - Phi(-x)) keeps the digits that 1 - small would lose.
-    upper = xp.log1p(-0.5 * xp.exp(log_erfc(xp.maximum(x, 0.0) * _SQRT1_2, xp=xp)))
+    upper = xp.log1p(-0.5 * xp.exp(log_erfc(xp.clip(x, 0.0, None) * _SQRT1_2, xp=xp)))
     return xp.where(x > 0, upper, lower)
 
 
 def _log1mexp(d: Any, xp: Any) -> Any:
     """log(1 - exp(d)) for d < 0 (Maechler's two-branch form)."""
-    near = xp.log(-xp.expm1(xp.maximum(d, -_LN2)))
-    far = xp.log1p(-xp.exp(xp.minimum(d, -_LN2)))
+    near = xp.log(-xp.expm1(xp.clip(d, -_LN2, None)))
+    far = xp.log1p(-xp.exp(xp.clip(d, None, -_LN2)))
     return xp.where(d > -_LN2, near, far)
 
 

@@ -202,7 +202,7 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
         noise = jax.random.normal(_stream_key(key, STREAM_NOISE, step), x0.shape, x0.dtype)
         noise = jax.lax.with_sharding_constraint(noise, batch)
         rngs = {"dropout": _stream_key(key, STREAM_DROPOUT, step)}
-        x_t = q_sample(schedule, x0, t, noise)
+        x_t = q_sample(schedule, x0, t, noise, validate=False)  # t drawn by the loop
 
         def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
             if classify:
@@ -213,7 +213,7 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
             out = jnp.asarray(net.apply({"params": params}, x_t, t, *y, train=True, rngs=rngs))
             losses = training_losses(schedule, out.astype(jnp.float32), x0, x_t, t, noise,
                                      loss=train.loss, prediction=train.prediction,
-                                     variance=train.variance)
+                                     variance=train.variance, validate=False)
             return jnp.mean(losses * w), losses
 
         (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -184,7 +184,7 @@ class TorchTrainer:
         t = torch.as_tensor(batch.t, device=self.device)
         w = torch.as_tensor(batch.weights, device=self.device)
         noise = self._noise(step, tuple(x0.shape))
-        x_t = ddpm_core.q_sample(self.schedule, x0, t, noise)
+        x_t = ddpm_core.q_sample(self.schedule, x0, t, noise, validate=False)  # t drawn here
         if self.cuda:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         for group in self.opt.param_groups:
@@ -207,7 +207,7 @@ class TorchTrainer:
             out = self.net(x_t, t, *cond)
         losses = ddpm_core.training_losses(self.schedule, out.float(), x0, x_t, t, noise,
                                            loss=self.tc.loss, prediction=self.tc.prediction,
-                                           variance=self.tc.variance)
+                                           variance=self.tc.variance, validate=False)
         loss = (losses * w).mean()
         grad_norm = self._optimize(loss)
         _ema_update(self.ema, self.model, self.tc.ema_decay)

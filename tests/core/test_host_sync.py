@@ -90,7 +90,7 @@ def test_the_old_range_check_would_be_counted():
 
 # Device-side checks still fire: on the CPU at once, with a message naming the argument.
 @pytest.mark.parametrize("name", sorted(n for n in CALLS if not any(
-    skip in n for skip in ("sample_timesteps", "t=0", "validate=False"))))
+    skip in n for skip in ("sample_timesteps", "t=0", "validate=False", "classifier_free_guidance"))))
 def test_out_of_range_t_raises_naming_t_and_the_range(name):
     a = _inputs()
     for bad, lo, hi in (([0, 1, 2, 50], 0, 50), ([-1, 0, 1, 2], -1, 2)):

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
+from ddpm_core.guidance import classifier_free_guidance, classifier_guidance_eps, classifier_guidance_mean
 from ddpm_core.losses import loss_weights, training_losses, training_target, vlb_terms
 from ddpm_core.parameterization import p_mean_variance, predict_eps, predict_mean, predict_v, predict_x0
 from ddpm_core.posterior import q_posterior
@@ -88,6 +89,11 @@ def per_step_calls(s: Schedule) -> dict[str, Call]:
         "training_losses weighting array": lambda a: training_losses(
             s, a.out, a.x, a.noise, a.t, a.noise, weighting=np.linspace(0.5, 1.5, s.num_timesteps)),
         "sample_timesteps": lambda a: sample_timesteps(uniform_weights(s.num_timesteps), a.u),
+        "classifier_free_guidance rescale": lambda a: classifier_free_guidance(a.out, a.noise, 3.0,
+                                                                               rescale=0.7),
+        "classifier_guidance_eps": lambda a: classifier_guidance_eps(s, a.out, a.t, a.noise, scale=2.0),
+        "classifier_guidance_mean": lambda a: classifier_guidance_mean(
+            a.out, q_posterior(s, a.x, a.noise, a.t)[1], a.noise, scale=2.0),
     }
     for prediction in ("eps", "x0", "v", "mean"):
         calls[f"predict_x0 {prediction}"] = lambda a, p=prediction: predict_x0(s, a.out, a.x, a.t, prediction=p)
