@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,6 +41,12 @@ from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE
 from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels, lr_at
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.classifier import Classifier, build_classifier
+from ddpm_core.backends.jax.devices import (
+    compute_dtype,
+    make_mesh,
+    maybe_initialize_distributed,
+    pick_devices,
+)
 from ddpm_core.backends.jax.sampling import Chain, Sampler, chain_schedule, seed_key, to_images
 from ddpm_core.backends.jax.unet import UNet, init_params
 from ddpm_core.data import to_model_range
@@ -71,50 +76,6 @@ class TrainState(NamedTuple):
     params: Any
     ema: Any
     opt_state: Any
-
-
-# --------------------------------------------------------------------------- devices
-
-def maybe_initialize_distributed() -> bool:
-    """Join a multi-host run when the environment describes one; True if it did.
-
-    ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``), or a
-    SLURM job with more than one task, triggers ``jax.distributed.initialize``. Must run
-    before the first JAX computation; a second call is a no-op.
-    """
-    env = os.environ
-    if jax.distributed.is_initialized():
-        return True
-    if env.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                                   num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
-                                   process_id=int(env.get("JAX_PROCESS_ID", "0")))
-        return True
-    if int(env.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
-        return True
-    return False
-
-
-def pick_devices(name: str = "auto") -> list[Any]:
-    """All devices (every host) of the requested platform; ``"auto"``: JAX's default."""
-    platform = {"auto": None, "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu"}
-    if name not in platform:
-        raise ValueError(f"device must be one of {sorted(platform)}; got {name!r}")
-    try:
-        return list(jax.devices(platform[name]))
-    except RuntimeError as e:
-        raise RuntimeError(f"device={name!r}: no such JAX devices ({e})") from e
-
-
-def make_mesh(devices: list[Any]) -> Mesh:
-    """A 1-D mesh ``("data",)`` over ``devices``."""
-    return Mesh(np.asarray(devices), ("data",))
-
-
-def compute_dtype(devices: list[Any]) -> Any:
-    """bfloat16 on accelerators, float32 on the CPU."""
-    return jnp.float32 if devices[0].platform == "cpu" else jnp.bfloat16
 
 
 # --------------------------------------------------------------------------- optimizer
