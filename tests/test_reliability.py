@@ -177,8 +177,8 @@ _HOLD = ("import sys, time; from ddpm_core.app.lock import run_lock\n"
 
 
 def test_run_lock_second_writer_fails_fast_naming_the_pid(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, text=True)  # cwd: not the source tree
     try:
         assert holder.stdout.readline().strip() == "held"
         start = time.perf_counter()
