@@ -60,6 +60,10 @@ def _str(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "a non-empty string"
 
 
+def _any_str(v: Any) -> str | None:  # "data" is "" for a model imported without a data set
+    return None if isinstance(v, str) else "a string"
+
+
 def _ints(low: int) -> Check:
     def check(v: Any) -> str | None:
         ok = isinstance(v, list) and all(_int(low)(x) is None for x in v)
@@ -91,12 +95,13 @@ TRAIN: dict[str, Check] = {
     "num_timesteps": _int(1), "beta_start": _float(0.0, 1.0), "beta_end": _float(0.0, 1.0),
     "loss": _choice(LOSSES), "prediction": _choice(PREDICTIONS), "variance": _choice(VARIANCES)}
 SCHEDULE: dict[str, Check] = {
-    "name": _choice(SCHEDULE_NAMES), "num_timesteps": _int(1),
-    "beta_start": _float(0.0, 1.0, optional=True), "beta_end": _float(0.0, 1.0, optional=True)}
-SCHEDULE_OPTIONAL: dict[str, Check] = {"betas": _betas, "rescale_zero_terminal_snr": _BOOL}
+    "name": _choice(SCHEDULE_NAMES), "num_timesteps": _int(1)}
+SCHEDULE_OPTIONAL: dict[str, Check] = {
+    "beta_start": _float(0.0, 1.0, optional=True), "beta_end": _float(0.0, 1.0, optional=True),
+    "betas": _betas, "rescale_zero_terminal_snr": _BOOL}
 TOP: dict[str, Check] = {
     "format": _choice(RUN_FORMATS), "backend": _choice(BACKENDS), "preset": _str,
-    "prediction": _choice(PREDICTIONS), "variance": _choice(VARIANCES), "data": _str,
+    "prediction": _choice(PREDICTIONS), "variance": _choice(VARIANCES), "data": _any_str,
     "step": _int(0)}
 OPTIONAL: dict[str, Check] = {"seed": _int(0), "timestep_sampler": _choice(TIMESTEP_SAMPLERS),
                               "clip": _float(1e-30, math.inf, optional=True), "imported_from": _str}
@@ -191,7 +196,9 @@ def _check_agreement(info: Mapping[str, Any], path: Any) -> None:
              ("variance", info["variance"], "train.variance", train.get("variance")),
              ("schedule.num_timesteps", schedule["num_timesteps"], "train.num_timesteps",
               train.get("num_timesteps")),
-             ("schedule.name", schedule["name"], "train.schedule", train.get("schedule"))]
+             # given betas (an imported schedule) have no TrainConfig name to agree with
+             ("schedule.name", schedule["name"], "train.schedule",
+              None if schedule["name"] == "betas" else train.get("schedule"))]
     for a, va, b, vb in pairs:
         if vb is not None and va != vb:
             raise ValueError(f"{path}: field {a!r} is {va!r} but {b!r} is {vb!r}; they must "

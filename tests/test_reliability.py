@@ -63,7 +63,7 @@ def _info(**changes):
     ({"format": 3}, "field 'format' is 3; allowed: one of 1, 2"),
     ({"files": {"ema.safetensors": "abc"}}, "field 'files.ema.safetensors' is 'abc'"),
     ({"options__device": "quantum"}, "field 'options.device' is 'quantum'"),
-    ({"data": ""}, "field 'data' is ''; allowed: a non-empty string"),
+    ({"data": 7}, "field 'data' is 7; allowed: a string"),
 ])
 def test_run_json_schema_names_file_field_and_allowed_values(tmp_path, changes, words):
     (tmp_path / "run.json").write_text(json.dumps(_info(**changes)))
