@@ -1,4 +1,5 @@
-"""``ddpm eval``: bits/dim, rate-distortion (Figure 5), FID/KID, shared latents (Figure 7)."""
+"""``ddpm eval``: bits/dim, rate-distortion (Figure 5), FID/KID, shared latents (Figure 7),
+class accuracy and the Inception Score (``classify``)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,59 @@ def _cmd_eval_shared_latent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | None]:
+    """Sample the run as ``eval classify`` asks: (images, intended labels or None, K)."""
+    from ddpm_core.app.labels import guided_request
+    from ddpm_core.app.rundir import read_run_json
+
+    info = read_run_json(args.run)
+    run_k = int(info["unet"].get("num_classes", 0) or 0)
+    classes = args.classes if args.classes is not None or not run_k else "all"
+    if isinstance(classes, list) and len(classes) != args.n:
+        args.n = len(classes)
+    guide = {"classes": classes, "guidance": args.guidance, "classifier": args.classifier,
+             "classifier_scale": args.classifier_scale}
+    g, clf_config, _ = guided_request(info, args.n, **guide)  # checked before sampling
+    api = load_backend(run_backend(args.run, args.backend))
+    extra = {k: v for k, v in guide.items() if v is not None}
+    images = call(api.sample, args.run, n=args.n, sampler=args.sampler, steps=args.steps,
+                  eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                  use_ema=not args.no_ema, device=args.device, **extra)
+    k = run_k or (clf_config.num_classes if clf_config is not None else None)
+    return images, g.labels, k
+
+
+def _cmd_eval_classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ddpm_core.app.classify import CLASSIFY_KEYS, IS_NOTE, classify_report, format_report
+    from ddpm_core.app.rundir import read_run_json
+
+    load_backend("torch")  # the classifiers are PyTorch networks, whatever the run's backend
+    from ddpm_core.backends.torch.eval_classifier import sample_probabilities, scorer_for
+
+    data = str(read_run_json(args.run)["data"])
+    cache = args.cache_dir if args.cache_dir is not None else Path(args.run) / "fid-cache"
+    scorer = scorer_for(data, cache_dir=cache, is_network=args.is_network)  # before sampling
+    images, intended, k = _classify_samples(args)
+    probs = sample_probabilities(scorer, images, batch_size=args.batch_size)
+    r = classify_report(probs, intended, num_classes=k)
+    r.update(eval_accuracy=scorer.heldout_accuracy, classifier=scorer.name,
+             builtin=args.is_network is None)
+    if intended is not None and r["accuracy"] is None:
+        r["accuracy_note"] = (f"the classifier has {probs.shape[1]} classes, the request {k}")
+    if args.json:
+        out = {key: r[key] for key in CLASSIFY_KEYS}
+        out["confusion"] = None if r["confusion"] is None else r["confusion"].tolist()
+        out["note"] = IS_NOTE if r["builtin"] else "Inception Score computed with " + r["classifier"]
+        print(json.dumps(out))
+        return 0
+    print("\n".join(format_report(r)))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     commands = {"bpd": _cmd_eval_bpd, "rate-distortion": _cmd_eval_rate_distortion,
-                "fid": _cmd_eval_fid, "shared-latent": _cmd_eval_shared_latent}
+                "fid": _cmd_eval_fid, "shared-latent": _cmd_eval_shared_latent,
+                "classify": _cmd_eval_classify}
     return commands[args.eval_command](args)

@@ -267,6 +267,48 @@ def _add_eval(sub: Any) -> None:
     r.add_argument("--out", default="rate-distortion", help="output prefix")
     _add_eval_fid(esub)
     _add_eval_shared_latent(esub)
+    _add_eval_classify(esub)
+
+
+def _classes_arg(text: str) -> Any:
+    """An argparse type: the ``--class`` value (see ``ddpm_core.app.labels.parse_classes``)."""
+    from ddpm_core.app.labels import parse_classes
+
+    try:
+        return parse_classes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--class ")) from None
+
+
+def _add_eval_classify(esub: Any) -> None:
+    c = esub.add_parser("classify", help="class accuracy and Inception Score of samples",
+                        description="Samples the run (a class-conditional run: --n per "
+                                    "class, all classes by default) and grades the samples "
+                                    "with an evaluation classifier independent of any "
+                                    "guiding one: its held-out accuracy, the accuracy of "
+                                    "the intended classes, the confusion matrix and the "
+                                    "Inception Score. The built-in classifier (mnist, "
+                                    "digits; trained on first use and cached) gives the "
+                                    "MNIST analogue of the Inception Score, not the "
+                                    "ImageNet one; --is-network brings another network.")
+    _add_eval_common(c, 100)
+    _add_chain_options(c, eta=True)
+    c.add_argument("--class", dest="classes", type=_classes_arg, metavar="K|K1,K2,...|all",
+                   help="intended classes (default for a class-conditional run: all, --n "
+                        "per class; a list gives one sample per entry); an unconditional "
+                        "run takes them only with --classifier")
+    c.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale")
+    c.add_argument("--classifier", metavar="CLF_RUN", help="classifier run that guides sampling")
+    c.add_argument("--classifier-scale", type=float, metavar="S",
+                   help="classifier guidance scale (default 1)")
+    c.add_argument("--cache-dir", help="where the evaluation classifier is cached (default: "
+                                       "<run>/fid-cache)")
+    c.add_argument("--is-network", metavar="PATH",
+                   help="a TorchScript network (torch.jit.save) mapping float32 (N, C, H, W) "
+                        "images in [-1, 1] to logits (N, K), used instead of the built-in "
+                        "classifier (e.g. for CIFAR-10)")
+    _add_json(c, "eval_accuracy, accuracy, confusion, inception_score, "
+                 "inception_score_std, n, classifier")
 
 
 def _add_eval_fid(esub: Any) -> None:
