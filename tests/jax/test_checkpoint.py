@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -113,9 +114,9 @@ def test_torch_run_samples_with_jax(tmp_path):
     torch.manual_seed(0)
     net = UNet(preset.unet)
     save_weights(tmp_path / "ema.safetensors", net.state_dict())
-    train = preset.train
+    train = dataclasses.replace(preset.train, num_timesteps=20)  # run.json's sections agree
     write_run_json(tmp_path, backend="torch", preset="tiny", unet=preset.unet, train=train,
-                   schedule={**schedule_dict(train), "num_timesteps": 20},
+                   schedule=schedule_dict(train),
                    prediction="eps", variance="fixed_small", data="digits", step=0)
     images = api.sample(tmp_path, n=2, sampler="ddim", steps=4, seed=0)
     assert images.shape == (2, 8, 8, 1) and images.dtype == np.uint8
