@@ -41,7 +41,8 @@ def train(options: TrainOptions) -> dict[str, Any]:
     """Train or resume the run ``options.out``; returns a summary dict.
 
     Keys: ``run_dir``, ``steps``, ``steps_run``, ``seconds``, ``images_per_s``,
-    ``final_loss`` (global), ``device``, ``world_size``, ``main`` (whether this process writes files and prints).
+    ``final_loss`` (global), ``device``, ``world_size``, ``main`` (whether this process
+    writes files and prints).
     """
     return _train(options)
 
