@@ -11,8 +11,6 @@ bit. One machine only: several machines are not tested.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import signal
 import socket
@@ -23,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_compare import assert_matches_one_process, losses, step, weights  # noqa: E402
 
 pytest.importorskip("jax")
 pytest.importorskip("flax")
 pytest.importorskip("optax")
 pytest.importorskip("sklearn")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 STEPS, CKPT = 30, 5
 TRAIN = ["-m", "ddpm_core", "train", "--backend", "jax", "--preset", "tiny", "--data",
@@ -79,22 +77,6 @@ def _train(out: Path, nproc: int, *extra: str) -> list[str]:
     return [stdout for stdout, _ in results]
 
 
-def _losses(run: Path) -> np.ndarray:
-    with open(run / "log.csv", newline="") as f:
-        return np.array([float(r["loss"]) for r in csv.DictReader(f)])
-
-
-def _weights(run: Path, name: str = "model") -> dict[str, np.ndarray]:
-    return safetensors_numpy.load_file(str(run / f"{name}.safetensors"))
-
-
-def _step(run: Path) -> int:
-    try:
-        return int(json.loads((run / "run.json").read_text())["step"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """One process, then the pair once (the resume test adds a second clean exit of a pair;
@@ -107,28 +89,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 def test_pair_matches_one_process(runs):
-    one = runs["one"]
-    ref = _losses(one)
-    unit = 10.0 ** (np.floor(np.log10(np.abs(ref))) - 5)  # the log keeps 6 digits
-    a = _weights(one)
-    for run, _ in runs["pairs"]:
-        two = _losses(run)
-        assert two.shape == ref.shape == (STEPS,)
-        assert np.all(np.abs(two - ref) <= unit), (two, ref)
-        b = _weights(run)
-        for k in a:  # float32 sums in another order, through 30 Adam steps
-            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
-        assert (run / "samples" / f"step-{STEPS:06d}.png").is_file()  # process 0's last file
+    assert_matches_one_process(runs["one"], [run for run, _ in runs["pairs"]], STEPS)
 
 
 def test_pair_speaks_once_and_is_deterministic(runs):
-    first = _weights(runs["pairs"][0][0])
+    first = weights(runs["pairs"][0][0])
     for run, stdouts in runs["pairs"]:
         trained = [[line for line in s.splitlines() if line.startswith("trained ")]
                    for s in stdouts]
         assert [len(t) for t in trained] == [1, 0], stdouts  # process 0 only
-        assert f"final loss {_losses(run)[-1]:.4f}" in trained[0][0]
-        for k, v in _weights(run).items():
+        assert f"final loss {losses(run)[-1]:.4f}" in trained[0][0]
+        for k, v in weights(run).items():
             np.testing.assert_array_equal(v, first[k], err_msg=k)
 
 
@@ -136,7 +107,7 @@ def test_pair_killed_after_a_checkpoint_resumes_exactly(runs):
     out = runs["one"].parent / "killed"
     procs = _start(out, 2)
     try:
-        while _step(out) < CKPT and all(p.poll() is None for p in procs):
+        while step(out) < CKPT and all(p.poll() is None for p in procs):
             time.sleep(0.02)
         for p in procs:
             os.kill(p.pid, signal.SIGKILL)
@@ -144,12 +115,12 @@ def test_pair_killed_after_a_checkpoint_resumes_exactly(runs):
         for p in procs:
             p.kill()
             p.communicate(timeout=60)
-    killed_at = _step(out)
+    killed_at = step(out)
     assert CKPT <= killed_at < STEPS, f"killed at step {killed_at}"
     _train(out, 2, "--resume")
     done = runs["pairs"][0][0]
-    np.testing.assert_array_equal(_losses(out), _losses(done))
+    np.testing.assert_array_equal(losses(out), losses(done))
     for name in ("model", "ema"):
-        want = _weights(done, name)
-        for k, v in _weights(out, name).items():
+        want = weights(done, name)
+        for k, v in weights(out, name).items():
             np.testing.assert_array_equal(v, want[k], err_msg=f"{name} {k}")
