@@ -17,14 +17,13 @@ and checks it against the model with :func:`check_classifier_fits`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ddpm_core.app.atomic import atomic_write_json
 from ddpm_core.app.options import BACKENDS
-from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.rundir import RunPaths, load_run_json
 from ddpm_core.app.schema import validate_schedule_entry
 
 __all__ = ["CLASSIFIER_FORMAT", "check_classifier_fits", "read_classifier_run",
@@ -56,14 +55,7 @@ def read_classifier_run(run_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]
     """``(ClassifierConfig, run_info)`` of a classifier run; errors name the file and field."""
     from ddpm_core.models import ClassifierConfig
 
-    path = RunPaths.of(run_dir).run_json
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run.json; is {run_dir!s} a classifier run written "
-                                "by `ddpm train-classifier`?")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable run.json ({e})") from e
+    path, info = load_run_json(run_dir, "a classifier run written by `ddpm train-classifier`")
     _validate(info, path)
     try:
         config = ClassifierConfig.from_dict(info["classifier"])

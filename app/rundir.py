@@ -35,6 +35,7 @@ __all__ = [
     "RUN_FORMAT",
     "RUN_KEYS",
     "RunPaths",
+    "load_run_json",
     "make_schedule",
     "plain_json",
     "read_run_json",
@@ -136,15 +137,20 @@ def _preset_data(name: str) -> str:
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Read ``run_dir/run.json`` and check it against its format's schema
     (:mod:`ddpm_core.app.schema`); errors name the file, the field and what is allowed."""
+    path, info = load_run_json(run_dir, "a run directory written by `ddpm train`")
+    return validate_run_json(info, path)
+
+
+def load_run_json(run_dir: str | os.PathLike, what: str) -> tuple[Path, Any]:
+    """``(path, parsed JSON)`` of ``run_dir/run.json``, unvalidated; ``what`` completes the
+    missing-file message ("is RUN <what>?")."""
     path = RunPaths.of(run_dir).run_json
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run.json; is {run_dir!s} a run directory "
-                                "written by `ddpm train`?")
+        raise FileNotFoundError(f"{path}: no run.json; is {run_dir!s} {what}?")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        return path, json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable run.json ({e})") from e
-    return validate_run_json(info, path)
 
 
 def schedule_dict(train: Any) -> dict[str, Any]:
