@@ -10,18 +10,35 @@ from ddpm_core.app.protocol import HostBatch
 from ddpm_core.app.seeding import batch_indices, flip_mask, label_drop_mask, timestep_draws
 from ddpm_core.timesteps import sample_timesteps, uniform_weights
 
-__all__ = ["grid_labels", "host_batch"]
+__all__ = ["grid_labels", "host_batch", "loss_weight_table"]
+
+
+def loss_weight_table(schedule: Any, train: Any) -> np.ndarray | None:
+    """Per-timestep weights (T,) float64 of the loss (``ddpm_core.loss_weights`` with
+    ``train.weighting``, ``train.prediction`` and ``train.min_snr_gamma``), or None for
+    the paper's unweighted L_simple."""
+    weighting = getattr(train, "weighting", "none")
+    if weighting == "none":
+        return None
+    from ddpm_core.losses import loss_weights
+
+    t = np.arange(schedule.num_timesteps, dtype=np.int64)
+    return np.asarray(loss_weights(schedule, t, np.zeros(t.shape, np.float64),
+                                   weighting=weighting, prediction=train.prediction,
+                                   min_snr_gamma=train.min_snr_gamma), np.float64)
 
 
 def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.ndarray | None,
                *, rank: int = 0, world_size: int = 1, labels: np.ndarray | None = None,
-               num_classes: int = 0, label_dropout: float = 0.0) -> HostBatch:
+               num_classes: int = 0, label_dropout: float = 0.0,
+               loss_weights: np.ndarray | None = None) -> HostBatch:
     """This process's images, timesteps, importance weights (and labels) of ``step``.
 
     ``data`` uint8 (N, H, W, C); ``weights`` p_t (T,) or None for uniform; ``labels``
     int64 (N,) in [0, K) or None, each replaced by the null label ``num_classes`` (K) with
-    probability ``label_dropout`` (:func:`ddpm_core.app.seeding.label_drop_mask`). Depends
-    only on ``(seed, step, rank, world_size)`` and the data.
+    probability ``label_dropout`` (:func:`ddpm_core.app.seeding.label_drop_mask`);
+    ``loss_weights`` (T,) from :func:`loss_weight_table` multiply the importance weights.
+    Depends only on ``(seed, step, rank, world_size)`` and the data.
     """
     B, T = train.batch_size, train.num_timesteps
     idx = batch_indices(seed, step, data.shape[0], B, rank=rank, world_size=world_size)
@@ -31,6 +48,8 @@ def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.n
         x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
     t, w = sample_timesteps(uniform_weights(T) if weights is None else weights,
                             timestep_draws(seed, step, B))
+    if loss_weights is not None:
+        w = np.asarray(w, np.float64) * loss_weights[t]
     per = B // world_size
     part = slice(rank * per, (rank + 1) * per)
     y = None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.losses import LOSSES
+from ddpm_core.models import SCHEDULES, WEIGHTINGS
 from ddpm_core.parameterization import PREDICTIONS, VARIANCES
 
 __all__ = [
@@ -25,8 +26,10 @@ __all__ = [
     "LOSSES",
     "PREDICTIONS",
     "RUN_DEFAULTS",
+    "SCHEDULES",
     "TIMESTEP_SAMPLERS",
     "VARIANCES",
+    "WEIGHTINGS",
     "TrainOptions",
     "check_choice",
     "check_int",
@@ -118,6 +121,14 @@ class TrainOptions:
     device : {"auto", "cpu", "cuda", "gpu", "tpu"}
     progress : bool
         Print a progress line to stderr.
+    schedule : str, optional
+        Beta schedule (``ddpm_core.Schedule`` names: linear, cosine, ...).
+    weighting : {"none", "min_snr"}, optional
+        Per-timestep weights of L_simple (``ddpm_core.loss_weights``): none (the paper's),
+        or min-SNR-gamma (Hang et al. 2023) with ``min_snr_gamma`` (default 5).
+    min_snr_gamma : float > 0, optional
+    ch, num_res_blocks : int, optional
+        Overrides of the preset U-Net's base width and residual blocks per level.
     class_conditional : bool
         Train a class-conditional U-Net on the data's labels (``num_classes`` = K of the
         data, ``ddpm_core.data.load_labeled_dataset``). Fixed for the life of the run.
@@ -155,6 +166,11 @@ class TrainOptions:
     progress: bool | None = None
     class_conditional: bool | None = None
     label_dropout: float | None = None
+    schedule: str | None = None
+    weighting: str | None = None
+    min_snr_gamma: float | None = None
+    ch: int | None = None
+    num_res_blocks: int | None = None
 
     def __post_init__(self) -> None:
         if self.init is not None and (not isinstance(self.init, (str, os.PathLike))
@@ -172,7 +188,8 @@ class TrainOptions:
                               ("variance", VARIANCES)):
             if getattr(self, name) is not None:
                 check_choice(name, getattr(self, name), allowed)
-        for name, allowed in (("timestep_sampler", TIMESTEP_SAMPLERS), ("device", DEVICES)):
+        for name, allowed in (("timestep_sampler", TIMESTEP_SAMPLERS), ("device", DEVICES),
+                              ("schedule", SCHEDULES), ("weighting", WEIGHTINGS)):
             if getattr(self, name) is not None:
                 check_choice(name, getattr(self, name), allowed)
         for name in ("resume", "random_flip", "compile", "progress", "class_conditional"):
@@ -186,6 +203,9 @@ class TrainOptions:
         for name in ("log_every", "sample_every", "ckpt_every"):
             check_int(name, getattr(self, name), 0, optional=True)
         check_int("sample_n", self.sample_n, 1, optional=True)
+        check_int("ch", self.ch, 1, optional=True)
+        check_int("num_res_blocks", self.num_res_blocks, 1, optional=True)
+        _check_float("min_snr_gamma", self.min_snr_gamma, 0.0, math.inf, high_open=True)
         _check_float("lr", self.lr, 0.0, 1.0)
         _check_float("grad_clip", self.grad_clip, 0.0, math.inf, high_open=True)
         _check_float("ema_decay", self.ema_decay, 0.0, 1.0, low_open=False, high_open=True)
@@ -233,7 +253,9 @@ def check_loss_variance(loss: str, variance: str) -> None:
 _TRAIN_OVERRIDES = {"steps": "num_steps", "warmup": "warmup_steps", "batch_size": "batch_size",
                     "lr": "lr", "grad_clip": "grad_clip", "ema_decay": "ema_decay",
                     "random_flip": "random_flip", "loss": "loss", "prediction": "prediction",
-                    "variance": "variance"}
+                    "variance": "variance", "schedule": "schedule", "weighting": "weighting",
+                    "min_snr_gamma": "min_snr_gamma"}
+_UNET_OVERRIDES = ("dropout", "ch", "num_res_blocks")
 
 
 def resolve_options(options: TrainOptions, num_classes: int | None = None
@@ -246,19 +268,29 @@ def resolve_options(options: TrainOptions, num_classes: int | None = None
 
     ``train`` is the preset's ``TrainConfig`` with every non-``None`` override
     (steps -> num_steps, warmup -> warmup_steps, batch_size, lr, grad_clip, ema_decay,
-    random_flip, loss, prediction, variance); ``unet`` has the output head for the
-    prediction/variance and the ``dropout`` override. Both backends build from these.
+    random_flip, loss, prediction, variance, schedule, weighting, min_snr_gamma); ``unet``
+    has the output head for the prediction/variance and the ``dropout``, ``ch`` and
+    ``num_res_blocks`` overrides. Both backends build from these.
     """
     from ddpm_core.models import get_preset, with_head
 
     preset = get_preset(options.preset)
     changes = {field: getattr(options, opt) for opt, field in _TRAIN_OVERRIDES.items()
                if getattr(options, opt) is not None}
+    check_loss_variance(changes.get("loss", preset.train.loss),
+                        changes.get("variance", preset.train.variance))
     train = dataclasses.replace(preset.train, **changes)
-    check_loss_variance(train.loss, train.variance)
     unet = with_head(preset.unet, prediction=train.prediction, variance=train.variance)
-    if options.dropout is not None:
-        unet = dataclasses.replace(unet, dropout=float(options.dropout))
+    arch = {name: getattr(options, name) for name in _UNET_OVERRIDES
+            if getattr(options, name) is not None}
+    if "dropout" in arch:
+        arch["dropout"] = float(arch["dropout"])
+    if arch:
+        try:
+            unet = dataclasses.replace(unet, **arch)
+        except ValueError as e:
+            given = ", ".join(f"{k}={v!r}" for k, v in arch.items())
+            raise ValueError(f"{given} does not fit preset {options.preset!r}: {e}") from None
     if options.class_conditional and num_classes is not None:
         check_int("num_classes", num_classes, 2)
         unet = dataclasses.replace(unet, num_classes=int(num_classes))

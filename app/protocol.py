@@ -31,7 +31,8 @@ class HostBatch:
     """One process's share of a step's batch, on the host.
 
     ``images`` uint8 (b, H, W, C) in 0..255; ``t`` int64 (b,) 0-based steps; ``weights``
-    float32 (b,) importance weights 1 / (T p_t); ``t_global`` int64 (B,) the whole batch's
+    float32 (b,) the loss weights: importance weights 1 / (T p_t), times the per-timestep
+    weights of a weighted L_simple (min-SNR); ``t_global`` int64 (B,) the whole batch's
     steps (for the timestep sampler); ``labels`` int64 (b,) the images' classes in [0, K]
     (K, the null label, where the label was dropped), or None for a run without labels.
     ``b = B / world_size``.

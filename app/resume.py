@@ -35,10 +35,17 @@ _STORED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "loss": lambda i: i["train"]["loss"],
     "prediction": lambda i: i["train"]["prediction"],
     "variance": lambda i: i["train"]["variance"],
+    "schedule": lambda i: i["train"]["schedule"],
+    "weighting": lambda i: i["train"].get("weighting", "none"),
+    "min_snr_gamma": lambda i: i["train"].get("min_snr_gamma", 5.0),
     "dropout": lambda i: i["unet"]["dropout"],
+    "ch": lambda i: i["unet"]["ch"],
+    "num_res_blocks": lambda i: i["unet"]["num_res_blocks"],
     "class_conditional": lambda i: bool(i["unet"].get("num_classes", 0)),
     "label_dropout": lambda i: i.get("options", {}).get("label_dropout"),
 }
+
+_FLAGS = {"random_flip": "flip", "weighting": "loss-weighting"}  # option -> its ddpm train flag
 
 
 def stored_options(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,7 +75,8 @@ def resume_options(options: TrainOptions, info: Mapping[str, Any],
                              f"resume it with preset {given!r} (--preset cannot change on "
                              "--resume)")
         if given is not None and _differs(given, value):
-            raise ValueError(f"{path}: --{name.replace('_', '-')} cannot change on --resume: "
+            flag = _FLAGS.get(name, name.replace("_", "-"))
+            raise ValueError(f"{path}: --{flag} cannot change on --resume: "
                              f"the run has {value!r}, got {given!r} (only "
                              f"{', '.join(SAFE_ON_RESUME)} may change)")
     step = int(info["step"])

@@ -22,6 +22,7 @@ from ddpm_core.app.options import (
     PREDICTIONS,
     TIMESTEP_SAMPLERS,
     VARIANCES,
+    WEIGHTINGS,
 )
 
 __all__ = ["RUN_FORMATS", "validate_classes", "validate_run_json", "validate_schedule_entry"]
@@ -93,7 +94,8 @@ TRAIN: dict[str, Check] = {
     "grad_clip": _float(1e-30, math.inf, optional=True), "ema_decay": _float(0.0, 0.999999999),
     "random_flip": _BOOL, "num_steps": _int(1), "schedule": _choice(SCHEDULE_NAMES),
     "num_timesteps": _int(1), "beta_start": _float(0.0, 1.0), "beta_end": _float(0.0, 1.0),
-    "loss": _choice(LOSSES), "prediction": _choice(PREDICTIONS), "variance": _choice(VARIANCES)}
+    "loss": _choice(LOSSES), "prediction": _choice(PREDICTIONS), "variance": _choice(VARIANCES),
+    "weighting": _choice(WEIGHTINGS), "min_snr_gamma": _float(1e-30, math.inf)}
 SCHEDULE: dict[str, Check] = {
     "name": _choice(SCHEDULE_NAMES), "num_timesteps": _int(1)}
 SCHEDULE_OPTIONAL: dict[str, Check] = {

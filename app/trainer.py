@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.app.atomic import remove_stale_temporaries
-from ddpm_core.app.batches import grid_labels, host_batch
+from ddpm_core.app.batches import grid_labels, host_batch, loss_weight_table
 from ddpm_core.app.images import image_grid, save_png
 from ddpm_core.app.integrity import check_state_step, file_hashes, verify_file
 from ddpm_core.app.lock import run_lock
@@ -151,6 +151,7 @@ class _Loop:
         self.schedule = make_schedule(schedule_dict(train_cfg))
         self.tsampler = (None if options.timestep_sampler == "uniform"
                          else LossSecondMoment.create(self.schedule.num_timesteps))
+        self.loss_weights = loss_weight_table(self.schedule, train_cfg)
         self.files: dict[str, str] = {}
         self.step, arrays = self._start()
         if self.tsampler is not None and options.resume:
@@ -202,7 +203,8 @@ class _Loop:
                            rank=self.b.rank, world_size=self.b.world_size,
                            labels=None if self.label_dropout is None else self.data.labels,
                            num_classes=self.data.num_classes,
-                           label_dropout=self.label_dropout or 0.0)
+                           label_dropout=self.label_dropout or 0.0,
+                           loss_weights=self.loss_weights)
         handle = self.b.train_step(step, batch)
         if self.tsampler is not None:
             self.tsampler = self.tsampler.update(batch.t_global, self.b.global_losses(handle))

@@ -14,7 +14,9 @@ from ddpm_core.models.architecture import (
 )
 from ddpm_core.models.presets import (
     PREDICTIONS,
+    SCHEDULES,
     VARIANCES,
+    WEIGHTINGS,
     Preset,
     TrainConfig,
     UNetConfig,
@@ -27,7 +29,9 @@ from ddpm_core.models.presets import (
 
 __all__ = [
     "PREDICTIONS",
+    "SCHEDULES",
     "VARIANCES",
+    "WEIGHTINGS",
     "BlockSpec",
     "ClassifierConfig",
     "LevelSpec",

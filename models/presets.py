@@ -25,7 +25,9 @@ from typing import Any
 
 __all__ = [
     "PREDICTIONS",
+    "SCHEDULES",
     "VARIANCES",
+    "WEIGHTINGS",
     "Preset",
     "TrainConfig",
     "UNetConfig",
@@ -39,6 +41,7 @@ __all__ = [
 PREDICTIONS = ("eps", "x0", "v", "mean")
 VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
 SCHEDULES = ("linear", "quadratic", "sigmoid", "scaled_linear", "cosine")
+WEIGHTINGS = ("none", "min_snr")  # L_simple as in the paper, or min-SNR-gamma
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -247,6 +250,11 @@ class TrainConfig:
         Schedule parameters: T = 1000, linear 1e-4 .. 0.02 as in the paper.
     loss, prediction, variance : str
         Default objective and parameterisation (paper: L_simple, eps, sigma^2 = beta).
+    weighting : {"none", "min_snr"}
+        Per-timestep weights of L_simple: none (the paper's), or min-SNR-gamma (Hang et
+        al. 2023, ``ddpm_core.loss_weights``) with ``min_snr_gamma``.
+    min_snr_gamma : float
+        gamma of the min-SNR weighting (> 0; used only with ``weighting="min_snr"``).
     """
 
     lr: float = 2e-4
@@ -263,6 +271,8 @@ class TrainConfig:
     loss: str = "simple"
     prediction: str = "eps"
     variance: str = "fixed_large"
+    weighting: str = "none"
+    min_snr_gamma: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_steps", "num_timesteps"):
@@ -284,6 +294,13 @@ class TrainConfig:
         _check_choice("loss", self.loss, ("simple", "vlb", "hybrid"))
         _check_choice("prediction", self.prediction, PREDICTIONS)
         _check_choice("variance", self.variance, VARIANCES)
+        _check_choice("weighting", self.weighting, WEIGHTINGS)
+        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma must be a finite number > 0, got "
+                             f"min_snr_gamma={self.min_snr_gamma!r}")
+        if self.weighting != "none" and self.loss != "simple":
+            raise ValueError(f"weighting={self.weighting!r} weights L_simple; it needs "
+                             f"loss='simple', got loss={self.loss!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""

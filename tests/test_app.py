@@ -32,6 +32,11 @@ from ddpm_core.app.options import TrainOptions
     ("seed", -1, "seed must be an integer >= 0"),
     ("log_every", -5, "log_every must be an integer >= 0"),
     ("device", "tpu9", "device must be one of"),
+    ("schedule", "exp", "schedule must be one of 'linear'"),
+    ("weighting", "snr", "weighting must be one of 'none', 'min_snr'"),
+    ("min_snr_gamma", 0.0, "min_snr_gamma must be a number in (0.0, inf)"),
+    ("ch", 0, "ch must be an integer >= 1"),
+    ("num_res_blocks", 1.5, "num_res_blocks must be an integer >= 1"),
 ])
 def test_options_name_the_bad_field(field, value, words):
     with pytest.raises(ValueError, match=None) as info:
@@ -65,6 +70,43 @@ def test_resolve_options_applies_overrides_to_the_preset():
     assert (train.num_steps, train.lr, train.batch_size, train.warmup_steps) == (7, 3e-4, 4, 0)
     assert unet.out_channels == 2 * preset.channels and unet.dropout == 0.2
     assert preset.train.num_steps != 7  # the preset itself is untouched
+
+
+def test_resolve_options_applies_schedule_weighting_and_width():
+    o = TrainOptions(preset="tiny", out="x", schedule="cosine", weighting="min_snr",
+                     min_snr_gamma=2.0, ch=32, num_res_blocks=2)
+    preset, unet, train = options.resolve_options(o)
+    assert (train.schedule, train.weighting, train.min_snr_gamma) == ("cosine", "min_snr", 2.0)
+    assert (unet.ch, unet.num_res_blocks, unet.ch_mult) == (32, 2, preset.unet.ch_mult)
+    with pytest.raises(ValueError, match="ch=20 does not fit preset 'tiny': num_groups must "
+                                         "divide ch"):
+        options.resolve_options(TrainOptions(preset="tiny", out="x", ch=20))
+    with pytest.raises(ValueError, match="weighting='min_snr' weights L_simple; it needs "
+                                         "loss='simple', got loss='vlb'"):
+        options.resolve_options(o.replace(loss="vlb"))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_host_batch_multiplies_the_min_snr_weights_of_its_timesteps(prediction):
+    from ddpm_core.app import batches
+
+    o = TrainOptions(preset="tiny", out="x", batch_size=32, weighting="min_snr",
+                     prediction=prediction)
+    train = options.resolve_options(o)[2]
+    schedule = rundir.make_schedule(rundir.schedule_dict(train))
+    table = batches.loss_weight_table(schedule, train)
+    snr = schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)  # float64 reference
+    want = {"eps": np.minimum(snr, 5) / snr, "v": np.minimum(snr, 5) / (snr + 1),
+            "x0": np.minimum(snr, 5)}[prediction]
+    np.testing.assert_allclose(table, want, rtol=1e-12)
+    data = np.zeros((40, 8, 8, 1), np.uint8)
+    plain = batches.host_batch(data, 1, 2, train, None)
+    weighted = batches.host_batch(data, 1, 2, train, None, loss_weights=table)
+    np.testing.assert_array_equal(weighted.t, plain.t)
+    np.testing.assert_array_equal(plain.weights, np.ones(32, np.float32))
+    np.testing.assert_array_equal(weighted.weights, table[plain.t].astype(np.float32))
+    assert batches.loss_weight_table(schedule, options.resolve_options(
+        TrainOptions(preset="tiny", out="x"))[2]) is None  # the paper's L_simple: no weights
 
 
 # --------------------------------------------------------------------------- files

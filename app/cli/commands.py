@@ -42,7 +42,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             sample_every=args.sample_every, ckpt_every=args.ckpt_every,
             sample_n=args.sample_n, compile=args.compile, device=args.device, init=args.init,
             progress=False if args.quiet else None, class_conditional=args.class_conditional,
-            label_dropout=args.label_dropout)
+            label_dropout=args.label_dropout, schedule=args.schedule,
+            weighting=None if args.weighting is None else args.weighting.replace("-", "_"),
+            min_snr_gamma=args.min_snr_gamma, ch=args.ch, num_res_blocks=args.num_res_blocks)
         resolve_options(options)
     except ValueError as e:
         parser.error(str(e))

@@ -11,6 +11,7 @@ from ddpm_core.app.options import (
     DEVICES,
     LOSSES,
     PREDICTIONS,
+    SCHEDULES,
     TIMESTEP_SAMPLERS,
     VARIANCES,
 )
@@ -122,6 +123,15 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--prediction", choices=PREDICTIONS)
     p.add_argument("--variance", choices=VARIANCES)
     p.add_argument("--timestep-sampler", choices=TIMESTEP_SAMPLERS, help="default uniform")
+    p.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default: the preset's)")
+    p.add_argument("--loss-weighting", dest="weighting", choices=("none", "min-snr"),
+                   help="per-timestep weights of L_simple: none (the paper's) or min-SNR-gamma "
+                        "(Hang et al. 2023) (default: the preset's)")
+    p.add_argument("--min-snr-gamma", type=float_in(0.0, float("inf")),
+                   help="gamma of --loss-weighting min-snr (default 5)")
+    p.add_argument("--ch", type=int_at_least(1), help="U-Net base width (default: the preset's)")
+    p.add_argument("--num-res-blocks", type=int_at_least(1),
+                   help="residual blocks per U-Net level (default: the preset's)")
     p.add_argument("--data", help="mnist, digits, a folder of images, an .npz or "
                                   "cifar-10-python.tar.gz (default: the preset's)")
     p.add_argument("--init", metavar="RUN", help="start from the weights of another run (trained "

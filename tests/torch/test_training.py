@@ -109,3 +109,33 @@ def test_learned_variance_and_importance_sampling_train(tmp_path):
     assert np.isfinite(summary["final_loss"])
     info = read_run_json(tmp_path / "run")
     assert info["variance"] == "learned_range" and info["unet"]["out_channels"] == 2
+
+
+def test_schedule_weighting_and_width_reach_the_step_and_run_json(tmp_path, monkeypatch, capsys):
+    from ddpm_core.app.batches import loss_weight_table
+    from ddpm_core.app.cli import main
+    from ddpm_core.app.rundir import make_schedule
+    from ddpm_core.backends.torch.training import TorchTrainer
+    from ddpm_core.models import TrainConfig
+
+    seen = []
+    step = TorchTrainer.train_step
+    monkeypatch.setattr(TorchTrainer, "train_step",
+                        lambda self, i, batch: seen.append(batch) or step(self, i, batch))
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--out", str(run), "--steps", "2", "--quiet",
+            "--schedule", "cosine", "--loss-weighting", "min-snr", "--min-snr-gamma", "2",
+            "--ch", "32", "--num-res-blocks", "2", "--sample-n", "1"]
+    assert main(argv) == 0
+    info = read_run_json(run)
+    assert (info["train"]["schedule"], info["schedule"]["name"]) == ("cosine", "cosine")
+    assert (info["train"]["weighting"], info["train"]["min_snr_gamma"]) == ("min_snr", 2.0)
+    assert (info["unet"]["ch"], info["unet"]["num_res_blocks"]) == (32, 2)
+    table = loss_weight_table(make_schedule(info["schedule"]), TrainConfig.from_dict(info["train"]))
+    assert len(seen) == 2 and table.min() < 0.01
+    for batch in seen:
+        np.testing.assert_array_equal(batch.weights, table[batch.t].astype(np.float32))
+    assert main([*argv[:5], "--steps", "3", "--resume", "--ch", "16"]) == 2
+    assert "--ch cannot change on --resume: the run has 32, got 16" in capsys.readouterr().err
+    assert main([*argv[:5], "--steps", "3", "--resume", "--quiet"]) == 0  # stored options
+    assert read_run_json(run)["step"] == 3
