@@ -207,3 +207,30 @@ def test_bad_is_network_is_a_one_line_error(runs, cache, tmp_path, capsys, case,
     assert _classify(runs, cache, "cond", "--n", "1", "--is-network", str(path)) == 2
     err = capsys.readouterr().err
     assert message.format(path=path) in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def test_guidance_benchmark_grades_each_row_once(runs, cache, tmp_path, monkeypatch):
+    from ddpm_testing import load_benchmark
+
+    bench = load_benchmark("guidance")
+    root = tmp_path / "guidance"
+    argv = ["--root", str(root), "--cond", str(runs / "cond"), "--uncond", str(runs / "uncond"),
+            "--classifier", str(runs / "clf"), "--cfg-scales", "1,3", "--classifier-scales",
+            "0", "--per-class", "2", "--steps", "2", "--no-fid", "--grid-n", "2",
+            "--cache-dir", str(cache)]
+    assert bench.main(argv) == 0
+    table = (root / "guidance.md").read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line[:4] in ("| 1 ", "| 3 ", "| 0 ")]
+    assert len(rows) == 3 and all("%" in line for line in rows)
+    stored = json.loads((root / "rows" / "cfg-3.json").read_text(encoding="utf-8"))["row"]
+    assert np.sum(stored["confusion"]) == 2 * K and stored["eval_accuracy"] > 0.8
+    with np.load(root / "rows" / "cfg-3.npz") as z:
+        np.testing.assert_array_equal(z["labels"], np.repeat(np.arange(K), 2))
+        assert z["images"].shape == (2 * K, 8, 8, 1)
+    monkeypatch.setattr(bench, "sample_row", lambda *a: pytest.fail("sampled again"))
+    assert bench.main(argv) == 0  # same settings: every stored row is reused
+    assert (root / "guidance.md").read_text(encoding="utf-8") == table
+    with pytest.raises(SystemExit):
+        bench.main(argv[:4] + ["--cfg-scales", "1,-2"])
