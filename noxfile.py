@@ -83,3 +83,25 @@ def ablation(session: nox.Session) -> None:
     session.install(TORCH)
     session.install(".[torch,eval]")
     session.run("python", "benchmarks/ablation.py", *(session.posargs or ["--root", "runs/ablation"]))
+
+
+@nox.session(name="quality")
+def quality(session: nox.Session) -> None:
+    """Sample quality per CPU minute: recipes and samplers at the demo's budget (hours; not in CI).
+
+    ``nox -s quality -- --configs baseline,min-snr --seeds 0,1 --backends torch,jax``.
+    """
+    session.install(TORCH)
+    session.install(".[torch,jax,eval]")
+    session.run("python", "benchmarks/quality.py", *(session.posargs or ["--root", "runs/quality"]))
+
+
+@nox.session(name="guidance")
+def guidance(session: nox.Session) -> None:
+    """Guidance scale against class accuracy, IS, FID and KID (hours; not in CI).
+
+    ``nox -s guidance -- --cond runs/mnist-cond --uncond runs/mnist --classifier runs/clf``.
+    """
+    session.install(TORCH)
+    session.install(".[torch,eval]")
+    session.run("python", "benchmarks/guidance.py", *session.posargs)

@@ -216,3 +216,40 @@ def test_ablation_measures_each_row_once(tiny_run, tmp_path, monkeypatch):
     assert calls == [] and (root / "ablation.md").read_text(encoding="utf-8") == table
     assert ablation.main([*argv[:-4], "--bpd-n", "2", "--rows", "1"]) == 0  # new settings: measured
     assert len(calls) == 1 and calls[0]["n"] == 2
+
+
+def test_quality_sweep_budgets_trains_grades_and_resumes(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from ddpm_testing import load_benchmark
+
+    quality = load_benchmark("quality")
+    graded = []
+
+    def fake_fid(run, images, **kw):  # the Inception network is not what this test is about
+        graded.append((run.name, images.shape))
+        return {"fid": 10.0 + len(graded), "kid": 0.01, "kid_std": 0.001, "floor_fid": 5.0,
+                "floor_kid": 0.001, "n": images.shape[0]}
+
+    monkeypatch.setattr(evaluation, "fid_report", fake_fid)
+    root = tmp_path / "q"
+    argv = ["--root", str(root), "--preset", "tiny", "--configs", "baseline,ch32,lr2e-3",
+            "--budget-steps", "6", "--calib-steps", "2", "--fid-n", "3",
+            "--samplers", "ddim50,ddpm250", "--ckpt-every", "2"]
+    assert quality.main(argv) == 0
+    costs = json.loads((root / "calibration.json").read_text())["tiny/torch/2"]
+    assert set(costs) == {"baseline", "ch32"} and costs["ch32"] > costs["baseline"]
+    steps = {r: json.loads((root / "runs" / f"{r}-torch-s0" / "run.json").read_text())["step"]
+             for r in ("baseline", "ch32", "lr2e-3")}
+    assert steps["baseline"] == steps["lr2e-3"] == 6  # same work per step: the budget as is
+    assert steps["ch32"] == max(1, round(6 * costs["baseline"] / costs["ch32"])) < 6
+    assert len(graded) == 6 and all(shape[0] == 3 for _, shape in graded)
+    table = (root / "quality.md").read_text()
+    assert "| baseline | torch | 0 | 6 | ddim50 | 11.00 |" in table and "floor" in table
+    assert quality.main(argv) == 0 and len(graded) == 6  # every run and grade is reused
+    assert quality.main([*argv, "--eval-seed", "1"]) == 0 and len(graded) == 12
+    curve = ["--root", str(root), "--preset", "tiny", "--curve", "lr2e-3", "--curve-minutes",
+             "0.001,0.002", "--calib-steps", "2", "--fid-n", "3"]
+    assert quality.main(curve) == 0
+    assert (root / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 0.002 |" in (root / "curve.md").read_text()
