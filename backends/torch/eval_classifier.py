@@ -32,11 +32,11 @@ __all__ = ["EvalClassifier", "EvalNet", "Scorer", "cached_eval_classifier", "loa
            "logits_of", "sample_probabilities", "train_eval_classifier"]
 
 SEED = 0
-EPOCHS = 10
+EPOCHS = 12
 BATCH = 64
 LR = 2e-3
 SHIFT = 2  # pixels of random translation (zero padding) for 28x28 images; 1 for 8x8
-RECIPE = f"cnn2x32-2x64-bn-128/adam{LR}/epochs{EPOCHS}/batch{BATCH}/seed{SEED}/v2"
+RECIPE = f"cnn2x32-2x64-bn-128/adam{LR}/epochs{EPOCHS}/batch{BATCH}/seed{SEED}/v3"
 
 
 def _block(channels: int, width: int) -> list[nn.Module]:
