@@ -6,6 +6,9 @@ grid with one row per class). :func:`sample_labels` turns that into one label pe
 :func:`guidance_settings` refuses what a run cannot do (labels for an unconditional model
 without a classifier, a conditional model without labels, guidance settings without the
 thing they guide) with one-line messages naming the argument and what is allowed.
+:func:`interpolation_guidance` does the same for an interpolation, whose mixtures are
+decoded in one chain with one label (or the null label of a run trained with label
+dropout).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Guidance", "guided_request", "guidance_settings", "parse_classes", "sample_labels"]
+__all__ = ["Guidance", "guidance_settings", "guided_request", "interpolation_guidance",
+           "parse_classes", "sample_labels"]
 
 
 class Guidance(NamedTuple):
@@ -121,8 +125,8 @@ def guidance_settings(num_classes: int, classes: Any, n: int, *, guidance: float
     if classes is None and (num_classes or has_clf):
         what = (f"this run is class-conditional ({num_classes} classes)" if num_classes
                 else "classifier guidance")
-        raise ValueError(f"{what} needs classes: an integer, a list of one integer per "
-                         "sample, or 'all'")
+        raise ValueError(f"{what} needs classes (--class): an integer, a list of one "
+                         "integer per sample, or 'all'")
     scale = 1.0 if guidance is None else _finite("guidance", guidance)
     rescale = 0.0 if guidance_rescale is None else _finite("guidance_rescale", guidance_rescale)
     if not 0.0 <= rescale <= 1.0:
@@ -160,3 +164,44 @@ def guided_request(run_info: dict[str, Any], n: int, classes: Any = None, *,
                           classifier_classes=None if config is None else config.num_classes,
                           classifier_scale=classifier_scale)
     return g, config, info
+
+
+def interpolation_guidance(run_info: dict[str, Any], classes: Any = None, *,
+                           guidance: float | None = None,
+                           guidance_rescale: float | None = None) -> Guidance:
+    """The one label that decodes every mixture of an interpolation, checked against its run.
+
+    Both sources are mixed into one chain, so the request takes one class: ``classes`` an
+    int in [0, K) (``labels`` int64 (1,)). A class-conditional run without ``classes``
+    decodes with the null label K (``labels = [K]``, the unconditional model) only if it
+    was trained with label dropout > 0 (run.json ``options.label_dropout``); an
+    unconditional run takes no classes and no guidance (``labels`` None). There is no
+    classifier guidance here (``classifier_scale`` is 0).
+    """
+    num_classes = int(run_info["unet"].get("num_classes", 0) or 0)
+    if not num_classes and classes is not None:
+        raise ValueError(f"this run is unconditional (unet.num_classes = 0) and takes no "
+                         f"classes (got {classes!r}); interpolation has no classifier guidance")
+    if classes is not None and not _is_int(classes):
+        raise ValueError(f"interpolation decodes both images in one chain and takes one class "
+                         f"(--class K, an integer in [0, {num_classes})); got {classes!r}")
+    if num_classes and classes is None:
+        return _null_label(run_info, num_classes, guidance, guidance_rescale)
+    return guidance_settings(num_classes, classes, 1, guidance=guidance,
+                             guidance_rescale=guidance_rescale)
+
+
+def _null_label(run_info: dict[str, Any], num_classes: int, guidance: float | None,
+                guidance_rescale: float | None) -> Guidance:
+    """The null label K of a run trained with label dropout (the unconditional model)."""
+    dropout = run_info.get("options", {}).get("label_dropout")  # as app/resume.py reads it
+    if not dropout:
+        raise ValueError(f"this run is class-conditional ({num_classes} classes) and its "
+                         f"run.json records label_dropout={dropout!r}, so it has no "
+                         f"unconditional (null-label) model to decode with: give classes "
+                         f"(--class K, an integer in [0, {num_classes}))")
+    for name, value in (("guidance", guidance), ("guidance_rescale", guidance_rescale)):
+        if value is not None:
+            raise ValueError(f"{name}={value!r} needs classes (--class K, an integer in "
+                             f"[0, {num_classes})); without them the null label decodes")
+    return Guidance(np.array([num_classes], dtype=np.int64), 1.0, 0.0, 0.0)

@@ -8,6 +8,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,43 +100,68 @@ def write_grid(out: str, grid_images: np.ndarray, arrays: dict[str, np.ndarray],
     print(f"wrote {path} and {path.with_suffix('.npz')}")
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _guided_args(args: argparse.Namespace, default_n: int
+                 ) -> tuple[int, dict[str, Any], np.ndarray | None]:
+    """``(n, guidance keywords, labels)`` of ``sample`` / ``progressive``, checked up front.
+
+    ``n`` defaults to the length of a --class list, 8 per class with --class all, else
+    ``default_n``; ``labels`` int64 (N,) or None (unguided). Only the given flags are kept.
+    """
     from ddpm_core.app.labels import guided_request
 
-    check_output(args.out, "grid")
     classes = args.classes
-    n = args.n or (len(classes) if isinstance(classes, list) else 8 if classes == "all" else 64)
+    n = args.n or (len(classes) if isinstance(classes, list) else 8 if classes == "all"
+                   else default_n)
     guide = {"classes": classes, "guidance": args.guidance,
              "guidance_rescale": args.guidance_rescale, "classifier": args.classifier,
              "classifier_scale": args.classifier_scale}
-    labels = guided_request(read_run_json(args.run), n, **guide)[0].labels  # checked up front
+    labels = guided_request(read_run_json(args.run), n, **guide)[0].labels
+    return n, {k: v for k, v in guide.items() if v is not None}, labels
+
+
+def _with_labels(arrays: dict[str, np.ndarray], labels: np.ndarray | None
+                 ) -> dict[str, np.ndarray]:
+    return arrays if labels is None else {**arrays, "labels": labels}
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    check_output(args.out, "grid")
+    n, guide, labels = _guided_args(args, 64)
     api = load_backend(run_backend(args.run, args.backend))
-    extra = {k: v for k, v in guide.items() if v is not None}
     images = call(api.sample, args.run, n=n, sampler=args.sampler, steps=args.steps,
                   eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                  use_ema=not args.no_ema, device=args.device, compile=args.compile, **extra)
-    arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
-    write_grid(args.out, images, arrays, ncols=n if classes == "all" else None)
+                  use_ema=not args.no_ema, device=args.device, compile=args.compile, **guide)
+    write_grid(args.out, images, _with_labels({"images": images}, labels),
+               ncols=n if args.classes == "all" else None)
     return 0
 
 
 def cmd_progressive(args: argparse.Namespace) -> int:
     check_output(args.out, "grid")
+    n, guide, labels = _guided_args(args, 8)
     api = load_backend(run_backend(args.run, args.backend))
-    frames = call(api.progressive, args.run, n=args.n, seed=args.seed, frames=args.frames,
-                             sampler=args.sampler, steps=args.steps,
-                             use_ema=not args.no_ema, device=args.device)
+    frames = call(api.progressive, args.run, n=n, seed=args.seed, frames=args.frames,
+                  sampler=args.sampler, steps=args.steps, use_ema=not args.no_ema,
+                  device=args.device, **guide)
     rows = frames.transpose(1, 0, 2, 3, 4).reshape(-1, *frames.shape[2:])
-    write_grid(args.out, rows, {"frames": frames}, ncols=frames.shape[0])
+    write_grid(args.out, rows, _with_labels({"frames": frames}, labels), ncols=frames.shape[0])
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    check_output(args.out, "grid")
-    api = load_backend(run_backend(args.run, args.backend))
+    from ddpm_core.app.labels import interpolation_guidance
     from ddpm_core.data import load_dataset
 
+    check_output(args.out, "grid")
+    if args.classifier is not None:
+        raise ValueError(f"--classifier is not available for interpolate (got --classifier "
+                         f"{args.classifier}); guide the decode with --class on a "
+                         "class-conditional run, or use ddpm sample / ddpm progressive")
     info = read_run_json(args.run)
+    guide = {k: v for k, v in (("classes", args.classes), ("guidance", args.guidance),
+                               ("guidance_rescale", args.guidance_rescale)) if v is not None}
+    labels = interpolation_guidance(info, **guide).labels  # checked up front
+    api = load_backend(run_backend(args.run, args.backend))
     pairs = args.pair or [[0, 1]]
     try:
         held = load_dataset(info["data"], "heldout")
@@ -144,13 +170,14 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     rows, mixes = [], []
     for i, j in pairs:
         mixed = call(api.interpolate, args.run, seed=args.seed, t=args.t, lambdas=args.lambdas,
-                                pair=(i, j), use_ema=not args.no_ema, device=args.device)
+                     pair=(i, j), use_ema=not args.no_ema, device=args.device, **guide)
         rows += [held[i], *mixed, held[j]]
         mixes.append(mixed)
-    write_grid(args.out, np.stack(rows), {"interpolations": np.stack(mixes),
-                                           "pairs": np.asarray(pairs),
-                                           "lambdas": np.asarray(args.lambdas)},
-                ncols=len(args.lambdas) + 2)
+    arrays = {"interpolations": np.stack(mixes), "pairs": np.asarray(pairs),
+              "lambdas": np.asarray(args.lambdas)}
+    if labels is not None:  # the one label of every decode (K: the null label)
+        arrays["label"] = labels[0]
+    write_grid(args.out, np.stack(rows), arrays, ncols=len(args.lambdas) + 2)
     return 0
 
 

@@ -66,6 +66,16 @@ def _lambdas(text: str) -> list[float]:
     return values
 
 
+def _classes_arg(text: str) -> Any:
+    """An argparse type: the ``--class`` value (see ``ddpm_core.app.labels.parse_classes``)."""
+    from ddpm_core.app.labels import parse_classes
+
+    try:
+        return parse_classes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--class ")) from None
+
+
 def _presets() -> list[str]:
     from ddpm_core.models import list_presets
 
@@ -91,6 +101,37 @@ def _add_chain_options(p: argparse.ArgumentParser, *, eta: bool) -> None:
                    help="sampling steps (ddpm: respaced chain; ddim: default 50)")
     if eta:
         p.add_argument("--eta", type=float_in(0.0, 1.0, low_open=False), default=0.0)
+
+
+def _add_guidance_options(p: argparse.ArgumentParser, *, interpolation: bool = False) -> None:
+    """--class, --guidance, --guidance-rescale, --classifier, --classifier-scale: the
+    guidance of ``sample`` and ``progressive`` (``ddpm_core.app.labels.guided_request``).
+
+    ``interpolation``: one class that decodes every mixture
+    (``ddpm_core.app.labels.interpolation_guidance``); ``--classifier`` is kept, hidden,
+    so that the command can refuse it with a message.
+    """
+    g = p.add_argument_group("guidance")
+    if interpolation:
+        g.add_argument("--class", dest="classes", type=_classes_arg, metavar="K",
+                       help="class that decodes every mixture (class-conditional runs; "
+                            "default: the null label of a run trained with label dropout)")
+    else:
+        g.add_argument("--class", dest="classes", type=_classes_arg, metavar="K|K1,K2,...|all",
+                       help="class of every sample, one class per sample (then --n defaults "
+                            "to their count), or 'all': a grid with one row of --n per class")
+    g.add_argument("--guidance", type=float, metavar="S",
+                   help="classifier-free guidance scale of a class-conditional run (default 1: "
+                        "the conditional model; 0: unconditional; Ho & Salimans' w = S - 1)")
+    g.add_argument("--guidance-rescale", type=float_in(0.0, 1.0, low_open=False), metavar="PHI",
+                   help="rescale the guided prediction's std (Lin et al. 2024; default 0: off)")
+    if interpolation:
+        g.add_argument("--classifier", help=argparse.SUPPRESS)
+        return
+    g.add_argument("--classifier", metavar="CLF_RUN",
+                   help="classifier run (ddpm train-classifier) that guides sampling")
+    g.add_argument("--classifier-scale", type=float, metavar="S",
+                   help="classifier guidance scale (default 1; 0: unguided)")
 
 
 def _add_json(p: argparse.ArgumentParser, fields: str) -> None:
@@ -191,45 +232,31 @@ def _add_sample(sub: Any) -> None:
                    help="samples (default 64); per class with --class all (default 8)")
     p.add_argument("--batch-size", type=int_at_least(1))
     p.add_argument("--compile", action="store_true", help="compile the model call on CUDA")
-
-    def classes(text: str) -> Any:
-        from ddpm_core.app.labels import parse_classes
-
-        try:
-            return parse_classes(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e).removeprefix("--class ")) from None
-
-    g = p.add_argument_group("guidance")
-    g.add_argument("--class", dest="classes", type=classes, metavar="K|K1,K2,...|all",
-                   help="class of every sample, one class per sample (then --n defaults to "
-                        "their count), or 'all': a grid with one row of --n per class")
-    g.add_argument("--guidance", type=float, metavar="S",
-                   help="classifier-free guidance scale of a class-conditional run (default 1: "
-                        "the conditional model; 0: unconditional; Ho & Salimans' w = S - 1)")
-    g.add_argument("--guidance-rescale", type=float_in(0.0, 1.0, low_open=False), metavar="PHI",
-                   help="rescale the guided prediction's std (Lin et al. 2024; default 0: off)")
-    g.add_argument("--classifier", metavar="CLF_RUN",
-                   help="classifier run (ddpm train-classifier) that guides sampling")
-    g.add_argument("--classifier-scale", type=float, metavar="S",
-                   help="classifier guidance scale (default 1; 0: unguided)")
+    _add_guidance_options(p)
 
 
 def _add_progressive(sub: Any) -> None:
     p = sub.add_parser("progressive", help="x0 predictions along the chain (Figure 6)",
-                       description="Rows: samples; columns: x0_hat at evenly spaced steps.")
+                       description="Rows: samples; columns: x0_hat at evenly spaced steps. "
+                                   "The guidance options are those of `ddpm sample` (a "
+                                   "class-conditional run needs --class); the last column "
+                                   "is the sample it draws with the same options and seed.")
     _add_run_options(p)
     _add_chain_options(p, eta=False)
     p.add_argument("--out", default="progressive.png",
                    help="PNG grid (an .npz is written beside it)")
-    p.add_argument("--n", type=int_at_least(1), default=8)
+    p.add_argument("--n", type=int_at_least(1),
+                   help="chains (default 8); per class with --class all (default 8)")
     p.add_argument("--frames", type=int_at_least(1), default=10)
+    _add_guidance_options(p)
 
 
 def _add_interpolate(sub: Any) -> None:
     p = sub.add_parser("interpolate", help="interpolate held-out images through x_t (Figure 8)",
                        description="Each row: source a, decoded mixes (1-l) x_t^a + l x_t^b, "
-                                   "source b.")
+                                   "source b. A class-conditional run decodes with --class K, "
+                                   "or with the null label if it was trained with label "
+                                   "dropout.")
     _add_run_options(p)
     p.add_argument("--pair", type=int_at_least(0), nargs=2, action="append",
                    metavar=("I", "J"), help="held-out image indices (repeatable; default 0 1)")
@@ -237,6 +264,7 @@ def _add_interpolate(sub: Any) -> None:
     p.add_argument("--lambdas", type=_lambdas, default=[i / 8 for i in range(9)],
                    help="comma-separated mixing weights in [0, 1]")
     p.add_argument("--out", default="interpolate.png")
+    _add_guidance_options(p, interpolation=True)
 
 
 def _add_presets(sub: Any) -> None:
@@ -278,16 +306,6 @@ def _add_eval(sub: Any) -> None:
     _add_eval_fid(esub)
     _add_eval_shared_latent(esub)
     _add_eval_classify(esub)
-
-
-def _classes_arg(text: str) -> Any:
-    """An argparse type: the ``--class`` value (see ``ddpm_core.app.labels.parse_classes``)."""
-    from ddpm_core.app.labels import parse_classes
-
-    try:
-        return parse_classes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--class ")) from None
 
 
 def _add_eval_classify(esub: Any) -> None:

@@ -7,8 +7,7 @@ either backend.
 
 Examples
 --------
->>> from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
-from ddpm_core.app.options import TrainOptions
+>>> from ddpm_core.app.options import TrainOptions
 >>> opts = TrainOptions(preset="tiny", out="runs/tiny", backend="jax", steps=20)
 >>> summary = train(opts)  # doctest: +SKIP
 >>> images = sample("runs/tiny", n=16, sampler="ddim", steps=20)  # doctest: +SKIP
@@ -28,7 +27,7 @@ import numpy as np
 
 from ddpm_core.app.chains import interpolation_sources
 from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
-from ddpm_core.app.labels import Guidance, guided_request
+from ddpm_core.app.labels import Guidance, guided_request, interpolation_guidance
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.jax import checkpoint as ckpt
@@ -92,6 +91,25 @@ def _sampler(net: UNet, schedule: Any, info: dict[str, Any], sampler: str,
     return Sampler(model, chain, (c.in_channels, c.image_size, c.image_size))
 
 
+def _request_sampler(net: UNet, params: Any, schedule: Any, info: dict[str, Any], n: int,
+                     sampler: str, steps: int | None, eta: float, device: str, classes: Any,
+                     **guidance: Any) -> tuple[Sampler, Any, np.ndarray | None]:
+    """``(sampler, params, labels)`` of a checked request; ``guidance``: :func:`sample`'s
+    ``guidance``, ``guidance_rescale``, ``classifier`` and ``classifier_scale``.
+
+    Unguided: the plain sampler, the U-Net's params and no labels. Guided: params
+    ``{"unet": ..., "classifier": ...}`` and labels int64 (N,).
+    """
+    g, clf_config, clf_info = guided_request(info, n, classes, **guidance)
+    if g.labels is None:
+        return _sampler(net, schedule, info, sampler, steps, eta), params, None
+    classifier = guidance["classifier"]
+    clf, clf_params = (None, None) if classifier is None else load_classifier(
+        classifier, clf_config, clf_info, pick_devices(device)[0])
+    s = _sampler(net, schedule, info, sampler, steps, eta, g, clf)
+    return s, {"unet": params, "classifier": clf_params}, g.labels
+
+
 def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, seed: int = 0,
            batch_size: int | None = None, use_ema: bool = True, device: str = "auto",
@@ -117,44 +135,65 @@ def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
     """
     del compile
     net, params, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
-    g, clf_config, clf_info = guided_request(
-        info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
-        classifier=classifier, classifier_scale=classifier_scale)
-    if g.labels is None:
-        s = _sampler(net, schedule, info, sampler, steps, eta)
-        x, _ = s.generate(params, n=n, seed=seed, batch_size=batch_size, loop=loop)
-    else:
-        clf, clf_params = (None, None) if classifier is None else load_classifier(
-            classifier, clf_config, clf_info, pick_devices(device)[0])
-        s = _sampler(net, schedule, info, sampler, steps, eta, g, clf)
-        x, _ = s.generate({"unet": params, "classifier": clf_params}, n=len(g.labels),
-                          seed=seed, batch_size=batch_size, loop=loop, labels=g.labels)
+    s, p, labels = _request_sampler(
+        net, params, schedule, info, n, sampler, steps, eta, device, classes,
+        guidance=guidance, guidance_rescale=guidance_rescale, classifier=classifier,
+        classifier_scale=classifier_scale)
+    x, _ = s.generate(p, n=n if labels is None else len(labels), seed=seed,
+                      batch_size=batch_size, loop=loop, labels=labels)
     check_finite_samples(np.asarray(x))
     return to_images(x)
 
 
 def progressive(run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: int = 10,
                 sampler: str = "ddpm", steps: int | None = None, use_ema: bool = True,
-                device: str = "auto") -> np.ndarray:
-    """x0_hat at ``frames`` evenly spaced steps, uint8 (frames, n, H, W, C) (Figure 6)."""
+                device: str = "auto", classes: Any = None, guidance: float | None = None,
+                guidance_rescale: float | None = None,
+                classifier: str | os.PathLike | None = None,
+                classifier_scale: float | None = None) -> np.ndarray:
+    """x0_hat at ``frames`` evenly spaced steps, uint8 (frames, N, H, W, C) (Figure 6).
+
+    The guidance keywords are :func:`sample`'s (N = n, or n K with ``classes="all"``), and
+    the chains are the ones :func:`sample` runs with the same arguments and seed: the last
+    frame is its output (to float32 rounding before the conversion to uint8).
+    """
     net, params, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
-    s = _sampler(net, schedule, info, sampler, steps, 0.0)
+    s, p, labels = _request_sampler(
+        net, params, schedule, info, n, sampler, steps, 0.0, device, classes,
+        guidance=guidance, guidance_rescale=guidance_rescale, classifier=classifier,
+        classifier_scale=classifier_scale)
     keep = progressive_steps(s.num_steps, frames)
-    _, f = s.generate(params, n=n, seed=seed, frame_steps=keep)
+    _, f = s.generate(p, n=n if labels is None else len(labels), seed=seed, frame_steps=keep,
+                      labels=labels)
     return to_images(f)
 
 
 def interpolate(run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,
                 lambdas: Sequence[float] = tuple(np.linspace(0, 1, 9)),
                 pair: Sequence[int] = (0, 1), use_ema: bool = True,
-                device: str = "auto") -> np.ndarray:
-    """Interpolate two held-out images through x_t (Figure 8), uint8 (len(lambdas), H, W, C)."""
+                device: str = "auto", classes: int | None = None,
+                guidance: float | None = None, guidance_rescale: float | None = None
+                ) -> np.ndarray:
+    """Interpolate two held-out images through x_t (Figure 8), uint8 (len(lambdas), H, W, C).
+
+    A class-conditional run decodes every mixture with one label: ``classes`` (an int in
+    [0, K)), or without it the null label K if the run was trained with label dropout
+    (``ddpm_core.app.labels.interpolation_guidance``); ``guidance`` and
+    ``guidance_rescale`` are :func:`sample`'s. There is no classifier guidance here.
+    """
     from ddpm_core.data import to_model_range
 
     net, params, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
+    g = interpolation_guidance(info, classes, guidance=guidance,
+                               guidance_rescale=guidance_rescale)
     src = to_model_range(interpolation_sources(info, pair)).transpose(0, 3, 1, 2)
-    s = _sampler(net, schedule, info, "ddpm", None, 0.0)
-    x = s.interpolate(params, src[0], src[1], lambdas=lambdas, t=t, seed=seed)
+    if g.labels is None:
+        s = _sampler(net, schedule, info, "ddpm", None, 0.0)
+        x = s.interpolate(params, src[0], src[1], lambdas=lambdas, t=t, seed=seed)
+    else:
+        s = _sampler(net, schedule, info, "ddpm", None, 0.0, g)
+        x = s.interpolate({"unet": params, "classifier": None}, src[0], src[1],
+                          lambdas=lambdas, t=t, seed=seed, label=int(g.labels[0]))
     return to_images(x)
 
 

@@ -248,11 +248,14 @@ class Sampler:
         return np.concatenate(xs), kept
 
     def interpolate(self, params: Any, x0_a: np.ndarray, x0_b: np.ndarray, *,
-                    lambdas: Sequence[float], t: int, seed: int = 0) -> np.ndarray:
+                    lambdas: Sequence[float], t: int, seed: int = 0,
+                    label: int | None = None) -> np.ndarray:
         """Encode two images to step ``t``, mix, decode (the paper's Figure 8).
 
         ``x_t = (1 - lam) q(x_t | x0_a) + lam q(x_t | x0_b)`` with the same encoding noise
         and the same reverse-chain noise for every ``lam``; float32 (L, C, H, W).
+        ``x0_a``, ``x0_b``: float32 (C, H, W); ``label``: the class every mixture is
+        decoded with (a model that takes labels), or None.
         """
         lam = np.asarray(lambdas, dtype=np.float32)
         if lam.ndim != 1 or lam.size == 0 or lam.min() < 0 or lam.max() > 1:
@@ -272,7 +275,8 @@ class Sampler:
         mixed = (1.0 - lam_b) * q_sample(self.chain.schedule, a, tt, na) \
             + lam_b * q_sample(self.chain.schedule, b, tt, nb)
         step_keys = jnp.broadcast_to(keys[:, 2:], (L, T))
-        x, _ = self.run(params, mixed, step_keys, start=int(t))
+        y = None if label is None else np.full((L,), label, np.int64)
+        x, _ = self.run(params, mixed, step_keys, start=int(t), labels=y)
         return np.asarray(x)
 
 

@@ -24,7 +24,7 @@ import torch
 from ddpm_core.app.chains import interpolation_sources
 from ddpm_core.app.images import to_uint8
 from ddpm_core.app.integrity import check_finite, check_finite_samples, verify_file
-from ddpm_core.app.labels import guided_request
+from ddpm_core.app.labels import guided_request, interpolation_guidance
 from ddpm_core.app.options import TrainOptions
 from ddpm_core.app.rundir import RunPaths, make_schedule, read_run_json
 from ddpm_core.backends.torch import checkpoint as ckpt
@@ -68,6 +68,23 @@ def load_run(run_dir: str | os.PathLike, *, use_ema: bool = True, device: str = 
     return net, make_schedule(info["schedule"]), info
 
 
+def _request_guide(net: UNet, info: dict[str, Any], n: int, classes: Any, *,
+                   guidance: float | None, guidance_rescale: float | None,
+                   classifier: str | os.PathLike | None, classifier_scale: float | None
+                   ) -> tuple[Any, np.ndarray | None]:
+    """``(guide, labels)`` of a checked request: ``sampling.generate``'s ``guide`` (None
+    when unguided) and the labels, int64 (N,) or None."""
+    g, clf_config, clf_info = guided_request(
+        info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
+        classifier=classifier, classifier_scale=classifier_scale)
+    clf = None if classifier is None else load_classifier(
+        classifier, clf_config, clf_info, next(net.parameters()).device)
+    guide = make_guide(net, g.labels, scale=g.scale, rescale=g.rescale,
+                       variance=info["variance"], classifier=clf,
+                       classifier_scale=g.classifier_scale)
+    return guide, g.labels
+
+
 def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, seed: int = 0,
            batch_size: int | None = None, use_ema: bool = True, device: str = "auto",
@@ -87,15 +104,10 @@ def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
     (default 1; 0 is the unguided sampler). Otherwise N = n.
     """
     net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
-    g, clf_config, clf_info = guided_request(
-        info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
+    guide, labels = _request_guide(
+        net, info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
         classifier=classifier, classifier_scale=classifier_scale)
-    clf = None if classifier is None else load_classifier(
-        classifier, clf_config, clf_info, next(net.parameters()).device)
-    guide = make_guide(net, g.labels, scale=g.scale, rescale=g.rescale,
-                       variance=info["variance"], classifier=clf,
-                       classifier_scale=g.classifier_scale)
-    x = sampling.generate(net, schedule, n=n if g.labels is None else len(g.labels),
+    x = sampling.generate(net, schedule, n=n if labels is None else len(labels),
                           sampler=sampler, steps=steps, eta=eta,
                           seed=seed, prediction=info["prediction"],
                           variance=info["variance"], batch_size=batch_size, compile=compile,
@@ -106,27 +118,53 @@ def sample(run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
 
 def progressive(run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: int = 10,
                 sampler: str = "ddpm", steps: int | None = None, use_ema: bool = True,
-                device: str = "auto") -> np.ndarray:
-    """x0_hat at ``frames`` evenly spaced steps, uint8 (frames, n, H, W, C) (Figure 6)."""
+                device: str = "auto", classes: Any = None, guidance: float | None = None,
+                guidance_rescale: float | None = None,
+                classifier: str | os.PathLike | None = None,
+                classifier_scale: float | None = None) -> np.ndarray:
+    """x0_hat at ``frames`` evenly spaced steps, uint8 (frames, N, H, W, C) (Figure 6).
+
+    The guidance keywords are :func:`sample`'s (N = n, or n K with ``classes="all"``), and
+    the chains are the ones :func:`sample` runs with the same arguments and seed: the last
+    frame is its output, bit for bit.
+    """
     net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
-    return sampling.progressive_frames(net, schedule, n=n, frames=frames, seed=seed,
-                                       sampler=sampler, steps=steps,
+    guide, labels = _request_guide(
+        net, info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
+        classifier=classifier, classifier_scale=classifier_scale)
+    return sampling.progressive_frames(net, schedule, n=n if labels is None else len(labels),
+                                       frames=frames, seed=seed, sampler=sampler, steps=steps,
                                        prediction=info["prediction"],
-                                       variance=info["variance"], clip=info.get("clip", True))
+                                       variance=info["variance"], clip=info.get("clip", True),
+                                       guide=guide)
 
 
 def interpolate(run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,
                 lambdas: Sequence[float] = tuple(np.linspace(0, 1, 9)),
                 pair: Sequence[int] = (0, 1), use_ema: bool = True,
-                device: str = "auto") -> np.ndarray:
-    """Interpolate two held-out images through x_t (Figure 8), uint8 (len(lambdas), H, W, C)."""
+                device: str = "auto", classes: int | None = None,
+                guidance: float | None = None, guidance_rescale: float | None = None
+                ) -> np.ndarray:
+    """Interpolate two held-out images through x_t (Figure 8), uint8 (len(lambdas), H, W, C).
+
+    A class-conditional run decodes every mixture with one label: ``classes`` (an int in
+    [0, K)), or without it the null label K if the run was trained with label dropout
+    (``ddpm_core.app.labels.interpolation_guidance``); ``guidance`` and
+    ``guidance_rescale`` are :func:`sample`'s. There is no classifier guidance here.
+    """
     from ddpm_core.data import to_model_range
 
     net, schedule, info = load_run(run_dir, use_ema=use_ema, device=device)
+    g = interpolation_guidance(info, classes, guidance=guidance,
+                               guidance_rescale=guidance_rescale)
     src = to_model_range(interpolation_sources(info, pair))
+    guide = None if g.labels is None else make_guide(
+        net, np.repeat(g.labels, len(lambdas)), scale=g.scale, rescale=g.rescale,
+        variance=info["variance"])
     return sampling.interpolate_images(net, schedule, src[0], src[1], lambdas=lambdas, t=t,
                                        seed=seed, prediction=info["prediction"],
-                                       variance=info["variance"], clip=info.get("clip", True))
+                                       variance=info["variance"], clip=info.get("clip", True),
+                                       guide=guide)
 
 
 def param_count(preset_name: str) -> int:

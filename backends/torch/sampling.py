@@ -339,11 +339,14 @@ def generate(net: nn.Module, schedule: Any, *, n: int, sampler: str = "ddpm",
 def progressive_frames(net: nn.Module, schedule: Any, *, n: int, frames: int, seed: int = 0,
                        sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                        prediction: str = "eps", variance: str = "fixed_small",
-                       batch_size: int | None = None, clip: Any = True) -> np.ndarray:
+                       batch_size: int | None = None, clip: Any = True,
+                       guide: Guide | None = None) -> np.ndarray:
     """x0_hat at ``frames`` evenly spaced steps (first step .. last), uint8 (F, n, H, W, C).
 
-    The last frame is the final sample. The paper's Figure 6 shows these predictions
-    sharpening from coarse layout to fine detail.
+    The last frame is the final sample: :func:`generate`'s with the same arguments
+    (``guide`` too: labels and guidance, ``ddpm_core.backends.torch.guided.make_guide``).
+    The paper's Figure 6 shows these predictions sharpening from coarse layout to fine
+    detail.
     """
     sched = chain_schedule(schedule, sampler, steps)
     K = sched.num_timesteps
@@ -352,7 +355,7 @@ def progressive_frames(net: nn.Module, schedule: Any, *, n: int, frames: int, se
     wanted = set(np.rint(np.linspace(K - 1, 0, frames)).astype(int).tolist())
     parts = _run(net, schedule, n=n, sampler=sampler, steps=steps, eta=eta, seed=seed,
                  prediction=prediction, variance=variance, batch_size=batch_size, clip=clip,
-                 compile=False, keep=lambda i: i in wanted)
+                 compile=False, keep=lambda i: i in wanted, guide=guide)
     stacked = [np.stack([to_uint8(_nhwc(f)) for f in p[:-1]]) for p in parts]
     return np.concatenate(stacked, axis=1)
 
@@ -360,7 +363,7 @@ def progressive_frames(net: nn.Module, schedule: Any, *, n: int, frames: int, se
 def interpolate_images(net: nn.Module, schedule: Any, x0_a: np.ndarray, x0_b: np.ndarray, *,
                        lambdas: Sequence[float], t: int, seed: int = 0,
                        prediction: str = "eps", variance: str = "fixed_small",
-                       clip: Any = True) -> np.ndarray:
+                       clip: Any = True, guide: Guide | None = None) -> np.ndarray:
     """Encode two images to step ``t``, mix ``(1-lam) x_t^a + lam x_t^b``, decode (Figure 8).
 
     Parameters
@@ -368,6 +371,9 @@ def interpolate_images(net: nn.Module, schedule: Any, x0_a: np.ndarray, x0_b: np
     x0_a, x0_b : float32 (H, W, C) in [-1, 1]
     lambdas : sequence of float in [0, 1]
     t : int in [0, T), 0-based
+    guide : labels of the L = len(lambdas) mixtures and classifier-free guidance
+        (``make_guide`` with L labels); ``guide(fn, 0, L)``'s model decodes, with the
+        core's loop (no classifier guidance here)
 
     Returns
     -------
@@ -397,7 +403,8 @@ def interpolate_images(net: nn.Module, schedule: Any, x0_a: np.ndarray, x0_b: np
     def noise_fn(i: int) -> torch.Tensor:
         return torch.randn(one, generator=g, device=device).expand_as(a)
 
-    x = interpolate(schedule, model_fn(net), a, b, torch.as_tensor(lam, device=device), t,
+    model = model_fn(net) if guide is None else guide(model_fn(net), 0, L)[0]
+    x = interpolate(schedule, model, a, b, torch.as_tensor(lam, device=device), t,
                     noise_a, noise_b, noise_fn, prediction=prediction, variance=variance,
                     clip=clip)
     return to_uint8(_nhwc(x))

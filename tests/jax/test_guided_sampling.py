@@ -108,3 +108,77 @@ def test_errors(runs):
         s, params, _, _ = _jax_chain(runs, "cond", "ddim", 2, Guidance(np.zeros(2, int), 1, 0, 0),
                                      with_clf=False)
         s.generate(params, n=3, labels=np.zeros(2, int))
+
+
+@pytest.fixture(scope="module")
+def dropout_run(runs):
+    """A conditional run whose run.json records label dropout 0.1 (the null label decodes)."""
+    import json
+
+    from guided_runs import write_model_run
+
+    write_model_run(runs / "dropout", num_classes=K, seed=3)
+    info = json.loads((runs / "dropout" / "run.json").read_text())
+    (runs / "dropout" / "run.json").write_text(json.dumps({**info, "options": {
+        "label_dropout": 0.1}}))
+    return runs / "dropout"
+
+
+def test_progressive_with_labels_ends_with_the_sample(runs):
+    """Figure 6 of a guided request: the chains of `sample` with the same arguments."""
+    kw = dict(classes="all", guidance=3.0, guidance_rescale=0.5, classifier=runs / "clf",
+              classifier_scale=2.0, steps=5, seed=4, device="cpu")
+    frames = api.progressive(runs / "cond", n=1, frames=3, **kw)
+    images = api.sample(runs / "cond", n=1, **kw)
+    assert frames.shape == (3, K, 8, 8, 1) and frames.dtype == np.uint8
+    # x0_hat of step 0 and x_0 agree to TOL in float32 (test_sampling.py's
+    # test_progressive_frames_end_at_the_sample); the uint8 rounding may differ by one
+    assert np.abs(frames[-1].astype(int) - images).max() <= 1
+    assert np.abs(frames[0].astype(int) - frames[-1]).max() > 0
+
+
+def _plain_interpolation(root, run, label, lambdas):
+    """Sampler.interpolate of a model that closes over the label (no label plumbing)."""
+    from ddpm_core.app.chains import interpolation_sources
+    from ddpm_core.backends.jax.sampling import Chain, Sampler
+    from ddpm_core.data import to_model_range
+
+    net, params, schedule, info = api.load_run(root / run, device="cpu")
+    model = lambda p, x, t: net.apply({"params": p}, x, t,  # noqa: E731
+                                      jnp.full((x.shape[0],), label, jnp.int32))
+    s = Sampler(model, Chain(schedule), SHAPE)
+    src = to_model_range(interpolation_sources(info, (0, 1))).transpose(0, 3, 1, 2)
+    return s.interpolate(params, src[0], src[1], lambdas=lambdas, t=6, seed=0)
+
+
+def test_interpolate_with_the_null_label_and_with_a_class(runs, dropout_run, tmp_path):
+    pytest.importorskip("sklearn")
+    from ddpm_core.app.cli import main
+    from ddpm_core.backends.jax.sampling import to_images
+
+    lambdas = [0.0, 0.5, 1.0]
+    got = api.interpolate(dropout_run, t=6, lambdas=lambdas, device="cpu")  # label K
+    ref = to_images(_plain_interpolation(runs, "dropout", K, lambdas))
+    assert got.shape == (3, 8, 8, 1)
+    assert np.abs(got.astype(int) - ref).max() <= 1  # float32 agreement to TOL
+    out = tmp_path / "i.png"
+    assert main(["interpolate", "--backend", "jax", "--run", str(runs / "cond"), "--device",
+                 "cpu", "--t", "6", "--lambdas", "0,1", "--class", "1", "--guidance", "2",
+                 "--out", str(out)]) == 0
+    npz = np.load(out.with_suffix(".npz"))
+    assert npz["interpolations"].shape == (1, 2, 8, 8, 1) and int(npz["label"]) == 1
+
+
+def test_figure_errors(runs, dropout_run, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"class-conditional .3 classes. needs classes \(--class\)"):
+        api.progressive(runs / "cond", n=2, frames=2, device="cpu")
+    with pytest.raises(ValueError, match="records label_dropout=None"):
+        api.interpolate(runs / "cond", t=5, lambdas=[0, 1], device="cpu")
+    with pytest.raises(ValueError, match=r"guidance=2.0 needs classes \(--class K"):
+        api.interpolate(dropout_run, t=5, lambdas=[0, 1], guidance=2.0, device="cpu")
+    from ddpm_core.app.cli import main
+
+    rc = main(["progressive", "--backend", "jax", "--run", str(runs / "cond"), "--device", "cpu",
+               "--out", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs classes (--class)" in err and err.count("\n") == 1
