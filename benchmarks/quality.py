@@ -53,6 +53,7 @@ SAMPLERS: dict[str, tuple[str, int | None, float]] = {  # name: (sampler, steps,
     "ddim100": ("ddim", 100, 0.0),
     "ddim250": ("ddim", 250, 0.0),
     "ddim100-eta1": ("ddim", 100, 1.0),
+    "ddpm100": ("ddpm", 100, 0.0),
     "ddpm250": ("ddpm", 250, 0.0),
     "ddpm1000": ("ddpm", None, 0.0),
 }
