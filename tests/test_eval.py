@@ -238,11 +238,11 @@ def test_quality_sweep_budgets_trains_grades_and_resumes(tmp_path, monkeypatch):
             "--samplers", "ddim50,ddpm250", "--ckpt-every", "2"]
     assert quality.main(argv) == 0
     costs = json.loads((root / "calibration.json").read_text())["tiny/torch/2"]
-    assert set(costs) == {"baseline", "ch32"} and costs["ch32"] > costs["baseline"]
+    assert set(costs) == {"baseline", "ch32"} and min(costs.values()) > 0  # timings: no order
     steps = {r: json.loads((root / "runs" / f"{r}-torch-s0" / "run.json").read_text())["step"]
              for r in ("baseline", "ch32", "lr2e-3")}
     assert steps["baseline"] == steps["lr2e-3"] == 6  # same work per step: the budget as is
-    assert steps["ch32"] == max(1, round(6 * costs["baseline"] / costs["ch32"])) < 6
+    assert steps["ch32"] == max(1, round(6 * costs["baseline"] / costs["ch32"]))
     assert len(graded) == 6 and all(shape[0] == 3 for _, shape in graded)
     table = (root / "quality.md").read_text()
     assert "| baseline | torch | 0 | 6 | ddim50 | 11.00 |" in table and "floor" in table
@@ -252,4 +252,5 @@ def test_quality_sweep_budgets_trains_grades_and_resumes(tmp_path, monkeypatch):
              "0.001,0.002", "--calib-steps", "2", "--fid-n", "3"]
     assert quality.main(curve) == 0
     assert (root / "curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| 0.002 |" in (root / "curve.md").read_text()
+    table = (root / "curve.md").read_text()  # both points, even where they round to one step
+    assert "| 0.001 |" in table and "| 0.002 |" in table
