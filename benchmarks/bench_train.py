@@ -120,8 +120,12 @@ def unet2d_comparison(batch: int, steps: int, device: str) -> dict[str, float] |
     return results
 
 
-def _minimal_loop_images_per_s(net: Any, call: Any, batch: int, steps: int, device: str) -> float:
-    """Median images/s of q_sample -> net -> MSE on eps -> backward -> Adam (bf16 on CUDA)."""
+def _minimal_loop_images_per_s(net: Any, call: Any, batch: int, steps: int, device: str,
+                               shape: tuple[int, int, int] = (3, 32, 32)) -> float:
+    """Median images/s of q_sample -> net -> MSE on eps -> backward -> Adam (bf16 on CUDA).
+
+    ``shape`` is one image's (C, H, W).
+    """
     import torch
 
     import ddpm_core as dc
@@ -133,7 +137,7 @@ def _minimal_loop_images_per_s(net: Any, call: Any, batch: int, steps: int, devi
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
 
     def step() -> None:
-        x0 = torch.rand(batch, 3, 32, 32, generator=g, device=device) * 2 - 1
+        x0 = torch.rand(batch, *shape, generator=g, device=device) * 2 - 1
         t = torch.randint(0, 1000, (batch,), generator=g, device=device)
         eps = torch.randn(x0.shape, generator=g, device=device)
         with amp:

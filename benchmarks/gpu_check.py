@@ -9,6 +9,10 @@ default 450 s, so that ``timeout 480`` never cuts the report):
 ``cuda_tests``
     ``pytest -m cuda tests/cuda``: bf16 autocast, channels_last, ``torch.compile``, CUDA
     graphs, and the core's hot path with no host synchronisation.
+``variants``
+    Our cifar10 U-Net with the GroupNorm that keeps bf16 under autocast against plain
+    ``nn.GroupNorm`` (which autocast runs in float32), NCHW against channels_last: training
+    images/s in ``bench_train``'s minimal loop and forward images/s at the sampling batch.
 ``train_torch_eager``, ``train_jax``, ``train_torch_compiled``
     cifar10 training images/s of the real trainers (``ddpm_core.backends.<b>.api.train``,
     EMA, clipping and logging included) on random images, the median of the logged windows
@@ -23,6 +27,10 @@ default 450 s, so that ``timeout 480`` never cuts the report):
     each. PyTorch runs two short chains first; if the whole chain cannot finish in the
     part's time, its time is extrapolated from them and marked so. JAX's first call
     compiles the chain; the second is timed when there is time for it.
+
+``sample_torch_compiled``
+    The same chain with ``generate(compile=True)`` (``torch.compile``, mode
+    "reduce-overhead"), compilation in the probe chains; last, as time allows.
 
 ``--smoke`` shrinks every part (the tiny preset, batch 8, 4 samples x 10 steps, XLA's
 cheapest CPU compilation) to run on a CPU; parts that need CUDA, and diffusers' cifar10-sized
@@ -326,6 +334,81 @@ def part_train_diffusers(st: Settings, limit_s: float) -> dict[str, Any]:
             "batch": st.minimal_batch}
 
 
+VARIANTS = ("bf16_gn-nchw", "bf16_gn-channels_last", "float32_gn-nchw", "float32_gn-channels_last",
+            "bf16_gn-nchw-cudnn_benchmark", "bf16_gn-channels_last-cudnn_benchmark")
+
+
+def part_variants(st: Settings, limit_s: float) -> dict[str, Any]:
+    """Our U-Net's layout and GroupNorm precision, side by side (bf16 autocast on CUDA).
+
+    For each of ``VARIANTS`` (the U-Net's bf16-keeping ``GroupNorm`` or plain
+    ``nn.GroupNorm``, which autocast runs in float32; NCHW or channels_last weights and
+    inputs; the last two with ``torch.backends.cudnn.benchmark``): training images/s in
+    ``bench_train``'s minimal loop (batch ``minimal_batch``) and forward images/s without
+    gradients (batch ``sample_n``, a sampling step's call).
+    """
+    import torch
+    from bench_train import _minimal_loop_images_per_s
+    from torch import nn
+
+    from ddpm_core.backends.torch.unet import GroupNorm, build_unet
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out: dict[str, Any] = {"train_batch": st.minimal_batch, "forward_batch": st.sample_n}
+    # an untimed loop first, so that no variant pays for the process's first use of cuDNN
+    # (without it, the first variant measured 1,407 images/s on an H100 against 1,952-2,191
+    # for the others; whether that was warm-up or the variant is for the next run to say)
+    warm = build_unet(st.preset)
+    _minimal_loop_images_per_s(warm.to(device), lambda n, x, t: n(x, t), st.minimal_batch, 3, device,
+                               _image_shape(warm))
+    for name in VARIANTS:
+        norm, layout, *rest = name.split("-")
+        torch.backends.cudnn.benchmark = rest == ["cudnn_benchmark"]
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        torch.manual_seed(0)
+        net = build_unet(st.preset)
+        if norm == "float32_gn":
+            for m in net.modules():
+                if isinstance(m, GroupNorm):
+                    m.__class__ = nn.GroupNorm
+        net = net.to(device, memory_format=fmt)
+        out[f"train_{name}"] = _minimal_loop_images_per_s(
+            net, lambda n, x, t, fmt=fmt: n(x.contiguous(memory_format=fmt), t),
+            st.minimal_batch, st.minimal_steps, device, _image_shape(net))
+        out[f"forward_{name}"] = _forward_images_per_s(net, fmt, st.sample_n, device)
+        _emit({"status": "partial"} | out)
+    return out
+
+
+def _image_shape(net: Any) -> tuple[int, int, int]:
+    c = net.config
+    return c.in_channels, c.image_size, c.image_size
+
+
+def _forward_images_per_s(net: Any, fmt: Any, n: int, device: str, reps: int = 5) -> float:
+    """Median images/s of one no-grad forward call of a batch of ``n`` (bf16 autocast on CUDA)."""
+    import torch
+
+    c = net.config
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c.in_channels, c.image_size, c.image_size, generator=g, device=device)
+    x = x.contiguous(memory_format=fmt)
+    t = torch.randint(0, 1000, (n,), generator=g, device=device)
+    net.eval()
+    times = []
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        for i in range(reps + 2):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            net(x, t)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return n / statistics.median(times)
+
+
 def _chain_steps(st: Settings, steps: int) -> int | None:
     """``steps`` for ``chain_schedule``: None is the full T = 1000 chain."""
     return None if steps == 1000 else steps
@@ -360,7 +443,7 @@ def _timed_chain(st: Settings, limit_s: float, run: Callable[[int | None], Any])
     return out | {"seconds": seconds, "extrapolated": False, "step_s": seconds / st.sample_steps}
 
 
-def _sample_torch(st: Settings, limit_s: float, cuda_graph: bool) -> dict[str, Any]:
+def _sample_torch(st: Settings, limit_s: float, cuda_graph: bool, compile: bool = False) -> dict[str, Any]:
     import torch
 
     import ddpm_core as dc
@@ -371,7 +454,7 @@ def _sample_torch(st: Settings, limit_s: float, cuda_graph: bool) -> dict[str, A
     net = build_unet(st.preset).to("cuda" if torch.cuda.is_available() else "cpu")
     schedule = dc.Schedule.linear(1000)
     return _timed_chain(st, limit_s, lambda steps: generate(
-        net, schedule, n=st.sample_n, steps=steps, seed=0, cuda_graph=cuda_graph))
+        net, schedule, n=st.sample_n, steps=steps, seed=0, cuda_graph=cuda_graph, compile=compile))
 
 
 def part_sample_torch_eager(st: Settings, limit_s: float) -> dict[str, Any]:
@@ -380,6 +463,10 @@ def part_sample_torch_eager(st: Settings, limit_s: float) -> dict[str, Any]:
 
 def part_sample_torch_graph(st: Settings, limit_s: float) -> dict[str, Any]:
     return _sample_torch(st, limit_s, cuda_graph=True)
+
+
+def part_sample_torch_compiled(st: Settings, limit_s: float) -> dict[str, Any]:
+    return _sample_torch(st, limit_s, cuda_graph=False, compile=True)
 
 
 def part_sample_jax_scan(st: Settings, limit_s: float) -> dict[str, Any]:
@@ -433,12 +520,14 @@ class Part:
 
 
 # In the order they run, within the budget: the ceiling (MFU needs it) and the tests first,
-# diffusers' reference last. Typical H100 seconds, compilation included: 10, 60-90, 25,
-# 100-150, 60-80, 20, 20, 60, 30.
+# diffusers' reference last. Typical H100 seconds, compilation included: 10, 60-90, 25, 20,
+# 100-150, 60-80, 20, 20, 60, 30, 90.
 PARTS: dict[str, Part] = {
     "ceiling": Part(part_ceiling, "matmul ceiling", 60, ("torch",)),
     "cuda_tests": Part(part_cuda_tests, "CUDA tests (pytest -m cuda)", 150, ("torch", "pytest", "hypothesis")),
     "train_torch_eager": Part(part_train_torch_eager, "train, PyTorch eager", 90, ("torch",)),
+    "variants": Part(part_variants, "layout and GroupNorm precision: images/s (train / forward)", 60,
+                     ("torch",)),
     "train_torch_compiled": Part(part_train_torch_compiled, "train, PyTorch compiled", 180, ("torch",),
                                  "the trainer compiles only on CUDA (on a CPU this would time eager again)"),
     "train_jax": Part(part_train_jax, "train, JAX jit", 150, ("jax", "flax", "optax")),
@@ -449,9 +538,11 @@ PARTS: dict[str, Part] = {
     "train_diffusers": Part(part_train_diffusers, "train, minimal loop: diffusers UNet2DModel vs ours", 90,
                             ("torch", "diffusers"), not_smoke="two cifar10-sized networks, whatever the settings: "
                             "tens of seconds on a CPU"),
+    "sample_torch_compiled": Part(part_sample_torch_compiled, "sample, PyTorch torch.compile", 120, ("torch",),
+                                  "generate compiles only on CUDA (on a CPU this would time eager again)"),
 }
 TRAIN_PARTS = ("train_torch_eager", "train_torch_compiled", "train_jax")
-SAMPLE_PARTS = ("sample_torch_eager", "sample_torch_graph", "sample_jax_scan")
+SAMPLE_PARTS = ("sample_torch_eager", "sample_torch_graph", "sample_jax_scan", "sample_torch_compiled")
 
 
 def _emit(result: dict[str, Any]) -> None:
@@ -593,6 +684,9 @@ def _measured(name: str, row: dict[str, Any], report: dict[str, Any]) -> str:
         notes += ["extrapolated from a short chain"] if row.get("extrapolated") else []
         notes += ["compilation included"] if row.get("includes_compile") else []
         return f"{row['seconds']:.2f} s ({', '.join(notes)})"
+    if name == "variants":
+        return "; ".join(f"{v} {row['train_' + v]:,.0f} / {row['forward_' + v]:,.0f}"
+                         for v in VARIANTS if "forward_" + v in row)
     mfu = f", MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""
     text = f"{row['images_per_s']:,.0f} images/s{mfu} (batch {row['batch']})"
     if name == "train_diffusers":

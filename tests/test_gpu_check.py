@@ -29,6 +29,10 @@ FIELDS = {
     "sample_torch_eager": {"seconds", "n", "steps", "step_s", "extrapolated"},
     "sample_torch_graph": {"seconds", "n", "steps", "step_s", "extrapolated"},
     "sample_jax_scan": {"seconds", "n", "steps", "includes_compile", "jax"},
+    "sample_torch_compiled": {"seconds", "n", "steps", "step_s", "extrapolated"},
+    "variants": {"train_batch", "forward_batch"} | {f"{kind}_{v}" for kind in ("train", "forward") for v in (
+        "bf16_gn-nchw", "bf16_gn-channels_last", "float32_gn-nchw", "float32_gn-channels_last",
+        "bf16_gn-nchw-cudnn_benchmark", "bf16_gn-channels_last-cudnn_benchmark")},
 }
 
 
@@ -42,7 +46,8 @@ def _gpu_check():
     return module
 
 
-TORCH_PARTS = "ceiling,cuda_tests,train_torch_eager,sample_torch_eager,sample_torch_graph,train_torch_compiled"
+TORCH_PARTS = ("ceiling,cuda_tests,train_torch_eager,variants,sample_torch_eager,sample_torch_graph,"
+               "train_torch_compiled,sample_torch_compiled")
 
 
 def _smoke(tmp_path: Path, only: str) -> tuple[dict, str]:
@@ -81,8 +86,9 @@ def _check_report(report: dict, stdout: str, ran: set[str]) -> None:
 def test_smoke_torch_parts(tmp_path):
     pytest.importorskip("torch")
     report, stdout = _smoke(tmp_path, TORCH_PARTS)
-    _check_report(report, stdout, {"ceiling", "cuda_tests", "train_torch_eager", "sample_torch_eager"})
+    _check_report(report, stdout, {"ceiling", "cuda_tests", "train_torch_eager", "variants", "sample_torch_eager"})
     parts = report["parts"]
+    assert all(v > 0 for k, v in parts["variants"].items() if k.startswith(("train_", "forward_")))
     assert parts["cuda_tests"]["skipped"] >= 1 and parts["cuda_tests"]["failed"] == 0  # no CUDA here
     assert parts["sample_torch_eager"]["seconds"] > 0 and not parts["sample_torch_eager"]["extrapolated"]
     assert 0 < parts["train_torch_eager"]["mfu"] < 1

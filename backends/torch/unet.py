@@ -41,7 +41,7 @@ from ddpm_core.models import (
     unet_plan,
 )
 
-__all__ = ["Encoder", "UNet", "build_unet", "timestep_embedding"]
+__all__ = ["Encoder", "GroupNorm", "UNet", "build_unet", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int,
@@ -87,7 +87,26 @@ def _init(layer: nn.Conv2d | nn.Linear, zero: bool) -> None:
 
 
 def _norm(config: UNetConfig, ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(config.num_groups, ch, eps=config.norm_eps)
+    return GroupNorm(config.num_groups, ch, eps=config.norm_eps)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that keeps autocast's dtype: (B, C, H, W) bf16 in, bf16 out.
+
+    Autocast runs ``group_norm`` in float32, so every normalisation of a bf16 activation
+    costs a cast in, a float32 output and a cast back before the next convolution: the
+    U-Net is memory-bound on those passes. Here a low-precision input under autocast is
+    normalised in its own dtype (the kernel accumulates the statistics in float32), as the
+    Flax model does with ``dtype=bfloat16``. Without autocast, or with a float32 input, this
+    is ``nn.GroupNorm`` exactly; the parameters stay float32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 or not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype),
+                                self.bias.to(x.dtype), self.eps)
 
 
 class TimeEmbedding(nn.Module):

@@ -58,6 +58,20 @@ def test_bf16_autocast_forward_backward(make_net, exact_float32):
     assert _cos(grads, ref_grads) > 0.98
 
 
+def test_group_norm_stays_bf16_under_autocast(make_net):
+    """CUDA autocast runs ``group_norm`` in float32; the U-Net's GroupNorm keeps bf16, so that
+    no normalisation adds float32 passes over an activation (what makes the net memory-bound)."""
+    net = make_net("cifar10")
+    seen = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            m.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out.dtype)))
+    x, t = _inputs(net)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        net(x, t)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
 def test_channels_last_matches_contiguous(make_net, exact_float32, bf16):
     """The trainer's CUDA layout: weights and inputs channels_last, same numbers."""

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ddpm_core.backends.torch import UNet, build_unet  # noqa: E402
-from ddpm_core.backends.torch.unet import timestep_embedding  # noqa: E402
+from ddpm_core.backends.torch.unet import GroupNorm, timestep_embedding  # noqa: E402
 from ddpm_core.models import (  # noqa: E402
     count_parameters,
     get_preset,
@@ -134,6 +134,38 @@ def test_bf16_autocast_runs_and_backpropagates():
     assert err < 20 * eps_bf16
     y_bf16.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_group_norm_keeps_the_autocast_dtype():
+    """Under autocast a bf16 activation is normalised in bf16 (statistics in float32 inside
+    the kernel): the same numbers as float32 GroupNorm rounded once, and float32 gradients."""
+    norm = GroupNorm(4, 8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.group_norm(x.bfloat16().float(), 4, norm.weight, norm.bias, 1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(x.bfloat16())
+        y32 = norm(x)  # float32 in: nn.GroupNorm's float32 result
+    assert y.dtype == torch.bfloat16 and y32.dtype == torch.float32
+    torch.testing.assert_close(y.float(), ref, rtol=2 * float(torch.finfo(torch.bfloat16).eps), atol=1e-2)
+    torch.testing.assert_close(y32, torch.nn.GroupNorm.forward(norm, x), rtol=0, atol=0)
+    y.float().sum().backward()
+    assert norm.weight.grad.dtype == torch.float32 and norm.bias.grad.dtype == torch.float32
+
+
+def test_every_norm_of_the_unet_runs_in_bf16_under_autocast():
+    model = _randomize(build_unet("tiny"))
+    seen = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            assert isinstance(m, GroupNorm)
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    x, t = _inputs(model.config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, t)
+    assert seen and set(seen) == {torch.bfloat16}
 
 
 def test_dropout_is_active_only_in_training():
