@@ -65,16 +65,20 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (not run by CI): steps, chains and training, side by side with diffusers.
 
-    ``nox -s bench`` runs all three; ``nox -s bench -- steps chain`` picks some.
+    ``nox -s bench`` runs steps, chain and train; ``nox -s bench -- steps chain`` picks some;
+    ``breakdown`` (``benchmarks/train_breakdown.py``: a CPU training step, part by part,
+    PyTorch against JAX) runs when named.
     """
     session.install(TORCH)
     session.install(".[torch,jax]", "diffusers", "pytest>=8")
     # every contender of a row computes the same thing (with diffusers installed, theirs too)
     session.run("pytest", "-q", "tests/test_benchmarks.py")
+    scripts = {"steps": "bench_steps", "chain": "bench_chain", "train": "bench_train", "breakdown": "train_breakdown"}
     for name in session.posargs or ["steps", "chain", "train"]:
-        if name not in ("steps", "chain", "train"):
-            session.error(f"unknown benchmark {name!r}; choose from steps, chain, train")
-        session.run("python", f"benchmarks/bench_{name}.py")
+        if name not in scripts:
+            session.error(f"unknown benchmark {name!r}; choose from {', '.join(scripts)}")
+        one_thread = {"OMP_NUM_THREADS": "1"} if name == "breakdown" else None
+        session.run("python", f"benchmarks/{scripts[name]}.py", env=one_thread)
 
 
 @nox.session(name="ablation")

@@ -57,3 +57,22 @@ def test_jax_floors_match_the_core():
     pytest.importorskip("jax")
     bench = _bench()
     _check_rows(bench.jax_rows(bench.dc.Schedule.linear(1000)), rtol=1e-5)
+
+
+def test_train_breakdown_times_every_part_of_both_backends(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    breakdown = load_benchmark("train_breakdown")
+    assert breakdown.main(["--preset", "tiny", "--batch", "2", "--rounds", "1", "--reps", "1"]) == 0
+    rows = {ln.split(" | ")[0][2:]: ln.split(" | ")[1:] for ln in capsys.readouterr().out.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| part")}
+    assert set(rows) == {"network", "update", "convs", "convs NCHW", "norm", "copy", "network + update (+ copy)"}
+    for name, cells in rows.items():
+        if name != "copy":
+            assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[2].endswith("x |"), (name, cells)
+
+
+def test_train_breakdown_rejects_a_bad_batch():
+    breakdown = load_benchmark("train_breakdown")
+    with pytest.raises(SystemExit):
+        breakdown.main(["--batch", "0"])
