@@ -88,6 +88,19 @@ class RunPaths:
         return self.samples / f"step-{step:06d}.png"
 
 
+def train_seconds(run_dir: str | os.PathLike) -> float | None:
+    """Training wall time of a run: the sum of ``log.csv``'s ``seconds`` column (each row
+    holds its logging window's), or None without a log or that column."""
+    import csv
+
+    log = RunPaths.of(run_dir).log
+    if not log.is_file():
+        return None
+    with open(log, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return sum(float(r["seconds"]) for r in rows) if rows and "seconds" in rows[0] else None
+
+
 def write_run_json(run_dir: str | os.PathLike, *, backend: str, preset: str, unet: Any,
                    train: Any, schedule: Mapping[str, Any], prediction: str, variance: str,
                    data: str, step: int, **extra: Any) -> dict[str, Any]:

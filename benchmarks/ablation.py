@@ -42,7 +42,7 @@ def run_row(name: str, settings: dict[str, str], args: argparse.Namespace) -> di
     from ddpm_core.app import evaluation
     from ddpm_core.app.atomic import atomic_write_json
     from ddpm_core.app.options import TrainOptions
-    from ddpm_core.app.rundir import RunPaths, read_run_json
+    from ddpm_core.app.rundir import RunPaths, read_run_json, train_seconds
     from ddpm_core.backends.torch import api
     from ddpm_core.backends.torch import evaluation as te
 
@@ -72,21 +72,9 @@ def run_row(name: str, settings: dict[str, str], args: argparse.Namespace) -> di
                                     cache_dir=Path(args.root) / "fid-cache")
         row.update({k: fid[k] for k in ("fid", "kid", "kid_std", "floor_fid", "floor_kid")})
     if "train_s" not in row:  # trained earlier (or resumed): the run's own record
-        row["train_s"] = _train_seconds(out)
+        row["train_s"] = train_seconds(out)
     atomic_write_json(evaluated, {"eval": wanted, "row": row})
     return row
-
-
-def _train_seconds(run_dir: Path) -> float | None:
-    """Training wall time from the run's log.csv (its last logged ``seconds``), if any."""
-    log = run_dir / "log.csv"
-    if not log.is_file():
-        return None
-    import csv
-
-    with open(log, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return sum(float(r["seconds"]) for r in rows) if rows and "seconds" in rows[0] else None
 
 
 def _fmt(value: Any, digits: int) -> str:

@@ -157,7 +157,7 @@ def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, A
     from ddpm_core.app import evaluation
     from ddpm_core.app.atomic import atomic_write_json
     from ddpm_core.app.cli.backends import load_backend
-    from ddpm_core.app.rundir import read_run_json
+    from ddpm_core.app.rundir import read_run_json, train_seconds
 
     info = read_run_json(run)
     kind, steps, eta = SAMPLERS[sampler]
@@ -176,17 +176,10 @@ def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, A
     fid = evaluation.fid_report(run, images, reference_n=args.reference_n,
                                 cache_dir=args.cache_dir)
     row = {**tag, "steps": info["step"], "sampler": sampler, "sample_s": round(sample_s, 1),
-           "train_s": round(_train_seconds(run), 1),
+           "train_s": round(train_seconds(run) or 0.0, 1),
            **{k: fid[k] for k in ("fid", "kid", "kid_std", "floor_fid", "floor_kid", "n")}}
     atomic_write_json(path, {"eval": wanted, "row": row})
     return row
-
-
-def _train_seconds(run: Path) -> float:
-    import csv
-
-    with open(run / "log.csv", encoding="utf-8") as f:
-        return sum(float(r["seconds"]) for r in csv.DictReader(f))
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:

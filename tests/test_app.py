@@ -198,6 +198,16 @@ def test_csv_log_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert fresh.read() == []
 
 
+def test_train_seconds_sums_the_logged_windows(tmp_path):
+    assert rundir.train_seconds(tmp_path) is None  # no log
+    log = logs.CsvLog(tmp_path / "log.csv", ["step", "seconds"])
+    for step, seconds in ((10, 1.5), (20, 2.25), (30, 0.25)):
+        log.append({"step": step, "seconds": seconds})
+    assert rundir.train_seconds(tmp_path) == 4.0
+    logs.CsvLog(tmp_path / "log.csv", ["step", "loss"]).append({"step": 1, "loss": 0.5})
+    assert rundir.train_seconds(tmp_path) is None  # a log without the column
+
+
 # --------------------------------------------------------------------------- determinism
 
 def test_step_seed_depends_only_on_its_arguments():
