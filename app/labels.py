@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ddpm_core.app.resume import stored_option
+
 __all__ = ["Guidance", "guidance_settings", "guided_request", "interpolation_guidance",
            "parse_classes", "sample_labels"]
 
@@ -194,7 +196,7 @@ def interpolation_guidance(run_info: dict[str, Any], classes: Any = None, *,
 def _null_label(run_info: dict[str, Any], num_classes: int, guidance: float | None,
                 guidance_rescale: float | None) -> Guidance:
     """The null label K of a run trained with label dropout (the unconditional model)."""
-    dropout = run_info.get("options", {}).get("label_dropout")  # as app/resume.py reads it
+    dropout = stored_option(run_info, "label_dropout")
     if not dropout:
         raise ValueError(f"this run is class-conditional ({num_classes} classes) and its "
                          f"run.json records label_dropout={dropout!r}, so it has no "

@@ -14,7 +14,7 @@ from typing import Any
 
 from ddpm_core.app.options import RUN_DEFAULTS, TrainOptions, with_defaults
 
-__all__ = ["SAFE_ON_RESUME", "resume_options", "stored_options"]
+__all__ = ["SAFE_ON_RESUME", "resume_options", "stored_option", "stored_options"]
 
 SAFE_ON_RESUME = ("steps", "log_every", "sample_every", "ckpt_every", "sample_n", "device",
                   "progress", "compile")
@@ -46,6 +46,11 @@ _STORED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 }
 
 _FLAGS = {"random_flip": "flip", "weighting": "loss-weighting"}  # option -> its ddpm train flag
+
+
+def stored_option(info: Mapping[str, Any], name: str) -> Any:
+    """One training option as a run.json records it (e.g. ``"label_dropout"``)."""
+    return _STORED[name](info)
 
 
 def stored_options(info: Mapping[str, Any]) -> dict[str, Any]:
