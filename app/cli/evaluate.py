@@ -102,8 +102,8 @@ def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | 
     classes = args.classes if args.classes is not None or not run_k else "all"
     if isinstance(classes, list) and len(classes) != args.n:
         args.n = len(classes)
-    guide = {"classes": classes, "guidance": args.guidance, "classifier": args.classifier,
-             "classifier_scale": args.classifier_scale}
+    guide = {"classes": classes, "guidance": args.guidance, "guidance_rescale": args.guidance_rescale,
+             "classifier": args.classifier, "classifier_scale": args.classifier_scale}
     g, clf_config, _ = guided_request(info, args.n, **guide)  # checked before sampling
     api = load_backend(run_backend(args.run, args.backend))
     extra = {k: v for k, v in guide.items() if v is not None}

@@ -326,6 +326,8 @@ def _add_eval_classify(esub: Any) -> None:
                         "per class; a list gives one sample per entry); an unconditional "
                         "run takes them only with --classifier")
     c.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale")
+    c.add_argument("--guidance-rescale", type=float_in(0.0, 1.0, low_open=False), metavar="PHI",
+                   help="rescale the guided prediction's std (Lin et al. 2024; default 0: off)")
     c.add_argument("--classifier", metavar="CLF_RUN", help="classifier run that guides sampling")
     c.add_argument("--classifier-scale", type=float, metavar="S",
                    help="classifier guidance scale (default 1)")

@@ -157,6 +157,17 @@ def test_unconditional_run_has_intended_classes_only_with_a_classifier(runs, cac
     assert np.asarray(r["confusion"]).sum() == 3 and np.asarray(r["confusion"])[7].sum() == 3
 
 
+def test_guidance_rescale_reaches_the_sampler(runs, cache, capsys):
+    def inception_score(*extra):
+        assert _classify(runs, cache, "cond", "--n", "2", "--guidance", "3", *extra, "--json") == 0
+        return json.loads(capsys.readouterr().out)["inception_score"]
+
+    assert inception_score("--guidance-rescale", "1") != inception_score()
+    assert _classify(runs, cache, "uncond", "--n", "2", "--guidance-rescale", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "guidance_rescale needs a class-conditional model" in err and err.count("\n") == 1
+
+
 class _Pixels(torch.nn.Module):
     """Logits from the first ``k`` pixels (a fixed linear map), or a wrong shape."""
 
