@@ -28,6 +28,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import ddpm_core.backends.diffusers as conversion  # noqa: E402
+import ddpm_core.backends.diffusers_unet as unet_mapping  # noqa: E402
 from ddpm_core import sample  # noqa: E402
 from ddpm_core.backends.convert import load_safetensors, save_safetensors  # noqa: E402
 from ddpm_core.backends.diffusers import (  # noqa: E402
@@ -157,7 +158,7 @@ def test_names_and_shapes_match_diffusers(config):
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(conversion, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(unet_mapping, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 
