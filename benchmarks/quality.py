@@ -151,9 +151,10 @@ def budget_steps(args: argparse.Namespace, config: str, costs: dict[str, float])
     return max(1, round(args.budget_steps * costs["baseline"] / costs[config]))
 
 
-def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, Any]
-             ) -> dict[str, Any]:
-    """FID and KID of ``--fid-n`` samples of ``run`` with ``sampler`` (stored, reused)."""
+def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, Any],
+             name: str | None = None) -> dict[str, Any]:
+    """FID and KID of ``--fid-n`` samples of ``run`` with ``sampler``, stored as
+    ``evals/<name>-<sampler>.json`` (``name`` defaults to the run's) and reused."""
     from ddpm_core.app import evaluation
     from ddpm_core.app.atomic import atomic_write_json
     from ddpm_core.app.cli.backends import load_backend
@@ -163,7 +164,7 @@ def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, A
     kind, steps, eta = SAMPLERS[sampler]
     wanted = {"step": info["step"], "sampler": sampler, "fid_n": args.fid_n,
               "eval_seed": args.eval_seed, "reference_n": args.reference_n}
-    path = Path(args.root) / "evals" / f"{run.name}-{sampler}.json"
+    path = Path(args.root) / "evals" / f"{name or run.name}-{sampler}.json"
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous.get("eval") == wanted:  # the same grade; the caller's labels (minutes)
@@ -205,9 +206,11 @@ def curve(args: argparse.Namespace) -> list[dict[str, Any]]:
     run = Path(args.root) / "curve" / f"{config}-{backend}-s{args.seeds[0]}"
     rows = []
     for minutes in args.curve_minutes:
-        _train(args, config, backend, args.seeds[0], run, max(1, round(60 * minutes / per_step)))
+        steps = max(1, round(60 * minutes / per_step))
+        _train(args, config, backend, args.seeds[0], run, steps)
         tag = {"config": config, "backend": backend, "seed": args.seeds[0], "minutes": minutes}
-        rows.append(evaluate(args, run, args.samplers[0], tag))
+        # the sweep's run of the same recipe and seed has the same name: keep apart
+        rows.append(evaluate(args, run, args.samplers[0], tag, name=f"curve-{run.name}-{steps}"))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -248,9 +248,15 @@ def test_quality_sweep_budgets_trains_grades_and_resumes(tmp_path, monkeypatch):
     assert "| baseline | torch | 0 | 6 | ddim50 | 11.00 |" in table and "floor" in table
     assert quality.main(argv) == 0 and len(graded) == 6  # every run and grade is reused
     assert quality.main([*argv, "--eval-seed", "1"]) == 0 and len(graded) == 12
+    swept = (root / "evals" / "lr2e-3-torch-s0-ddim50.json").read_text()
     curve = ["--root", str(root), "--preset", "tiny", "--curve", "lr2e-3", "--curve-minutes",
-             "0.001,0.002", "--calib-steps", "2", "--fid-n", "3"]
+             "0.001,0.002", "--calib-steps", "2", "--fid-n", "3", "--samplers", "ddim50"]
     assert quality.main(curve) == 0
+    # the curve's run shares the sweep run's name; its grades are stored apart, per step
+    assert (root / "evals" / "lr2e-3-torch-s0-ddim50.json").read_text() == swept
+    points = sorted((root / "evals").glob("curve-*"))
+    assert points and all(p.name == f"curve-lr2e-3-torch-s0-{json.loads(p.read_text())['row']['steps']}-ddim50.json"
+                          for p in points)
     assert (root / "curve.png").read_bytes()[:4] == b"\x89PNG"
     table = (root / "curve.md").read_text()  # both points, even where they round to one step
     assert "| 0.001 |" in table and "| 0.002 |" in table
