@@ -394,9 +394,8 @@ def _forward_images_per_s(net: Any, fmt: Any, n: int, device: str, reps: int = 5
     """Median images/s of one no-grad forward call of a batch of ``n`` (bf16 autocast on CUDA)."""
     import torch
 
-    c = net.config
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(n, c.in_channels, c.image_size, c.image_size, generator=g, device=device)
+    x = torch.randn(n, *_image_shape(net), generator=g, device=device)
     x = x.contiguous(memory_format=fmt)
     t = torch.randint(0, 1000, (n,), generator=g, device=device)
     net.eval()
