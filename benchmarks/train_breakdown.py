@@ -16,16 +16,21 @@ side by side, in one process, round by round (medians), each backend on one thre
     ``lax.conv_general_dilated`` in NHWC (what the Flax model runs) and in NCHW;
 ``norm``
     one GroupNorm + SiLU, forward + backward, at the first level's shape (B, ch, S, S), the
-    U-Net's model (``use_fast_variance=False``) against ``nn.GroupNorm``;
+    U-Net's :class:`~ddpm_core.backends.jax.unet.GroupNorm` against ``nn.GroupNorm``;
+``norm flax`` and ``network flax``
+    the same with ``flax.linen.GroupNorm(use_fast_variance=False)``, the U-Net's norm
+    before it had its own: JAX only;
 ``copy``
     the host-to-device transfer of one batch (``jax.device_put``; PyTorch's CPU tensors
     need none).
 
 If the convolutions alone showed the ratio that the whole network does, the gap would be
 XLA's CPU convolution. They do not (mnist, batch 64, measured: JAX 0.83x of PyTorch on the
-convolutions, 1.49x on the network, 4.1x on the first level's GroupNorm + SiLU): the gap is in the normalisations and
-elementwise work between the convolutions, which XLA's CPU code generates more slowly than
-PyTorch's vectorised kernels, with or without ``--xla_cpu_enable_fast_math``.
+convolutions, 1.49x on the network, 4.1x on the first level's GroupNorm + SiLU with Flax's
+GroupNorm): the gap is in the normalisations and elementwise work between the
+convolutions, which XLA's CPU code generates more slowly than PyTorch's vectorised kernels,
+with or without ``--xla_cpu_enable_fast_math``. The U-Net's own GroupNorm halves the
+norm's share by summing each channel before each group.
 
     OMP_NUM_THREADS=1 python benchmarks/train_breakdown.py [--preset mnist] [--batch 64]
 """
@@ -39,9 +44,11 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
+_SAME_TORCH = {"convs NCHW": "convs", "network flax": "network", "norm flax": "norm"}
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -120,7 +127,8 @@ def jax_parts(preset: str, batch: int) -> dict[str, Callable[[], Any]]:
     from jax import lax
 
     import ddpm_core as dc
-    from ddpm_core.backends.jax.unet import build_unet, init_params
+    from ddpm_core.backends.jax import unet as jax_unet
+    from ddpm_core.backends.jax.unet import GroupNorm, build_unet, init_params
 
     net = build_unet(preset)
     params = init_params(net, jax.random.key(0))
@@ -134,12 +142,22 @@ def jax_parts(preset: str, batch: int) -> dict[str, Callable[[], Any]]:
     x_t = dc.q_sample(s, x0, t, eps)
     key = jax.random.key(1)
 
-    def loss(p: Any) -> jax.Array:
-        out = net.apply({"params": p}, x_t, t, train=True, rngs={"dropout": key})
-        return jnp.mean(jnp.square(out - eps))
+    def loss_of(model: Any) -> Callable[[Any], jax.Array]:
+        def loss(p: Any) -> jax.Array:
+            out = model.apply({"params": p}, x_t, t, train=True, rngs={"dropout": key})
+            return jnp.mean(jnp.square(out - eps))
+        return loss
 
-    grad_fn = jax.jit(jax.value_and_grad(loss))
+    grad_fn = jax.jit(jax.value_and_grad(loss_of(net)))
     _, grads = grad_fn(params)
+
+    def flax_norm(self: Any, name: str) -> Any:
+        return fnn.GroupNorm(num_groups=self.config.num_groups, epsilon=self.config.norm_eps,
+                             use_fast_variance=False, dtype=self.dtype, name=name)
+
+    with mock.patch.object(jax_unet._Layers, "norm", flax_norm):  # traced here, inside
+        flax_grad_fn = jax.jit(jax.value_and_grad(loss_of(build_unet(preset))))
+        flax_grad_fn(params)
     tx = optax.adam(1e-4)
     opt_state = tx.init(params)
 
@@ -174,18 +192,23 @@ def jax_parts(preset: str, batch: int) -> dict[str, Callable[[], Any]]:
             [jnp.ones(tuple(sh["w"][i] for i in (2, 3, 1, 0)), jnp.float32) for sh in shapes])
     g_nhwc, g_nchw = conv_grad("NHWC"), conv_grad("NCHW")
     host = np.asarray(x0_np)
-    gn = fnn.GroupNorm(num_groups=c.num_groups, epsilon=c.norm_eps, use_fast_variance=False)
     xg = jnp.asarray(rng.standard_normal((batch, c.image_size, c.image_size, c.ch), dtype=np.float32))
-    gn_params = gn.init(jax.random.key(0), xg)
-    gn_grad = jax.jit(jax.grad(lambda p, v: jnp.sum(jnp.square(fnn.silu(gn.apply(p, v)))), argnums=(0, 1)))
+
+    def norm_grad(gn: Any) -> Callable[[], Any]:
+        gn_params = gn.init(jax.random.key(0), xg)
+        f = jax.jit(jax.grad(lambda p, v: jnp.sum(jnp.square(fnn.silu(gn.apply(p, v)))), argnums=(0, 1)))
+        return lambda: jax.block_until_ready(f(gn_params, xg))
 
     return {
         "network": lambda: jax.block_until_ready(grad_fn(params)),
+        "network flax": lambda: jax.block_until_ready(flax_grad_fn(params)),
         "update": lambda: jax.block_until_ready(update_fn(params, params, opt_state, grads)),
         "convs": lambda: jax.block_until_ready(g_nhwc(*nhwc, strides)),
         "convs NCHW": lambda: jax.block_until_ready(g_nchw(*nchw, strides)),
         "copy": lambda: jax.block_until_ready(jax.device_put(host)),
-        "norm": lambda: jax.block_until_ready(gn_grad(gn_params, xg)),
+        "norm": norm_grad(GroupNorm(c.num_groups, c.norm_eps)),
+        "norm flax": norm_grad(fnn.GroupNorm(num_groups=c.num_groups, epsilon=c.norm_eps,
+                                             use_fast_variance=False)),
     }
 
 
@@ -205,8 +228,8 @@ def measure(contenders: dict[str, Callable[[], Any]], rounds: int, reps: int) ->
 
 def table(torch_s: dict[str, float], jax_s: dict[str, float], batch: int) -> str:
     lines = ["| part | PyTorch ms/step | JAX ms/step | JAX/PyTorch |", "|---|---|---|---|"]
-    for name in ("network", "update", "convs", "convs NCHW", "norm", "copy"):
-        ts = torch_s.get(name, torch_s["convs"] if name == "convs NCHW" else None)
+    for name in ("network", "network flax", "update", "convs", "convs NCHW", "norm", "norm flax", "copy"):
+        ts = torch_s.get(name, torch_s.get(_SAME_TORCH.get(name, "")))
         js = jax_s[name]
         ratio = f"{js / ts:.2f}x" if ts else "-"
         lines.append(f"| {name} | {1e3 * ts:.2f} | {1e3 * js:.2f} | {ratio} |" if ts else
@@ -214,7 +237,8 @@ def table(torch_s: dict[str, float], jax_s: dict[str, float], batch: int) -> str
     net = torch_s["network"] + torch_s["update"], jax_s["network"] + jax_s["update"] + jax_s["copy"]
     lines.append(f"| network + update (+ copy) | {1e3 * net[0]:.2f} | {1e3 * net[1]:.2f} | "
                  f"{net[1] / net[0]:.2f}x |")
-    lines.append(f"\nbatch {batch}; one thread each; convs NCHW's PyTorch column repeats convs.")
+    lines.append(f"\nbatch {batch}; one thread each; the PyTorch column of a JAX-only variant "
+                 "(flax, NCHW) repeats its PyTorch counterpart.")
     return "\n".join(lines)
 
 

@@ -66,7 +66,8 @@ def test_train_breakdown_times_every_part_of_both_backends(capsys):
     assert breakdown.main(["--preset", "tiny", "--batch", "2", "--rounds", "1", "--reps", "1"]) == 0
     rows = {ln.split(" | ")[0][2:]: ln.split(" | ")[1:] for ln in capsys.readouterr().out.splitlines()
             if ln.startswith("| ") and not ln.startswith("| part")}
-    assert set(rows) == {"network", "update", "convs", "convs NCHW", "norm", "copy", "network + update (+ copy)"}
+    assert set(rows) == {"network", "network flax", "update", "convs", "convs NCHW", "norm", "norm flax", "copy",
+                         "network + update (+ copy)"}
     for name, cells in rows.items():
         if name != "copy":
             assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[2].endswith("x |"), (name, cells)

@@ -44,7 +44,7 @@ from ddpm_core.models import (
     unet_plan,
 )
 
-__all__ = ["Encoder", "UNet", "build_unet", "init_params", "timestep_embedding"]
+__all__ = ["Encoder", "GroupNorm", "UNet", "build_unet", "init_params", "timestep_embedding"]
 
 _XAVIER = nn.initializers.xavier_uniform()
 _ZEROS = nn.initializers.zeros_init()
@@ -67,6 +67,52 @@ def timestep_embedding(t: jax.Array, dim: int, dtype: Any = jnp.float32) -> jax.
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
+def _group_mean(v: jax.Array, groups: int) -> jax.Array:
+    """Mean of ``v`` (B, ..., C) over its spatial axes and each group of C / groups channels,
+    broadcast back to (B, 1, ..., 1, C).
+
+    Sums each channel first (a reduction over the leading axes, contiguous in NHWC) and
+    only then the groups' channels: XLA's CPU code runs this twice as fast as one
+    reduction over the (spatial, C / groups) axes of a (B, ..., groups, C / groups) view.
+    """
+    b, c = v.shape[0], v.shape[-1]
+    per_channel = jnp.sum(v, axis=tuple(range(1, v.ndim - 1)))  # (B, C)
+    n = math.prod(v.shape[1:-1]) * (c // groups)
+    means = per_channel.reshape(b, groups, c // groups).sum(axis=-1) / n  # (B, groups)
+    return jnp.repeat(means, c // groups, axis=-1).reshape((b,) + (1,) * (v.ndim - 2) + (c,))
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm over the channels-last axis (Wu & He 2018): ``flax.linen.GroupNorm``
+    with ``use_fast_variance=False``, the same parameters (``scale``, ``bias``; (C,),
+    float32) and the same maths, computed faster on a CPU.
+
+    y = (x - mean_g) / sqrt(var_g + epsilon) * scale + bias, with the two-pass variance
+    var_g = mean_g((x - mean_g)^2) (no E[x^2] - E[x]^2 cancellation), the statistics in
+    float32 at least (float64 stays float64), the output in ``dtype`` (or x's dtype
+    promoted with the parameters'). x: (B, ..., C), C divisible by ``num_groups``.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: channels {c} must be divisible by num_groups="
+                             f"{self.num_groups}")
+        scale = self.param("scale", nn.initializers.ones_init(), (c,), jnp.float32)
+        bias = self.param("bias", _ZEROS, (c,), jnp.float32)
+        work = jnp.promote_types(x.dtype, jnp.float32)
+        v = x.astype(work)
+        d = v - _group_mean(v, self.num_groups)
+        y = d * jax.lax.rsqrt(_group_mean(d * d, self.num_groups) + self.epsilon)
+        y = y * scale + bias
+        return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+
+
 class _Layers(nn.Module):
     """Shared factory for layers with the U-Net's initialisers and dtypes."""
 
@@ -84,9 +130,9 @@ class _Layers(nn.Module):
         return nn.Dense(features, kernel_init=_XAVIER, bias_init=_ZEROS, dtype=self.dtype,
                         name=name)
 
-    def norm(self, name: str) -> nn.GroupNorm:
-        return nn.GroupNorm(num_groups=self.config.num_groups, epsilon=self.config.norm_eps,
-                            use_fast_variance=False, dtype=self.dtype, name=name)
+    def norm(self, name: str) -> GroupNorm:
+        return GroupNorm(num_groups=self.config.num_groups, epsilon=self.config.norm_eps,
+                         dtype=self.dtype, name=name)
 
 
 class TimeEmbedding(_Layers):

@@ -8,11 +8,17 @@ import pytest
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
+import flax.linen as fnn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from ddpm_core.backends.convert import flax_path, torch_to_flax  # noqa: E402
 from ddpm_core.backends.jax import UNet, build_unet, init_params  # noqa: E402
-from ddpm_core.backends.jax.unet import LabelEmbedding, param_shapes, timestep_embedding  # noqa: E402
+from ddpm_core.backends.jax.unet import (  # noqa: E402
+    GroupNorm,
+    LabelEmbedding,
+    param_shapes,
+    timestep_embedding,
+)
 from ddpm_core.models import (  # noqa: E402
     count_parameters,
     get_preset,
@@ -147,6 +153,54 @@ def test_bf16_compute_dtype(tiny):
     eps_bf16 = float(jnp.finfo(jnp.bfloat16).eps)
     err = float(jnp.abs(y_bf16.astype(jnp.float32) - y).max() / jnp.abs(y).max())
     assert err < 20 * eps_bf16
+
+
+def _group_norm_f64(x, groups, eps, scale, bias):
+    """GroupNorm of NHWC ``x`` in float64 NumPy: the reference."""
+    x = np.asarray(x, np.float64)
+    b, c = x.shape[0], x.shape[-1]
+    g = x.reshape(b, -1, groups, c // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 3), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 7, 5, 16), 8), ((2, 4, 4, 6), 3), ((2, 9, 4), 2),
+                                          ((2, 3, 3, 8), 1), ((2, 3, 3, 8), 8)])
+def test_group_norm_matches_flax_and_a_float64_reference(shape, groups):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(3.0 + 2.0 * rng.standard_normal(shape), jnp.float32)  # mean >> spread
+    ours = GroupNorm(groups, 1e-6)
+    flax_gn = fnn.GroupNorm(groups, epsilon=1e-6, use_fast_variance=False)
+    params = ours.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_gn.init(
+        jax.random.key(0), x))
+    params = {"params": {"scale": jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32),
+                         "bias": jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)}}
+    p = params["params"]
+    expected = _group_norm_f64(x, groups, 1e-6, np.asarray(p["scale"]), np.asarray(p["bias"]))
+    y = ours.apply(params, x)
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y, expected, rtol=0, atol=64 * EPS32 * np.abs(expected).max())
+    np.testing.assert_allclose(y, flax_gn.apply(params, x), rtol=0,
+                               atol=64 * EPS32 * np.abs(expected).max())
+
+    def loss(module, p, v):
+        return jnp.sum(jnp.sin(module.apply(p, v)))
+    grads = jax.grad(loss, argnums=(1, 2))(ours, params, x)
+    flax_grads = jax.grad(loss, argnums=(1, 2))(flax_gn, params, x)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(flax_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=256 * EPS32 * float(jnp.abs(b).max()))
+
+
+def test_group_norm_dtypes_and_errors():
+    x = jnp.ones((2, 4, 4, 8), jnp.bfloat16) + jnp.arange(8, dtype=jnp.bfloat16)
+    gn = GroupNorm(4, 1e-6, dtype=jnp.bfloat16)
+    params = gn.init(jax.random.key(0), x)
+    assert params["params"]["scale"].dtype == jnp.float32
+    assert gn.apply(params, x).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="channels 8 must be divisible by num_groups=3"):
+        GroupNorm(3).init(jax.random.key(0), x)
 
 
 def test_avgpool_resampling_variant_runs():

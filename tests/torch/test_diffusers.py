@@ -27,7 +27,6 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-import ddpm_core.backends.diffusers as conversion  # noqa: E402
 import ddpm_core.backends.diffusers_unet as unet_mapping  # noqa: E402
 from ddpm_core import sample  # noqa: E402
 from ddpm_core.backends.convert import load_safetensors, save_safetensors  # noqa: E402
