@@ -67,17 +67,19 @@ def bench(session: nox.Session) -> None:
 
     ``nox -s bench`` runs steps, chain and train; ``nox -s bench -- steps chain`` picks some;
     ``breakdown`` (``benchmarks/train_breakdown.py``: a CPU training step, part by part,
-    PyTorch against JAX) runs when named.
+    PyTorch against JAX) and ``profile`` (``benchmarks/step_profile.py``: the same step under
+    each framework's profiler, op by op) run when named.
     """
     session.install(TORCH)
     session.install(".[torch,jax]", "diffusers", "pytest>=8")
     # every contender of a row computes the same thing (with diffusers installed, theirs too)
     session.run("pytest", "-q", "tests/test_benchmarks.py")
-    scripts = {"steps": "bench_steps", "chain": "bench_chain", "train": "bench_train", "breakdown": "train_breakdown"}
+    scripts = {"steps": "bench_steps", "chain": "bench_chain", "train": "bench_train", "breakdown": "train_breakdown",
+               "profile": "step_profile"}
     for name in session.posargs or ["steps", "chain", "train"]:
         if name not in scripts:
             session.error(f"unknown benchmark {name!r}; choose from {', '.join(scripts)}")
-        one_thread = {"OMP_NUM_THREADS": "1"} if name == "breakdown" else None
+        one_thread = {"OMP_NUM_THREADS": "1"} if name in ("breakdown", "profile") else None
         session.run("python", f"benchmarks/{scripts[name]}.py", env=one_thread)
 
 

@@ -77,3 +77,61 @@ def test_train_breakdown_rejects_a_bad_batch():
     breakdown = load_benchmark("train_breakdown")
     with pytest.raises(SystemExit):
         breakdown.main(["--batch", "0"])
+
+
+def _tables(text: str) -> dict[str, dict[str, list[str]]]:
+    """{backend: {category: cells}} of step_profile's Markdown tables."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0].endswith(": category"):
+            current = out.setdefault(cells[0].split(":")[0], {})
+        elif line.startswith("| ") and cells[1] != "---":
+            current[cells[0]] = cells[1:]
+    return out
+
+
+def test_step_profile_attributes_the_step_to_convolutions_and_the_rest(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    profile = load_benchmark("step_profile")
+    assert profile.main(["--preset", "tiny", "--batch", "2", "--steps", "1"]) == 0
+    tables = _tables(capsys.readouterr().out)
+    jax_rows, torch_rows = tables["jax"], tables["torch"]
+    for kind in ("forward", "input gradient", "weight gradient"):  # every conv: 3 ops
+        cells = jax_rows[f"convolution, {kind}"]
+        assert float(cells[0]) > 0 and int(cells[2]) >= 10, (kind, cells)
+    assert {"convolution, forward", "convolution, input + weight gradients"} <= set(torch_rows)
+    for rows in (jax_rows, torch_rows):
+        parts = sum(float(c[0]) for k, c in rows.items() if k != "total")
+        assert parts == pytest.approx(float(rows["total"][0]), abs=0.1 * len(rows))
+
+
+def test_step_profile_reads_a_weight_gradient_from_its_window():
+    profile = load_benchmark("step_profile")
+    hlo = """HloModule m
+
+%fused_computation.1 (param_0: f32[16,28,28,64], param_1: f32[28,28,64,32]) -> f32[16,3,3,32] {
+  %param_0 = f32[16,28,28,64]{3,2,1,0} parameter(0)
+  ROOT %convolution.2 = f32[16,3,3,32]{3,2,1,0} convolution(%param_0, %param_1), window={size=28x28 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+%fused_computation.2 (param_0: f32[64,28,28,16], param_1: f32[3,3,16,32]) -> f32[64,28,28,32] {
+  ROOT %convolution.3 = f32[64,28,28,32]{3,2,1,0} convolution(%param_0, %param_1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(f)/transpose(jvp(UNet))/conv"}
+}
+
+ENTRY %main {
+  %ynn_fusion.1 = f32[16,3,3,32]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.1, backend_config={}
+  %ynn_fusion.2 = f32[64,28,28,32]{3,2,1,0} fusion(%c, %d), kind=kCustom, calls=%fused_computation.2, metadata={op_name="jit(f)/transpose(jvp(UNet))/conv"}
+  %convolution.9 = f32[64,28,28,32]{3,2,1,0} convolution(%e, %f), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(f)/jvp(UNet)/conv"}
+  ROOT %t.1 = f32[28,28,64,16]{3,2,1,0} transpose(%g), dimensions={1,2,3,0}
+}
+"""  # noqa: E501 - HLO text as XLA prints it
+    assert profile.hlo_categories(hlo) == {
+        "param_0": "elementwise fusions (norm, SiLU, adds, copies)",
+        "convolution.2": "convolution, weight gradient",
+        "convolution.3": "convolution, input gradient",
+        "ynn_fusion.1": "convolution, weight gradient",
+        "ynn_fusion.2": "convolution, input gradient",
+        "convolution.9": "convolution, forward",
+        "t.1": "layout transposes"}
