@@ -229,7 +229,7 @@ def test_quality_sweep_budgets_trains_grades_and_resumes(tmp_path, monkeypatch):
     def fake_fid(run, images, **kw):  # the Inception network is not what this test is about
         graded.append((run.name, images.shape))
         return {"fid": 10.0 + len(graded), "kid": 0.01, "kid_std": 0.001, "floor_fid": 5.0,
-                "floor_kid": 0.001, "n": images.shape[0]}
+                "floor_kid": 0.001, "n": images.shape[0], "floor_n": 2}  # a small held-out split
 
     monkeypatch.setattr(evaluation, "fid_report", fake_fid)
     root = tmp_path / "q"
@@ -245,7 +245,8 @@ def test_quality_sweep_budgets_trains_grades_and_resumes(tmp_path, monkeypatch):
     assert steps["ch32"] == max(1, round(6 * costs["baseline"] / costs["ch32"]))
     assert len(graded) == 6 and all(shape[0] == 3 for _, shape in graded)
     table = (root / "quality.md").read_text()
-    assert "| baseline | torch | 0 | 6 | ddim50 | 11.00 |" in table and "floor" in table
+    assert "| baseline | torch | 0 | 6 | ddim50 | 11.00 |" in table
+    assert "Held-out floor (N = 2): FID 5.00" in table  # the floor's own N, not the samples
     assert quality.main(argv) == 0 and len(graded) == 6  # every run and grade is reused
     assert quality.main([*argv, "--eval-seed", "1"]) == 0 and len(graded) == 12
     swept = (root / "evals" / "lr2e-3-torch-s0-ddim50.json").read_text()
