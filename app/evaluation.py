@@ -1,8 +1,8 @@
 """Framework-neutral parts of ``ddpm eval``: the held-out data, the noise of the bound,
 the bits/dim summary, the rate-distortion table (the paper's Figure 5) and its files.
 
-The backends (``ddpm_core.backends.{torch,jax}.evaluation``) run the network and the
-core's :func:`ddpm_core.bits_per_dim`; everything here is NumPy only.
+:func:`bpd` runs the core's :func:`ddpm_core.bits_per_dim` with a backend's network (the
+sampling protocol's float32 model); everything else here is NumPy only.
 
 Noise: the term L_{t-1} of image j uses ``default_rng([seed, j, t])`` (0-based t), so the
 bound of an image does not depend on the batch size or the backend, and both backends see
@@ -27,6 +27,7 @@ __all__ = [
     "BPD_KEYS",
     "FID_KEYS",
     "batch_noise_fn",
+    "bpd",
     "fid_report",
     "check_positive_int",
     "require_fid_network",
@@ -79,6 +80,54 @@ def batch_noise_fn(seed: int, start: int, shape: tuple[int, ...],
         return convert(np.stack(rows))
 
     return noise_fn
+
+
+def bpd(backend: Any, run_dir: str | os.PathLike, *, n: int, batch_size: int | None = None, seed: int = 0,
+        use_ema: bool = True, device: str = "auto", clip: bool = False) -> dict[str, Any]:
+    """The bound of eq. (5) in bits/dim on the first ``n`` held-out images of a run.
+
+    Every one of the T terms is the core's :func:`ddpm_core.bits_per_dim` (T network calls
+    per batch), with the backend's float32 network (``backend``: a
+    ``ddpm_core.app.sampling.protocol.SampleBackend``; no mixed precision, the bound needs
+    full precision) and the noise of :func:`batch_noise_fn`, so both backends give the same
+    numbers on the same weights.
+
+    Parameters
+    ----------
+    run_dir : path of a run directory (either backend's)
+    n : int, >= 1, at most the held-out split's size
+    batch_size : int, >= 1, optional (default ``n``)
+    seed : int, >= 0, seeds the noise of every term
+    use_ema : bool, the EMA weights (default) or the raw ones
+    clip : bool, clip x0_hat to [-1, 1] before the posterior mean (the model is then the
+        clipped one; still a valid bound) and in the distortion; default False
+
+    Returns
+    -------
+    dict, see :func:`summarize_bpd` (``bpd = prior + terms + decoder``; ``terms_per_t``
+    (T,), ``rmse_per_t`` (T,), ``bpd_per_image`` (n,)).
+    """
+    from ddpm_core import bits_per_dim
+    from ddpm_core.app.sampling.driver import load_run
+    from ddpm_core.data import to_model_range
+
+    n = check_positive_int("n", n)
+    bs = n if batch_size is None else check_positive_int("batch_size", batch_size)
+    network, schedule, info = load_run(backend, run_dir, use_ema=use_ema, device=device)
+    fn = backend.float32_model(network)
+    x_all = to_model_range(heldout_images(info, n)).transpose(0, 3, 1, 2)
+    parts: list[list[np.ndarray]] = [[], [], [], []]
+    for start in range(0, n, bs):
+        x0 = backend.asarray(network, np.ascontiguousarray(x_all[start:start + bs]))
+        noise = batch_noise_fn(seed, start, tuple(x0.shape), lambda a: backend.asarray(network, a))
+        with backend.inference():
+            r = bits_per_dim(schedule, fn, x0, noise, prediction=info["prediction"],
+                             variance=info["variance"], clip=True if clip else None)
+        for k, a in enumerate((r.total, r.prior, r.terms, r.mse)):
+            parts[k].append(np.asarray(backend.numpy(a), np.float64))
+    total, prior = np.concatenate(parts[0]), np.concatenate(parts[1])
+    terms, mse = np.concatenate(parts[2], axis=1), np.concatenate(parts[3], axis=1)
+    return summarize_bpd(total, prior, terms, mse)
 
 
 def summarize_bpd(total: np.ndarray, prior: np.ndarray, terms: np.ndarray,

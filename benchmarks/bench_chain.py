@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 import ddpm_core as dc
-from ddpm_core.app.chains import chain_schedule
+from ddpm_core.app.sampling.chains import chain_schedule
 
 # model: (preset, batch, chain steps K, rounds at --rounds 1)
 CASES = {"null": ("tiny", 1, 200, 20), "tiny": ("tiny", 1, 100, 15), "mnist": ("mnist", 16, 20, 5)}

@@ -37,21 +37,22 @@ from ddpm_core.parameterization import (
 )
 from ddpm_core.posterior import q_posterior
 from ddpm_core.respacing import space_timesteps
-from ddpm_core.samplers import (
-    SampleStep,
-    StepResult,
-    ddim_step,
-    ddpm_step,
+from ddpm_core.reverse import (
+    classifier_guided_step,
     interpolate,
+    mix_latents,
+    reverse_step,
     sample,
     sample_loop,
 )
+from ddpm_core.samplers import SAMPLERS, SampleStep, StepResult, ddim_step, ddpm_step
 from ddpm_core.schedules import Schedule
 from ddpm_core.timesteps import LossSecondMoment, sample_timesteps, uniform_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAMPLERS",
     "BitsPerDim",
     "LossSecondMoment",
     "MeanVariance",
@@ -62,6 +63,7 @@ __all__ = [
     "classifier_free_guidance",
     "classifier_guidance_eps",
     "classifier_guidance_mean",
+    "classifier_guided_step",
     "clip_x0",
     "ddim_step",
     "ddpm_step",
@@ -69,6 +71,7 @@ __all__ = [
     "eps_from_score",
     "interpolate",
     "loss_weights",
+    "mix_latents",
     "normal_kl",
     "p_mean_variance",
     "predict_eps",
@@ -81,6 +84,7 @@ __all__ = [
     "q_posterior",
     "q_sample",
     "q_step_sample",
+    "reverse_step",
     "sample",
     "sample_loop",
     "sample_timesteps",

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 from ddpm_core._namespace import (
@@ -76,7 +77,7 @@ from ddpm_core._namespace import (
 from ddpm_core.parameterization import split_model_output
 from ddpm_core.schedules import Schedule
 
-__all__ = ["classifier_free_guidance", "classifier_guidance_mean", "classifier_guidance_eps"]
+__all__ = ["cfg_output", "classifier_free_guidance", "classifier_guidance_mean", "classifier_guidance_eps"]
 
 
 def _check_finite(name: str, value: Any) -> float:
@@ -269,3 +270,31 @@ def classifier_guidance_eps(schedule: Schedule, eps: Any, t: Any, grad: Any, *, 
     e = upcast(eps, xp)
     (root,) = schedule.coefs(("sqrt_one_minus_alphas_cumprod",), t, e, xp)
     return cast_like(lincomb(xp, (1.0, e), (-scale * root, upcast(grad, xp))), eps, xp)
+
+
+def cfg_output(call: Callable[[Any, Any, Any], Any], x: Any, t: Any, y: Any, null: int,
+               scale: float, *, rescale: float = 0.0, variance: str = "fixed_small") -> Any:
+    r"""The classifier-free guided model output (G1, G2) from ONE batched network call.
+
+    The conditional and unconditional passes are one call on ``[x, x]`` with labels
+    ``[y, null]``; the halves are combined by :func:`classifier_free_guidance`
+    (learned-variance channels come from the conditional half).
+
+    Parameters
+    ----------
+    call : ``(x (2B, C, ...), t (2B,), y (2B,)) -> float32 output (2B, C or 2C, ...)``
+    x : (B, C, ...) ; t : (B,) int ; y : (B,) int labels in [0, K)
+    null : int
+        The null label K.
+    scale, rescale, variance : see :func:`classifier_free_guidance`
+
+    Returns
+    -------
+    (B, C or 2C, ...), the dtype of ``call``'s output.
+    """
+    xp = namespace(x)
+    b = x.shape[0]
+    out = call(xp.concat([x, x], axis=0), xp.concat([t, t], axis=0),
+               xp.concat([y, xp.full_like(y, null)], axis=0))
+    return classifier_free_guidance(out[:b, ...], out[b:, ...], scale, rescale=rescale,
+                                    variance=variance, channels=x.shape[1])

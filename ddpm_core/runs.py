@@ -6,7 +6,6 @@ the ``ddpm_core.app`` module that holds each name.
 """
 
 from ddpm_core.app.atomic import atomic_write_bytes, atomic_write_json
-from ddpm_core.app.chains import SAMPLERS, chain_schedule, interpolation_sources
 from ddpm_core.app.images import image_grid, save_npz, save_png, to_uint8
 from ddpm_core.app.logs import CsvLog, Progress
 from ddpm_core.app.options import (
@@ -29,6 +28,7 @@ from ddpm_core.app.rundir import (
     write_run,
     write_run_json,
 )
+from ddpm_core.app.sampling.chains import SAMPLERS, chain_schedule, interpolation_sources
 from ddpm_core.app.seeding import batch_indices, flip_mask, step_seed
 
 __all__ = [

@@ -1,4 +1,4 @@
-r"""Reverse-process samplers: the ancestral DDPM step, the DDIM step, and sampling loops.
+r"""Reverse-process steps: the ancestral DDPM step and the DDIM step.
 
 Algorithm 2 (ancestral sampling), for t = T..1:
 
@@ -19,7 +19,6 @@ or from a ``noise_fn(i)`` callable that the caller builds on its own generator o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from ddpm_core._namespace import (
@@ -30,15 +29,12 @@ from ddpm_core._namespace import (
     check_choice,
     check_range,
     check_same_shape,
-    device_of,
     fsqrt,
-    index_dtype,
     is_torch,
     lincomb,
     namespace,
     upcast,
 )
-from ddpm_core.forward import _q_sample
 from ddpm_core.parameterization import (
     LOG_VARIANCE_TABLES,
     PREDICTIONS,
@@ -54,9 +50,9 @@ from ddpm_core.parameterization import (
 )
 from ddpm_core.schedules import Schedule
 
-__all__ = ["StepResult", "SampleStep", "ddpm_step", "ddim_step", "sample_loop", "sample", "interpolate"]
+__all__ = ["SAMPLERS", "StepResult", "SampleStep", "ddpm_step", "ddim_step"]
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim")  # the sampler names, everywhere (ddpm_core.reverse.reverse_step)
 
 
 class StepResult(NamedTuple):
@@ -258,148 +254,3 @@ def _ddim_step(schedule, pred, x_t, t, after, noise, eta, prediction, clip, thre
         root_prev, root_one_minus_prev = schedule.prev_coefs(_PREV_ROOTS, after, x, xp)
         x_prev = lincomb(xp, (root_prev, x0), (root_one_minus_prev, eps))
     return StepResult(cast_like(x_prev, x_t, xp), cast_like(x0, x_t, xp))
-
-
-def sample_loop(
-    schedule: Schedule,
-    model: Callable[[Any, Any], Any],
-    x_T: Any,
-    noise_fn: Callable[[int], Any] | None,
-    *,
-    sampler: str = "ddpm",
-    eta: float = 0.0,
-    prediction: str = "eps",
-    variance: str = "fixed_small",
-    clip: Any = None,
-    threshold: float | None = None,
-    start: int | None = None,
-) -> Iterator[SampleStep]:
-    """Run the reverse chain from ``x_T``, yielding every step (progressive generation).
-
-    For each step index i = start..0 (default start = T - 1) the model is called as
-    ``model(x, t_model)`` with ``t_model`` the integer vector of the original-chain index
-    ``schedule.timesteps[i]``; ``noise_fn(i)`` supplies the standard normal draws of step i
-    (never called for i == 0, nor for DDIM with eta == 0, where it may be None). For a
-    respaced ``schedule``, the DDPM sampler is exact on the shorter chain (its betas are
-    re-derived) and DDIM steps between consecutive kept steps.
-
-    Yields
-    ------
-    SampleStep(step, x, x0_hat), with ``x`` the state after step ``step``.
-    """
-    check_choice("sampler", sampler, SAMPLERS)
-    check_batch("x_T", x_T)
-    _check_step(schedule, x_T, prediction, variance)
-    T = schedule.num_timesteps
-    start = T - 1 if start is None else start
-    if not 0 <= start < T:
-        raise ValueError(f"start must lie in [0, {T}), got start={start}")
-    if sampler == "ddim" and variance in ("learned", "learned_range"):
-        variance = "fixed_small"  # DDIM ignores the variance head (its halves are split below)
-    needs_noise = sampler == "ddpm" or eta > 0
-    if needs_noise and noise_fn is None and start > 0:
-        raise ValueError(f"noise_fn is required for sampler={sampler!r} with eta={eta}")
-    return _loop(schedule, model, x_T, noise_fn, sampler, eta, prediction, variance, clip,
-                 threshold, start, needs_noise)
-
-
-def _loop(schedule, model, x, noise_fn, sampler, eta, prediction, variance, clip, threshold,
-          start, needs_noise):
-    xp = namespace(x)
-    dev = device_of(x)
-    t_dtype = index_dtype(xp, dev)
-    zeros = None
-    for i in range(start, -1, -1):
-        out = model(x, xp.full((x.shape[0],), int(schedule.timesteps[i]), dtype=t_dtype, device=dev))
-        pred, var_values = split_model_output(out, variance) if sampler == "ddpm" else (
-            _prediction_part(out, x), None)
-        check_same_shape("x", x, "model output (prediction part)", pred)
-        if needs_noise and i > 0:
-            noise = noise_fn(i)
-            check_same_shape("x", x, f"noise_fn({i})", noise)
-        else:
-            noise = zeros = xp.zeros_like(x) if zeros is None else zeros
-        if sampler == "ddpm":
-            step = _ddpm_step(schedule, pred, var_values, x, i, noise, prediction, variance,
-                              clip, threshold, xp)
-        else:
-            step = _ddim_step(schedule, pred, x, i, i, noise, eta, prediction, clip,
-                              threshold, xp)  # t_prev = i - 1: index i in the prev tables
-        x = step.x_prev
-        yield SampleStep(i, x, step.x0_hat)
-
-
-def _prediction_part(out: Any, x: Any) -> Any:
-    """A learned-variance model's prediction half when DDIM ignores the variance head."""
-    if out.ndim >= 2 and out.shape[1] == 2 * x.shape[1]:
-        return out[:, : x.shape[1], ...]
-    return out
-
-
-def sample(
-    schedule: Schedule,
-    model: Callable[[Any, Any], Any],
-    x_T: Any,
-    noise_fn: Callable[[int], Any] | None,
-    **kwargs: Any,
-) -> Any:
-    """The final x_0 of ``sample_loop`` (same arguments).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> s = Schedule.linear(50, 1e-3, 0.2)
-    >>> rng = np.random.default_rng(0)
-    >>> model = lambda x, t: np.zeros_like(x)  # predicts eps = 0
-    >>> x0 = sample(s, model, rng.standard_normal((4, 2)), lambda i: rng.standard_normal((4, 2)))
-    >>> x0.shape
-    (4, 2)
-    """
-    x = None
-    for step in sample_loop(schedule, model, x_T, noise_fn, **kwargs):
-        x = step.x
-    return x
-
-
-def interpolate(
-    schedule: Schedule,
-    model: Callable[[Any, Any], Any],
-    x0_a: Any,
-    x0_b: Any,
-    lam: Any,
-    t: int,
-    noise_a: Any,
-    noise_b: Any,
-    noise_fn: Callable[[int], Any] | None,
-    **kwargs: Any,
-) -> Any:
-    r"""Interpolate in latent space (the paper's Figure 8) and decode.
-
-    Both inputs are encoded to step ``t`` with q(x_t|x_0) (``noise_a``, ``noise_b``),
-    mixed as (1 - lam) x_t^a + lam x_t^b, and denoised from ``t`` down to x_0 with
-    ``sample_loop(..., start=t)``.
-
-    Parameters
-    ----------
-    x0_a, x0_b, noise_a, noise_b : (B, ...)
-    lam : float or array (B,) in [0, 1]
-    t : int, the 0-based step to encode to
-    """
-    check_same_shape("x0_a", x0_a, "x0_b", x0_b)
-    check_same_shape("x0_a", x0_a, "noise_a", noise_a)
-    check_same_shape("x0_a", x0_a, "noise_b", noise_b)
-    xp = namespace(x0_a)
-    T = schedule.num_timesteps
-    tt = as_timesteps(t, x0_a, T, scalar_ok=True)
-    lam_arr = xp.asarray(lam, dtype=x0_a.dtype, device=device_of(x0_a))
-    if lam_arr.ndim > 1 or (lam_arr.ndim == 1 and lam_arr.shape[0] != x0_a.shape[0]):
-        raise ValueError(f"lam must be a float or an array of shape ({x0_a.shape[0]},), got shape "
-                         f"{tuple(lam_arr.shape)}")
-    check_all((lam_arr >= 0.0) & (lam_arr <= 1.0), "lam must lie in [0, 1] (the mixing weight)",
-              values=lam_arr)
-    if lam_arr.ndim == 1:
-        lam_arr = xp.reshape(lam_arr, (-1,) + (1,) * (x0_a.ndim - 1))
-    mixed = (1.0 - lam_arr) * _q_sample(schedule, x0_a, tt, noise_a, xp) + lam_arr * _q_sample(
-        schedule, x0_b, tt, noise_b, xp
-    )
-    return sample(schedule, model, mixed, noise_fn, start=int(t), **kwargs)

@@ -279,7 +279,8 @@ def test_app_imports_no_framework(tmp_path):
 
 
 def test_runs_keeps_the_documented_names():
-    from ddpm_core.app import chains, trainer
+    from ddpm_core.app import trainer
+    from ddpm_core.app.sampling import chains
 
     assert runs.TrainOptions is options.TrainOptions and runs.RunPaths is rundir.RunPaths
     assert runs.chain_schedule is chains.chain_schedule and runs.step_seed is seeding.step_seed

@@ -69,7 +69,7 @@ def test_bpd_independent_of_batch_size(tiny_run):
 def test_backends_agree_on_the_same_weights(tiny_run):
     pytest.importorskip("jax")
     pytest.importorskip("flax")
-    from ddpm_core.backends.jax import evaluation as je
+    from ddpm_core.backends.jax import api as je
 
     rt, rj = _torch_bpd(tiny_run, n=2), je.bpd(tiny_run, n=2)
     rtol = 1e3 * float(np.finfo(np.float32).eps)

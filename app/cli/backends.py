@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 from typing import Any
 
 from ddpm_core.app.options import BACKENDS
 from ddpm_core.app.rundir import read_run_json
 
-__all__ = ["BackendUnavailable", "call", "default_train_backend", "installed", "load_backend",
+__all__ = ["BackendUnavailable", "default_train_backend", "installed", "load_backend",
            "load_evaluation", "run_backend"]
 
 _FRAMEWORK_MODULES = {"torch": ("torch", "safetensors"),
                       "jax": ("jax", "flax", "optax", "safetensors")}
-_OPTIONAL_KWARGS = ("device", "compile", "sampler", "steps", "use_ema", "batch_size")
 
 
 class BackendUnavailable(RuntimeError):
@@ -71,13 +69,3 @@ def run_backend(run_dir: str, requested: str | None) -> str:
         return trained
     others = [b for b in BACKENDS if b != trained and installed(b)]
     return others[0] if others else trained
-
-
-def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a backend function, leaving out optional keywords it does not take."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        for key in _OPTIONAL_KWARGS:
-            if key in kwargs and key not in params:
-                del kwargs[key]
-    return fn(*args, **kwargs)

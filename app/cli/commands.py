@@ -14,7 +14,6 @@ import numpy as np
 
 from ddpm_core.app.cli.backends import (
     BackendUnavailable,
-    call,
     default_train_backend,
     installed,
     load_backend,
@@ -128,7 +127,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_output(args.out, "grid")
     n, guide, labels = _guided_args(args, 64)
     api = load_backend(run_backend(args.run, args.backend))
-    images = call(api.sample, args.run, n=n, sampler=args.sampler, steps=args.steps,
+    images = api.sample(args.run, n=n, sampler=args.sampler, steps=args.steps,
                   eta=args.eta, seed=args.seed, batch_size=args.batch_size,
                   use_ema=not args.no_ema, device=args.device, compile=args.compile, **guide)
     write_grid(args.out, images, _with_labels({"images": images}, labels),
@@ -140,7 +139,7 @@ def cmd_progressive(args: argparse.Namespace) -> int:
     check_output(args.out, "grid")
     n, guide, labels = _guided_args(args, 8)
     api = load_backend(run_backend(args.run, args.backend))
-    frames = call(api.progressive, args.run, n=n, seed=args.seed, frames=args.frames,
+    frames = api.progressive(args.run, n=n, seed=args.seed, frames=args.frames,
                   sampler=args.sampler, steps=args.steps, use_ema=not args.no_ema,
                   device=args.device, **guide)
     rows = frames.transpose(1, 0, 2, 3, 4).reshape(-1, *frames.shape[2:])
@@ -169,7 +168,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         held = load_dataset(info["data"], "train")
     rows, mixes = [], []
     for i, j in pairs:
-        mixed = call(api.interpolate, args.run, seed=args.seed, t=args.t, lambdas=args.lambdas,
+        mixed = api.interpolate(args.run, seed=args.seed, t=args.t, lambdas=args.lambdas,
                      pair=(i, j), use_ema=not args.no_ema, device=args.device, **guide)
         rows += [held[i], *mixed, held[j]]
         mixes.append(mixed)

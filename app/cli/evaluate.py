@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.cli.backends import BackendUnavailable, call, load_backend, load_evaluation, run_backend
+from ddpm_core.app.cli.backends import BackendUnavailable, load_backend, load_evaluation, run_backend
 from ddpm_core.app.cli.commands import write_grid
 from ddpm_core.app.outputs import check_output
 
@@ -20,7 +20,7 @@ __all__ = ["cmd_eval"]
 def _eval_bpd(args: argparse.Namespace) -> dict[str, Any]:
     backend = run_backend(args.run, args.backend)
     start = time.perf_counter()
-    result = load_evaluation(backend).bpd(args.run, n=args.n, batch_size=args.batch_size,
+    result = load_backend(backend).bpd(args.run, n=args.n, batch_size=args.batch_size,
                                            seed=args.seed, use_ema=not args.no_ema,
                                            device=args.device, clip=args.clip)
     result.update(backend=backend, T=int(len(result["terms_per_t"])),
@@ -63,7 +63,7 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise BackendUnavailable(str(e)) from e
     api = load_backend(run_backend(args.run, args.backend))
-    images = call(api.sample, args.run, n=args.n, sampler=args.sampler, steps=args.steps,
+    images = api.sample(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
                    eta=args.eta, seed=args.seed, batch_size=args.batch_size,
                    use_ema=not args.no_ema, device=args.device)
     try:
@@ -107,7 +107,7 @@ def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | 
     g, clf_config, _ = guided_request(info, args.n, **guide)  # checked before sampling
     api = load_backend(run_backend(args.run, args.backend))
     extra = {k: v for k, v in guide.items() if v is not None}
-    images = call(api.sample, args.run, n=args.n, sampler=args.sampler, steps=args.steps,
+    images = api.sample(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
                   eta=args.eta, seed=args.seed, batch_size=args.batch_size,
                   use_ema=not args.no_ema, device=args.device, **extra)
     k = run_k or (clf_config.num_classes if clf_config is not None else None)

@@ -15,10 +15,10 @@ from ddpm_core.app.options import (
     TIMESTEP_SAMPLERS,
     VARIANCES,
 )
+from ddpm_core.samplers import SAMPLERS
 
 __all__ = ["build_parser", "float_in", "int_at_least"]
 
-SAMPLERS = ("ddpm", "ddim")
 
 
 # --------------------------------------------------------------------------- value types

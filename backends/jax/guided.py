@@ -1,9 +1,10 @@
 """Guided sampling with JAX: class labels, classifier-free and classifier guidance.
 
-The guided chain is still the one compiled ``lax.scan`` of :class:`~.sampling.Sampler`:
+The guided chain is still the one compiled ``lax.scan`` of :class:`~.sampling.Sampler`
+(built by ``ddpm_core.backends.jax.chain.JaxSampling.chain``):
 labels are a traced argument of the scan, the classifier-free guided model output is one
 batched network call on ``[x, x]`` with ``[y, null]``
-(``ddpm_core.backends.guided.cfg_output``), and the classifier's gradient is ``jax.grad``
+(``ddpm_core.guidance.cfg_output``), and the classifier's gradient is ``jax.grad``
 (``classifier.log_prob_grad``) inside the scan body, at the original-chain step. The
 parameters of a guided chain are ``{"unet": ..., "classifier": ...}``.
 """
@@ -19,10 +20,10 @@ import jax.numpy as jnp
 
 from ddpm_core.app.integrity import check_finite, verify_file
 from ddpm_core.app.rundir import RunPaths
-from ddpm_core.backends.guided import cfg_output
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.classifier import Classifier, build_classifier, log_prob_grad
 from ddpm_core.backends.jax.unet import UNet
+from ddpm_core.guidance import cfg_output
 
 __all__ = ["classifier_grad", "guided_model", "load_classifier"]
 

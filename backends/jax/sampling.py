@@ -22,17 +22,17 @@ Chains (``chain_schedule``, the same rules as the PyTorch backend)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_core import ddim_step, ddpm_step, q_sample
-from ddpm_core.app.chains import SAMPLERS, chain_schedule
-from ddpm_core.app.images import to_uint8
-from ddpm_core.backends.guided import classifier_guided_step
-from ddpm_core.schedules import Schedule
+from ddpm_core import reverse_step
+from ddpm_core.app.sampling import driver
+from ddpm_core.app.sampling.chains import SAMPLERS, chain_schedule, check_eta, progressive_steps
+from ddpm_core.app.sampling.driver import to_images
+from ddpm_core.app.sampling.protocol import ChainSpec
 
 __all__ = [
     "SAMPLERS",
@@ -48,17 +48,7 @@ __all__ = [
 _STREAM_SAMPLE = 11  # sampling keys: fold_in(seed_key(seed), 11), then the sample index
 
 
-class Chain(NamedTuple):
-    """What one reverse step needs besides the state: schedule and parameterisation."""
-
-    schedule: Schedule
-    sampler: str = "ddpm"
-    eta: float = 0.0
-    prediction: str = "eps"
-    variance: str = "fixed_small"
-    clip: Any = True
-    classifier: Any = None  # (params, x, t_model, y) -> grad log p(y | x, t_model), or None
-    classifier_scale: float = 0.0
+Chain = ChainSpec  # the chain a Sampler runs: schedule (respaced), sampler, eta, prediction, variance, clip
 
 
 def seed_key(seed: int) -> jax.Array:
@@ -87,32 +77,20 @@ def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
 
-def _one_step(chain: Chain, model: Callable[..., Any], params: Any, x: jax.Array,
-              i: jax.Array, t_model: jax.Array, noise: jax.Array, y: jax.Array | None = None
-              ) -> tuple[jax.Array, jax.Array]:
-    """Model call + the core's step ``i`` (respaced index); returns ``(x_prev, x0_hat)``.
+def _one_step(sampler: Sampler, params: Any, x: jax.Array, i: jax.Array, t_model: jax.Array,
+              noise: jax.Array, y: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Model call + the core's ``reverse_step`` at step ``i`` (respaced index): ``(x_prev, x0_hat)``.
 
-    Mirrors ``ddpm_core.sample_loop``: DDIM ignores a learned variance head. With labels
-    ``y`` the model is called as ``model(params, x, t, y)``; with a classifier the step is
-    ``classifier_guided_step`` (the classifier sees the original-chain ``t_model``).
+    With labels ``y`` the model is called as ``model(params, x, t, y)``; with a classifier
+    the step is classifier-guided (the classifier sees the original-chain ``t_model``).
     """
-    B, C = x.shape[0], x.shape[1]
+    c, B = sampler.chain, x.shape[0]
     tm = jnp.broadcast_to(t_model, (B,))
-    out = (model(params, x, tm) if y is None else model(params, x, tm, y)).astype(jnp.float32)
-    iv = jnp.broadcast_to(i, (B,))
-    if chain.classifier is not None:
-        step = classifier_guided_step(
-            chain.schedule, out, x, iv, noise, chain.classifier(params, x, tm, y),
-            scale=chain.classifier_scale, sampler=chain.sampler, eta=float(chain.eta),
-            prediction=chain.prediction, variance=chain.variance, clip=chain.clip)
-    elif chain.sampler == "ddpm":
-        step = ddpm_step(chain.schedule, out, x, iv, noise, prediction=chain.prediction,
-                         variance=chain.variance, clip=chain.clip)
-    else:
-        eta = float(chain.eta)
-        step = ddim_step(chain.schedule, out[:, :C], x, iv, iv - 1,
-                         noise if eta > 0 else None, eta=eta,
-                         prediction=chain.prediction, clip=chain.clip)
+    out = (sampler.model(params, x, tm) if y is None else sampler.model(params, x, tm, y)).astype(jnp.float32)
+    grad = None if sampler.classifier is None else sampler.classifier(params, x, tm, y)
+    step = reverse_step(c.schedule, out, x, jnp.broadcast_to(i, (B,)), noise, sampler=c.sampler, eta=float(c.eta),
+                        prediction=c.prediction, variance=c.variance, clip=c.clip, grad=grad,
+                        classifier_scale=sampler.classifier_scale)
     return step.x_prev, step.x0_hat
 
 
@@ -124,10 +102,13 @@ class Sampler:
     model : callable ``(params, x (B, C, H, W), t (B,) int) -> output (B, C or 2C, H, W)``
         Usually ``lambda p, x, t: unet.apply({"params": p}, x, t)``; for runs with labels
         ``(params, x, t, y (B,) int) -> output`` (``ddpm_core.backends.jax.guided``).
-    chain : Chain
+    chain : Chain (``ddpm_core.app.sampling.protocol.ChainSpec``)
         Schedule (already respaced with :func:`chain_schedule`) and step settings.
     shape : (C, H, W)
         One image's shape.
+    classifier : ``(params, x, t_model, y) -> grad log p(y | x, t_model)``, or None
+        (``ddpm_core.backends.jax.guided.classifier_grad``), guiding with
+        ``classifier_scale``.
 
     Notes
     -----
@@ -136,12 +117,13 @@ class Sampler:
     """
 
     def __init__(self, model: Callable[[Any, Any, Any], Any], chain: Chain,
-                 shape: Sequence[int]) -> None:
+                 shape: Sequence[int], *, classifier: Callable[..., Any] | None = None,
+                 classifier_scale: float = 0.0) -> None:
         if chain.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}; got {chain.sampler!r}")
-        if not 0.0 <= float(chain.eta) <= 1.0:
-            raise ValueError(f"eta must be in [0, 1]; got {chain.eta!r}")
+        check_eta(chain.eta)
         self.model, self.chain, self.shape = model, chain, tuple(int(s) for s in shape)
+        self.classifier, self.classifier_scale = classifier, float(classifier_scale)
         self.num_steps = chain.schedule.num_timesteps
         self._scan = jax.jit(self._chain, static_argnames=("num_frames",))
         self._step = jax.jit(self._loop_step)
@@ -157,7 +139,7 @@ class Sampler:
                    i: jax.Array, t_model: jax.Array, y: jax.Array | None) -> jax.Array:
         """One step of :meth:`run_loop`: noise of column ``s`` of ``keys``, model, update."""
         noise = _normal(jax.lax.dynamic_index_in_dim(keys, s, 1, keepdims=False), self.shape)
-        return _one_step(self.chain, self.model, params, x, i, t_model, noise, y)[0]
+        return _one_step(self, params, x, i, t_model, noise, y)[0]
 
     # ------------------------------------------------------------------ compiled chain
 
@@ -170,8 +152,7 @@ class Sampler:
         def body(carry: tuple[jax.Array, jax.Array], xs: Any) -> tuple[Any, None]:
             x, frames = carry
             k, i, tm, slot = xs
-            x_prev, x0 = _one_step(self.chain, self.model, params, x, i, tm,
-                                   _normal(k, self.shape), y)
+            x_prev, x0 = _one_step(self, params, x, i, tm, _normal(k, self.shape), y)
             if num_frames:
                 at = jnp.maximum(slot, 0)
                 kept = jnp.where(slot >= 0, x0, frames[at])
@@ -223,29 +204,15 @@ class Sampler:
                  ) -> tuple[np.ndarray, np.ndarray]:
         """``n`` samples, float32 NCHW in [-1, 1], and the kept x0_hat frames (F, n, ...).
 
-        Batches are padded to ``batch_size`` (one compilation); sample j always uses the
-        keys of global index j. ``labels``: int (n,), sample j's class, or None.
+        The sampling driver's batches (``ddpm_core.app.sampling.driver.draw_chain``),
+        padded to ``batch_size`` (one compilation); sample j always uses the keys of global
+        index j. ``labels``: int (n,), sample j's class, or None. ``loop=True`` runs
+        :meth:`run_loop` (no frames).
         """
-        bs = _check_counts(n, batch_size)
-        if labels is not None and np.shape(labels) != (n,):
-            raise ValueError(f"labels must have shape ({n},), one per sample; got "
-                             f"{np.shape(labels)}")
-        xs: list[np.ndarray] = []
-        fs: list[np.ndarray] = []
-        for lo in range(0, n, bs):
-            keys = sample_keys(seed, np.arange(lo, lo + bs), self.num_steps)
-            x_T = _normal(keys[:, 0], self.shape)
-            keep = min(bs, n - lo)
-            y = None if labels is None else np.resize(np.asarray(labels)[lo:lo + bs], bs)
-            if loop:
-                x = self.run_loop(params, x_T, keys[:, 1:], labels=y)
-            else:
-                x, frames = self.run(params, x_T, keys[:, 1:], frame_steps=frame_steps,
-                                     labels=y)
-                fs.append(np.asarray(frames[:, :keep]))
-            xs.append(np.asarray(x[:keep]))
-        kept = np.concatenate(fs, axis=1) if frame_steps and fs else np.zeros((0,), np.float32)
-        return np.concatenate(xs), kept
+        from ddpm_core.backends.jax.chain import BACKEND, JaxChain
+
+        return driver.draw_chain(BACKEND, JaxChain(self, params, loop), n=n, seed=seed, batch_size=batch_size,
+                                 labels=labels, frame_steps=frame_steps)
 
     def interpolate(self, params: Any, x0_a: np.ndarray, x0_b: np.ndarray, *,
                     lambdas: Sequence[float], t: int, seed: int = 0,
@@ -257,52 +224,14 @@ class Sampler:
         ``x0_a``, ``x0_b``: float32 (C, H, W); ``label``: the class every mixture is
         decoded with (a model that takes labels), or None.
         """
-        lam = np.asarray(lambdas, dtype=np.float32)
-        if lam.ndim != 1 or lam.size == 0 or lam.min() < 0 or lam.max() > 1:
-            raise ValueError(f"lambdas must be a non-empty list of numbers in [0, 1]; "
-                             f"got {lambdas!r}")
-        T = self.num_steps
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < T:
-            raise ValueError(f"t must be an integer in [0, {T}); got {t!r}")
-        L = lam.size
-        keys = sample_keys(seed, np.zeros(1), T + 1)  # one sample's keys, shared by all lam
-        enc = _normal(keys[:, :2].reshape(-1), self.shape)  # noise_a, noise_b
-        a, b = (jnp.broadcast_to(jnp.asarray(v, jnp.float32), (L, *self.shape))
-                for v in (x0_a, x0_b))
-        tt = jnp.full((L,), int(t), jnp.int32)
-        na, nb = (jnp.broadcast_to(e, (L, *self.shape)) for e in enc)
-        lam_b = jnp.asarray(lam).reshape(L, 1, 1, 1)
-        mixed = (1.0 - lam_b) * q_sample(self.chain.schedule, a, tt, na) \
-            + lam_b * q_sample(self.chain.schedule, b, tt, nb)
-        step_keys = jnp.broadcast_to(keys[:, 2:], (L, T))
-        y = None if label is None else np.full((L,), label, np.int64)
-        x, _ = self.run(params, mixed, step_keys, start=int(t), labels=y)
-        return np.asarray(x)
+        from ddpm_core.backends.jax.chain import BACKEND, JaxChain
+
+        L = len(lambdas)
+        labels = None if label is None else np.full((L,), label, np.int64)
+        return driver.interpolate_images(BACKEND, JaxChain(self, params), x0_a, x0_b, lambdas=lambdas, t=t,
+                                         seed=seed, labels=labels)
 
 
 def _labels(labels: Any) -> jax.Array | None:
     """Labels as an int32 device array (a traced argument: one compilation for all)."""
     return None if labels is None else jnp.asarray(np.asarray(labels), jnp.int32)
-
-
-def _check_counts(n: int, batch_size: int | None) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1; got {n!r}")
-    bs = n if batch_size is None else batch_size
-    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
-        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    return int(min(bs, n))
-
-
-def progressive_steps(num_steps: int, frames: int) -> list[int]:
-    """``frames`` evenly spaced step indices from K - 1 down to 0 (the last is x_0's)."""
-    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) \
-            or not 1 <= frames <= num_steps:
-        raise ValueError(f"frames must be an integer in [1, {num_steps}]; got {frames!r}")
-    wanted = np.unique(np.rint(np.linspace(num_steps - 1, 0, frames)).astype(int))
-    return sorted(wanted.tolist(), reverse=True)
-
-
-def to_images(x: np.ndarray) -> np.ndarray:
-    """float NCHW (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
-    return to_uint8(np.moveaxis(np.asarray(x), -3, -1))

@@ -1,81 +1,19 @@
-"""``ddpm eval`` with the PyTorch backend: the true variational bound in bits/dim.
-
-Every one of the T terms of eq. (5) is evaluated by the core's
-:func:`ddpm_core.bits_per_dim` (T network calls per batch) on the first ``n`` images of the
-run's held-out split. The noise of image j at step t is ``default_rng([seed, j, t])``
-(``ddpm_core.app.evaluation.batch_noise_fn``), the same as the JAX backend's, so both backends
-give the same numbers on the same weights.
-"""
+"""``ddpm eval`` with the PyTorch backend: the bound in bits/dim (``bpd``, the one
+framework-free ``ddpm_core.app.evaluation.bpd`` with this backend) and the shared-latent
+figure (Figure 7)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import torch
 
-from ddpm_core.app.evaluation import (
-    batch_noise_fn,
-    check_positive_int,
-    heldout_images,
-    summarize_bpd,
-)
+from ddpm_core.app.evaluation import check_positive_int, heldout_images
 from ddpm_core.backends.torch import api
+from ddpm_core.backends.torch.api import bpd
 
 __all__ = ["bpd", "shared_latent"]
-
-
-def _float32_model(net: torch.nn.Module) -> Any:
-    """``(x_t, t) -> output`` in float32 (no autocast: the bound needs full precision)."""
-
-    def fn(x: torch.Tensor, t: Any) -> torch.Tensor:
-        return net(x, torch.as_tensor(t, device=x.device)).float()
-
-    return fn
-
-
-def bpd(run_dir: str | os.PathLike, *, n: int, batch_size: int | None = None, seed: int = 0,
-        use_ema: bool = True, device: str = "auto", clip: bool = False) -> dict[str, Any]:
-    """The bound of eq. (5) in bits/dim on the first ``n`` held-out images of a run.
-
-    Parameters
-    ----------
-    run_dir : path of a run directory (either backend's)
-    n : int, >= 1, at most the held-out split's size
-    batch_size : int, >= 1, optional (default ``n``)
-    seed : int, >= 0, seeds the noise of every term
-    use_ema : bool, the EMA weights (default) or the raw ones
-    clip : bool, clip x0_hat to [-1, 1] before the posterior mean (the model is then the
-        clipped one; still a valid bound) and in the distortion; default False
-
-    Returns
-    -------
-    dict, see :func:`ddpm_core.evaluation.summarize_bpd` (``bpd = prior + terms + decoder``;
-    ``terms_per_t`` (T,), ``rmse_per_t`` (T,), ``bpd_per_image`` (n,)).
-    """
-    from ddpm_core import bits_per_dim
-    from ddpm_core.data import to_model_range
-
-    n = check_positive_int("n", n)
-    bs = n if batch_size is None else check_positive_int("batch_size", batch_size)
-    net, schedule, info = api.load_run(run_dir, use_ema=use_ema, device=device)
-    dev = next(net.parameters()).device
-    fn = _float32_model(net)
-    x_all = to_model_range(heldout_images(info, n)).transpose(0, 3, 1, 2)
-    parts: list[list[np.ndarray]] = [[], [], [], []]
-    for start in range(0, n, bs):
-        x0 = torch.from_numpy(np.ascontiguousarray(x_all[start:start + bs])).to(dev)
-        noise = batch_noise_fn(seed, start, tuple(x0.shape),
-                               lambda a: torch.from_numpy(a).to(dev))
-        with torch.inference_mode():
-            r = bits_per_dim(schedule, fn, x0, noise, prediction=info["prediction"],
-                             variance=info["variance"], clip=True if clip else None)
-        for k, a in enumerate((r.total, r.prior, r.terms, r.mse)):
-            parts[k].append(a.double().cpu().numpy())
-    total, prior = np.concatenate(parts[0]), np.concatenate(parts[1])
-    terms, mse = np.concatenate(parts[2], axis=1), np.concatenate(parts[3], axis=1)
-    return summarize_bpd(total, prior, terms, mse)
 
 
 def shared_latent(run_dir: str | os.PathLike, *, index: int = 0,

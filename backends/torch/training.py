@@ -244,7 +244,7 @@ class TorchTrainer:
                      steps=min(SAMPLE_STEPS, self.schedule.num_timesteps), seed=seed,
                      prediction=self.tc.prediction, variance=self.tc.variance,
                      device=self.device,
-                     guide=make_guide(self.ema, labels, variance=self.tc.variance))
+                     guide=make_guide(self.ema, labels))
         self.model.train()
         return to_uint8(x)
 

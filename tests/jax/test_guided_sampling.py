@@ -30,21 +30,27 @@ def runs(tmp_path_factory):
 
 
 def _jax_chain(root, run, sampler, steps, g, with_clf=True):
-    net, params, schedule, info = api.load_run(root / run, device="cpu")
-    clf, clf_params = None, None
+    from ddpm_core.app.sampling.driver import chain_spec
+    from ddpm_core.app.sampling.protocol import GuideSpec
+    from ddpm_core.backends.jax.chain import BACKEND
+
+    network, schedule, info = api.load_run(root / run, device="cpu")
+    clf = None
     if with_clf:
         config, clf_info = read_classifier_run(root / "clf")
-        clf, clf_params = load_classifier(root / "clf", config, clf_info)
-    s = api._sampler(net, schedule, info, sampler, steps, 0.0, g, clf)
-    return s, {"unet": params, "classifier": clf_params}, net, params
+        clf = load_classifier(root / "clf", config, clf_info)
+    guide = GuideSpec(network.module.config.num_classes, g.scale, g.rescale, clf, g.classifier_scale)
+    chain = BACKEND.chain(network, chain_spec(schedule, info, sampler, steps), guide, compile=False)
+    return chain.sampler, chain.params, network.module, network.params
 
 
 def _torch_chain(root, run, sampler, steps, g, x_T, keys):
     """The PyTorch backend's guided chain on the same weights and the JAX chain's noise."""
     torch = pytest.importorskip("torch")
-    from ddpm_core.app.chains import chain_schedule
+    from ddpm_core.app.sampling.chains import chain_schedule
+    from ddpm_core.app.sampling.protocol import ChainSpec
     from ddpm_core.backends.torch import api as torch_api
-    from ddpm_core.backends.torch import sampling
+    from ddpm_core.backends.torch.chain import TorchChain
     from ddpm_core.backends.torch.guided import load_classifier as torch_clf
     from ddpm_core.backends.torch.guided import make_guide
 
@@ -52,15 +58,12 @@ def _torch_chain(root, run, sampler, steps, g, x_T, keys):
     config, clf_info = read_classifier_run(root / "clf")
     clf = torch_clf(root / "clf", config, clf_info, torch.device("cpu"))
     sched = chain_schedule(schedule, sampler, steps)
-    guide = make_guide(net, g.labels, scale=g.scale, rescale=g.rescale, variance="fixed_small",
-                       classifier=clf, classifier_scale=g.classifier_scale)
-    call, loop = guide(sampling.model_fn(net), 0, len(g.labels))
+    guide = make_guide(net, g.labels, scale=g.scale, rescale=g.rescale, classifier=clf,
+                       classifier_scale=g.classifier_scale)
+    chain = TorchChain(net, ChainSpec(sched, sampler, 0.0, "eps", "fixed_small", True), guide.spec)
     n = sched.num_timesteps
     noise = {i: torch.from_numpy(np.array(draw(keys[:, n - i]))) for i in range(1, n)}
-    x = None
-    for st in loop(sched, call, torch.from_numpy(np.array(x_T)), noise.get, sampler=sampler,
-                   clip=True):
-        x = st.x
+    x, _ = chain.run(torch.from_numpy(np.array(x_T)), noise.get, guide.labels, start=None, frame_steps=())
     return x.numpy()
 
 
@@ -139,11 +142,11 @@ def test_progressive_with_labels_ends_with_the_sample(runs):
 
 def _plain_interpolation(root, run, label, lambdas):
     """Sampler.interpolate of a model that closes over the label (no label plumbing)."""
-    from ddpm_core.app.chains import interpolation_sources
+    from ddpm_core.app.sampling.chains import interpolation_sources
     from ddpm_core.backends.jax.sampling import Chain, Sampler
     from ddpm_core.data import to_model_range
 
-    net, params, schedule, info = api.load_run(root / run, device="cpu")
+    (net, params), schedule, info = api.load_run(root / run, device="cpu")
     model = lambda p, x, t: net.apply({"params": p}, x, t,  # noqa: E731
                                       jnp.full((x.shape[0],), label, jnp.int32))
     s = Sampler(model, Chain(schedule), SHAPE)

@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 
 from guided_runs import write_model_run, write_test_runs  # noqa: E402
 
-from ddpm_core.app.chains import interpolation_sources  # noqa: E402
 from ddpm_core.app.cli import main  # noqa: E402
+from ddpm_core.app.sampling.chains import interpolation_sources  # noqa: E402
 from ddpm_core.backends.torch import api, sampling  # noqa: E402
 from ddpm_core.data import to_model_range  # noqa: E402
 
@@ -77,12 +77,17 @@ def _reference_interpolation(root, run, label, pair=(0, 1)):
     net, schedule, info = api.load_run(root / run, device="cpu")
     src = to_model_range(interpolation_sources(info, pair))
 
-    def plain(fn, lo, hi):
-        y = torch.full((hi - lo,), label, dtype=torch.int64)
-        return (lambda x, t: fn(x, t, y)), None
+    from ddpm_core import interpolate
+    from ddpm_core.app.images import to_uint8
+    from ddpm_core.backends.torch.noise import interpolation_streams
 
-    return sampling.interpolate_images(net, schedule, src[0], src[1], lambdas=LAMBDAS, t=10,
-                                       seed=0, guide=plain)
+    L, fn = len(LAMBDAS), sampling.model_fn(net)
+    y = torch.full((L,), label, dtype=torch.int64)
+    a, b = (torch.as_tensor(v).permute(2, 0, 1)[None].expand(L, -1, -1, -1) for v in src)
+    noise_a, noise_b, noise = interpolation_streams(0, L, a.shape[1:], torch.device("cpu"))
+    x = interpolate(schedule, lambda x, t: fn(x, t, y), a, b, torch.as_tensor(np.asarray(LAMBDAS, np.float32)),
+                    10, noise_a, noise_b, noise, prediction=info["prediction"], variance=info["variance"], clip=True)
+    return to_uint8(x.permute(0, 2, 3, 1).numpy())
 
 
 @pytest.mark.parametrize("run,options,label", [

@@ -9,16 +9,14 @@ torch = pytest.importorskip("torch")
 
 from guided_runs import T, write_test_runs  # noqa: E402
 
-import ddpm_core.backends.guided as guided_steps  # noqa: E402
+import ddpm_core.reverse as guided_steps  # noqa: E402
 from ddpm_core import sample_loop  # noqa: E402
-from ddpm_core.app.chains import chain_schedule  # noqa: E402
+from ddpm_core.app.sampling.chains import chain_schedule  # noqa: E402
 from ddpm_core.backends.torch import api, sampling  # noqa: E402
 from ddpm_core.backends.torch.classifier import log_prob_grad  # noqa: E402
-from ddpm_core.backends.torch.guided import (  # noqa: E402
-    classifier_loop,
-    conditional_model,
-    load_classifier,
-)
+from ddpm_core.backends.torch.guided import conditional_model, load_classifier  # noqa: E402
+from ddpm_core.backends.torch.noise import SampleStreams  # noqa: E402
+from ddpm_core.guidance import cfg_output  # noqa: E402
 
 K = 3
 TOL = 64 * float(np.finfo(np.float32).eps)
@@ -56,13 +54,12 @@ def test_guidance_one_is_the_plain_conditional_sampler_exactly(runs):
     net, sched = runs["net"], runs["schedule"]
     y = [2, 0, 1]
 
-    def plain(f, lo, hi):
-        labels = torch.tensor(y[lo:hi])
-        return (lambda x, t: f(x, t, labels)), sample_loop
-
+    fn, labels = sampling.model_fn(net), torch.tensor(y)
     for sampler, steps in (("ddpm", 6), ("ddim", 5)):
-        ref = sampling.generate(net, sched, n=3, sampler=sampler, steps=steps, seed=4,
-                                guide=plain)
+        chain = chain_schedule(sched, sampler, steps)
+        streams = SampleStreams(4, 0, 3, (1, 8, 8), chain.num_timesteps, torch.device("cpu"))
+        ref = _final(sample_loop(chain, lambda x, t: fn(x, t, labels), streams.x_T, streams, sampler=sampler,
+                                 clip=True)).permute(0, 2, 3, 1).numpy()
         got = api.sample(runs["root"] / "cond", n=3, sampler=sampler, steps=steps, seed=4,
                          classes=y, guidance=1.0, device="cpu")
         np.testing.assert_array_equal(got, api.sample(
@@ -89,7 +86,7 @@ def test_cfg_is_one_batched_call_combining_cond_and_null_passes(runs):
     uncond = fn(x, t, torch.full((2,), K)).double()
     for s in (0.0, 1.0, 3.0):
         calls.clear()
-        out = guided_steps.cfg_output(spy, x, t, y, K, s)
+        out = cfg_output(spy, x, t, y, K, s)
         assert calls == [(4, [1, 2, K, K])]  # one call: [x, x] with [y, null]
         ref = uncond + s * (cond - uncond)
         np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=0, atol=TOL * 10)
@@ -109,8 +106,8 @@ def test_classifier_scale_zero_is_the_unguided_sampler(runs, sampler, steps):
     fn = sampling.model_fn(net)
     y = torch.tensor([0, 2])
     ref = _final(sample_loop(sched, fn, x_T, noise, sampler=sampler, clip=True))
-    got = _final(classifier_loop(sched, fn, x_T, noise, sampler=sampler, clip=True, scale=0.0,
-                                 grad_fn=lambda x, t: log_prob_grad(clf, x, t, y)))
+    got = _final(sample_loop(sched, fn, x_T, noise, sampler=sampler, clip=True, classifier_scale=0.0,
+                             classifier_grad=lambda x, t: log_prob_grad(clf, x, t, y)))
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=0, atol=TOL)
     # through the API, scale 0 does not call the classifier: the same bits
     kw = dict(n=2, sampler=sampler, steps=steps, seed=1, device="cpu")
@@ -134,8 +131,8 @@ def test_classifier_sees_original_chain_timesteps_under_respacing(runs, sampler)
         return torch.zeros_like(x)
 
     x_T, noise = _noise((2, 1, 8, 8), 4)
-    _final(classifier_loop(sched, sampling.model_fn(runs["unet"]), x_T, noise, sampler=sampler,
-                           grad_fn=grad_fn, scale=1.0))
+    _final(sample_loop(sched, sampling.model_fn(runs["unet"]), x_T, noise, sampler=sampler,
+                       classifier_grad=grad_fn, classifier_scale=1.0))
     assert seen == [[int(t)] * 2 for t in sched.timesteps[::-1]]
 
 
@@ -196,10 +193,10 @@ def test_batched_guided_chain_equals_each_sample_alone(runs):
 
     def run(rows):
         labels = y[rows]
-        return _final(classifier_loop(
+        return _final(sample_loop(
             sched, conditional_model(fn, labels, K, 2.0), x_T[rows],
-            lambda i: noise(i)[rows], grad_fn=lambda x, t: log_prob_grad(clf, x, t, labels),
-            scale=4.0, clip=True))
+            lambda i: noise(i)[rows], classifier_grad=lambda x, t: log_prob_grad(clf, x, t, labels),
+            classifier_scale=4.0, clip=True))
 
     whole = run(slice(0, 3))
     alone = torch.cat([run(slice(j, j + 1)) for j in range(3)])

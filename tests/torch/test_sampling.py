@@ -106,7 +106,9 @@ def test_streams_refuse_steps_out_of_order():
 
 def test_sample_seeds_are_distinct_in_their_low_32_bits():
     """PyTorch's CPU generator keeps only the low 32 bits of a seed: they must differ."""
-    base = sampling.step_seed(9, 0, 11) & 0xFFFFFFFF
+    from ddpm_core.app.seeding import step_seed
+
+    base = step_seed(9, 0, 11) & 0xFFFFFFFF
     lo = 2**32 - base - 1000  # cross the wrap-around of (k + j) mod 2**32
     seeds = sampling.sample_seeds(9, lo, lo + 2**17)
     assert len({s & 0xFFFFFFFF for s in seeds}) == 2**17
@@ -124,15 +126,19 @@ def test_sample_seeds_are_distinct_in_their_low_32_bits():
 def test_static_chain_matches_the_core_loop(sampler, steps, eta, variance):
     """The CUDA-graph step run eagerly on its fixed buffers (tensor step index) gives the core
     loop's images and frames up to float32 coefficient rounding."""
+    from ddpm_core.app.sampling import driver
+    from ddpm_core.app.sampling.chains import chain_schedule
+    from ddpm_core.app.sampling.protocol import ChainSpec
+    from ddpm_core.backends.torch.chain import TorchChain
+
     net = _net(variance)
-    kw = dict(n=3, sampler=sampler, steps=steps, eta=eta, seed=2, prediction="eps",
-              variance=variance, batch_size=2, clip=True, compile=False, keep=lambda i: i in (5, 0))
-    ref = sampling._run(net, SCHED, **kw)
-    got = sampling._run(net, SCHED, static=True, **kw)
-    assert [len(p) for p in got] == [len(p) for p in ref] == [3, 3]
-    for p, q in zip(got, ref, strict=True):
-        for a, b in zip(p, q, strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=BATCH_TOL)
+    spec = ChainSpec(chain_schedule(SCHED, sampler, steps), sampler, eta, "eps", variance, True)
+    kw = dict(n=3, seed=2, batch_size=2, frame_steps=(5, 0))
+    ref = driver.draw_chain(sampling.BACKEND, TorchChain(net, spec, None), **kw)
+    got = driver.draw_chain(sampling.BACKEND, TorchChain(net, spec, None, static=True), **kw)
+    assert ref[0].shape == got[0].shape == (3, 1, 8, 8) and ref[1].shape == got[1].shape == (2, 3, 1, 8, 8)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=BATCH_TOL)
 
 
 def test_cuda_graph_needs_a_cuda_network():

@@ -1,0 +1,252 @@
+"""The one sampling driver: ``sample``, ``progressive`` and ``interpolate`` for every backend.
+
+The sampling counterpart of the training loop (``ddpm_core.app.trainer``). A backend
+(:class:`~ddpm_core.app.sampling.protocol.SampleBackend`) loads the network, builds and
+runs the chain and draws its noise; this module owns everything else: the argument checks,
+the chain's schedule (``chain_schedule``), batching, the labels and guidance of a request
+(``ddpm_core.app.labels``), seeds and the outputs. The backends' ``api`` modules are these
+functions with the backend bound (:func:`bind`), so both have one signature.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ddpm_core.app.images import to_uint8
+from ddpm_core.app.integrity import check_finite_samples
+from ddpm_core.app.labels import guided_request, interpolation_guidance
+from ddpm_core.app.rundir import make_schedule, read_run_json
+from ddpm_core.app.sampling.chains import (
+    batch_bounds,
+    chain_schedule,
+    check_eta,
+    check_lambdas,
+    check_step_index,
+    interpolation_sources,
+    progressive_steps,
+)
+from ddpm_core.app.sampling.protocol import ChainSpec, GuideSpec, SampleBackend
+from ddpm_core.reverse import mix_latents
+from ddpm_core.schedules import Schedule
+
+__all__ = ["BoundApi", "GuideRequest", "bind", "bound_api", "chain_spec", "draw_chain", "interpolate",
+           "interpolate_images", "load_run", "progressive", "run_guide", "sample", "to_images"]
+
+
+class GuideRequest(NamedTuple):
+    """The labels of a guided request (int64 (N,)) and what the model call does with them."""
+
+    labels: np.ndarray
+    spec: GuideSpec
+
+
+def to_images(x: np.ndarray) -> np.ndarray:
+    """float NCHW (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
+    return to_uint8(np.moveaxis(np.asarray(x), -3, -1))
+
+
+def load_run(backend: SampleBackend, run_dir: str | os.PathLike, *, use_ema: bool = True,
+             device: str = "auto") -> tuple[Any, Schedule, dict[str, Any]]:
+    """``(network, schedule, run_info)`` of a run directory (either backend's).
+
+    ``network`` is the backend's: a PyTorch ``UNet`` in eval mode, or a JAX
+    ``JaxNetwork(module, params)``; the weights (``ema.safetensors``, or
+    ``model.safetensors`` with ``use_ema=False``) are checked against run.json's hashes.
+    """
+    info = read_run_json(run_dir)
+    network = backend.load(run_dir, info, use_ema=use_ema, device=device)
+    return network, make_schedule(info["schedule"]), info
+
+
+def chain_spec(schedule: Schedule, info: dict[str, Any], sampler: str = "ddpm", steps: int | None = None,
+               eta: float = 0.0) -> ChainSpec:
+    """The chain of a run (its prediction, variance and clipping) for a sampler request."""
+    return ChainSpec(chain_schedule(schedule, sampler, steps), sampler, check_eta(eta), info["prediction"],
+                     info["variance"], info.get("clip", True))
+
+
+def run_guide(backend: SampleBackend, network: Any, info: dict[str, Any], n: int, classes: Any = None, *,
+              guidance: float | None = None, guidance_rescale: float | None = None,
+              classifier: str | os.PathLike | None = None,
+              classifier_scale: float | None = None) -> GuideRequest | None:
+    """The guidance of a request checked against its run (``ddpm_core.app.labels``), with
+    its classifier loaded; None for an unguided, unconditional request."""
+    g, clf_config, clf_info = guided_request(info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
+                                             classifier=classifier, classifier_scale=classifier_scale)
+    if g.labels is None:
+        return None
+    clf = None if classifier is None else backend.load_classifier(classifier, clf_config, clf_info, network)
+    k = int(info["unet"].get("num_classes", 0) or 0)
+    return GuideRequest(g.labels, GuideSpec(k, g.scale, g.rescale, clf, g.classifier_scale))
+
+
+def draw_chain(backend: SampleBackend, chain: Any, *, n: int, seed: int = 0, batch_size: int | None = None,
+               labels: np.ndarray | None = None, frame_steps: Sequence[int] = ()
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` samples of a built chain, float32 (n, C, H, W) in [-1, 1], and the x0_hat of
+    the steps ``frame_steps`` (respaced indices), float32 (F, n, C, H, W) (empty if none).
+
+    Sample j uses the noise of global index j; ``labels`` int (n,): sample j's class.
+    """
+    if labels is not None and np.shape(labels) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one per sample; got {np.shape(labels)}")
+    xs: list[np.ndarray] = []
+    fs: list[np.ndarray] = []
+    for lo, hi, keep in batch_bounds(n, batch_size, padded=backend.pads_batches):
+        x_T, noise = backend.draw(chain, seed, lo, hi)
+        y = None if labels is None else np.resize(np.asarray(labels)[lo:hi], hi - lo)
+        x, frames = backend.run(chain, x_T, noise, y, start=None, frame_steps=frame_steps)
+        xs.append(backend.numpy(x)[:keep])
+        if frame_steps:
+            fs.append(backend.numpy(frames)[:, :keep])
+    kept = np.concatenate(fs, axis=1) if fs else np.zeros((0,), np.float32)
+    return np.concatenate(xs), kept
+
+
+def _request(backend: SampleBackend, run_dir: str | os.PathLike, n: int, sampler: str, steps: int | None,
+             eta: float, use_ema: bool, device: str, compile: bool, guide_kw: dict[str, Any]
+             ) -> tuple[Any, int, GuideRequest | None]:
+    """The chain, the sample count N and the guidance of a ``sample``/``progressive`` request."""
+    network, schedule, info = load_run(backend, run_dir, use_ema=use_ema, device=device)
+    guide = run_guide(backend, network, info, n, **guide_kw)
+    spec = chain_spec(schedule, info, sampler, steps, eta)
+    chain = backend.chain(network, spec, None if guide is None else guide.spec, compile=compile)
+    return chain, n if guide is None else len(guide.labels), guide
+
+
+def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
+           steps: int | None = None, eta: float = 0.0, seed: int = 0, batch_size: int | None = None,
+           use_ema: bool = True, device: str = "auto", compile: bool = False, classes: Any = None,
+           guidance: float | None = None, guidance_rescale: float | None = None,
+           classifier: str | os.PathLike | None = None, classifier_scale: float | None = None) -> np.ndarray:
+    """``n`` samples of the run's (EMA) model, uint8 (N, H, W, C).
+
+    ``sampler="ddpm"`` runs Algorithm 2 on the full chain (or ``steps`` respaced steps);
+    ``"ddim"`` runs DDIM on ``steps`` steps (default 50) with ``eta``. Sample j's noise
+    depends only on ``(seed, j)``, so the images do not depend on ``batch_size``.
+    ``compile`` compiles the PyTorch model call on CUDA (the JAX chain is always one
+    compiled ``lax.scan``).
+
+    Guidance (``ddpm_core.app.labels``): ``classes`` is an int, a list of ``n`` ints or
+    ``"all"`` (``n`` per class, class by class: N = n K), required by a class-conditional
+    run; ``guidance`` is the classifier-free scale s (default 1: the conditional model,
+    0: the unconditional one) and ``guidance_rescale`` Lin et al.'s phi (default 0);
+    ``classifier`` a classifier run directory guiding with ``classifier_scale``
+    (default 1; 0 is the unguided sampler). Otherwise N = n.
+    """
+    guide_kw = {"classes": classes, "guidance": guidance, "guidance_rescale": guidance_rescale,
+                "classifier": classifier, "classifier_scale": classifier_scale}
+    chain, count, guide = _request(backend, run_dir, n, sampler, steps, eta, use_ema, device, compile, guide_kw)
+    x, _ = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,
+                      labels=None if guide is None else guide.labels)
+    check_finite_samples(x)
+    return to_images(x)
+
+
+def progressive(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: int = 10,
+                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, batch_size: int | None = None,
+                use_ema: bool = True, device: str = "auto", classes: Any = None, guidance: float | None = None,
+                guidance_rescale: float | None = None, classifier: str | os.PathLike | None = None,
+                classifier_scale: float | None = None) -> np.ndarray:
+    """x0_hat at ``frames`` evenly spaced steps, uint8 (frames, N, H, W, C) (Figure 6).
+
+    The other keywords are :func:`sample`'s (N = n, or n K with ``classes="all"``), and the
+    chains are the ones :func:`sample` runs with the same arguments and seed: the last
+    frame is its output (to float32 rounding before the conversion to uint8).
+    """
+    guide_kw = {"classes": classes, "guidance": guidance, "guidance_rescale": guidance_rescale,
+                "classifier": classifier, "classifier_scale": classifier_scale}
+    chain, count, guide = _request(backend, run_dir, n, sampler, steps, eta, use_ema, device, False, guide_kw)
+    keep = progressive_steps(chain.spec.schedule.num_timesteps, frames)
+    _, f = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,
+                      labels=None if guide is None else guide.labels, frame_steps=keep)
+    return to_images(f)
+
+
+def interpolate_images(backend: SampleBackend, chain: Any, x0_a: np.ndarray, x0_b: np.ndarray, *,
+                       lambdas: Sequence[float], t: int, seed: int = 0, labels: np.ndarray | None = None
+                       ) -> np.ndarray:
+    """Encode two images to step ``t``, mix ``(1 - lam) x_t^a + lam x_t^b``, decode (Figure 8).
+
+    Parameters
+    ----------
+    chain : a built chain on the full schedule (ancestral sampler)
+    x0_a, x0_b : float32 (C, H, W) in [-1, 1]
+    lambdas : sequence of float in [0, 1]
+    t : int in [0, T), 0-based
+    labels : int (L,), the labels of the L = len(lambdas) mixtures, for a chain built with
+        classifier-free guidance (no classifier guidance here), or None
+
+    Returns
+    -------
+    float32 (len(lambdas), C, H, W); the encoding noise and the chain's noise are the same
+    for every lambda.
+    """
+    lam = check_lambdas(lambdas)
+    schedule = chain.spec.schedule
+    t = check_step_index(t, schedule.num_timesteps)
+    L = lam.size
+    a, b = (backend.asarray(chain, np.ascontiguousarray(np.broadcast_to(v, (L, *v.shape)))) for v in (x0_a, x0_b))
+    noise_a, noise_b, noise = backend.interpolation_noise(chain, seed, L)
+    mixed = mix_latents(schedule, a, b, backend.asarray(chain, lam), t, noise_a, noise_b)
+    x, _ = backend.run(chain, mixed, noise, labels, start=t, frame_steps=())
+    return backend.numpy(x)
+
+
+def interpolate(backend: SampleBackend, run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,
+                lambdas: Sequence[float] = tuple(np.linspace(0, 1, 9)), pair: Sequence[int] = (0, 1),
+                use_ema: bool = True, device: str = "auto", classes: int | None = None,
+                guidance: float | None = None, guidance_rescale: float | None = None) -> np.ndarray:
+    """Interpolate two held-out images through x_t (Figure 8), uint8 (len(lambdas), H, W, C).
+
+    A class-conditional run decodes every mixture with one label: ``classes`` (an int in
+    [0, K)), or without it the null label K if the run was trained with label dropout
+    (``ddpm_core.app.labels.interpolation_guidance``); ``guidance`` and
+    ``guidance_rescale`` are :func:`sample`'s. There is no classifier guidance here.
+    """
+    from ddpm_core.data import to_model_range
+
+    network, schedule, info = load_run(backend, run_dir, use_ema=use_ema, device=device)
+    g = interpolation_guidance(info, classes, guidance=guidance, guidance_rescale=guidance_rescale)
+    src = to_model_range(interpolation_sources(info, pair)).transpose(0, 3, 1, 2)
+    guide = None if g.labels is None else GuideSpec(int(info["unet"].get("num_classes", 0) or 0), g.scale, g.rescale)
+    chain = backend.chain(network, chain_spec(schedule, info), guide, compile=False)
+    labels = None if g.labels is None else np.repeat(g.labels, len(lambdas))
+    x = interpolate_images(backend, chain, src[0], src[1], lambdas=lambdas, t=t, seed=seed, labels=labels)
+    return to_images(x)
+
+
+def bind(fn: Callable[..., Any], backend: SampleBackend) -> Callable[..., Any]:
+    """``fn`` with its first argument bound to ``backend``: a backend's ``api`` function,
+    with ``fn``'s signature (less the backend) and docstring."""
+    @functools.wraps(fn)
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        return fn(backend, *args, **kwargs)
+
+    sig = inspect.signature(fn)
+    bound.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
+    return bound
+
+
+class BoundApi(NamedTuple):
+    """A backend's ``api`` functions (:func:`bound_api`)."""
+
+    load_run: Callable[..., Any]
+    sample: Callable[..., Any]
+    progressive: Callable[..., Any]
+    interpolate: Callable[..., Any]
+    bpd: Callable[..., Any]
+
+
+def bound_api(backend: SampleBackend) -> BoundApi:
+    """:func:`load_run`, :func:`sample`, :func:`progressive`, :func:`interpolate` and
+    ``ddpm_core.app.evaluation.bpd`` with ``backend`` bound (:func:`bind`)."""
+    from ddpm_core.app.evaluation import bpd
+
+    return BoundApi(*(bind(fn, backend) for fn in (load_run, sample, progressive, interpolate, bpd)))
