@@ -156,6 +156,13 @@ def check_conditioning(num_classes: int, has_labels: bool, batch: int) -> None:
                          f"the null label)")
 
 
+def check_input_shape(config: UNetConfig, shape: tuple[int, ...]) -> None:
+    """The error for an input x whose shape is not (B, C, H, W) of ``config``."""
+    ch, s = config.in_channels, config.image_size
+    if len(shape) != 4 or tuple(shape[1:]) != (ch, s, s):
+        raise ValueError(f"x must have shape (B, {ch}, {s}, {s}), got x.shape={tuple(shape)}")
+
+
 def unet_plan(config: UNetConfig) -> UNetPlan:
     """Widths of every block, derived from ``config`` exactly as the official code does.
 

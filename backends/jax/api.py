@@ -6,14 +6,7 @@ signatures and results as ``ddpm_core.backends.torch.api``. Both read and write 
 directory (docs/run-directory.md); sampling needs only ``run.json`` and
 ``ema.safetensors`` (canonical layout), so it works on a run trained by either backend.
 
-Examples
---------
->>> from ddpm_core.app.options import TrainOptions
->>> opts = TrainOptions(preset="tiny", out="runs/tiny", backend="jax", steps=20)
->>> summary = train(opts)  # doctest: +SKIP
->>> images = sample("runs/tiny", n=16, sampler="ddim", steps=20)  # doctest: +SKIP
->>> images.shape, images.dtype  # doctest: +SKIP
-((16, 8, 8, 1), dtype('uint8'))
+Examples are ``ddpm_core.backends.torch.api``'s with ``TrainOptions(..., backend="jax")``.
 """
 
 from __future__ import annotations

@@ -69,15 +69,9 @@ def build_classifier(preset_or_config: ClassifierConfig | Preset | UNetConfig | 
                      num_classes: int | None = None, dtype: Any = jnp.float32) -> Classifier:
     """A :class:`Classifier` module (initialise it with :func:`init_params`).
 
-    Parameters
-    ----------
-    preset_or_config : ClassifierConfig, or a Preset, preset name or UNetConfig
-        The classifier's config, or the U-Net whose encoder it uses
-        (:func:`ddpm_core.models.classifier_config`).
-    num_classes : int
-        K; required with a preset or U-Net config, not allowed with a ClassifierConfig.
-    dtype : jax dtype
-        Compute dtype; parameters are float32.
+    ``preset_or_config`` and ``num_classes`` are :func:`ddpm_core.models.classifier_config`'s
+    (a ClassifierConfig, or the preset / U-Net whose encoder it uses and K); ``dtype`` is
+    the compute dtype (parameters are float32).
     """
     config = classifier_config(preset_or_config, num_classes)
     return Classifier(config=config.unet, num_classes=config.num_classes, dtype=dtype)

@@ -39,6 +39,7 @@ from ddpm_core.models import (
     Preset,
     UNetConfig,
     check_conditioning,
+    check_input_shape,
     timestep_frequencies,
     unet_config,
     unet_plan,
@@ -284,9 +285,7 @@ class Encoder(_Layers):
         return Middle(ch=plan.mid_ch, name="mid", **kw)(hs[-1], temb, train), hs
 
     def _check_inputs(self, x: jax.Array, t: jax.Array | int) -> jax.Array:
-        ch, s = self.config.in_channels, self.config.image_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (ch, s, s):
-            raise ValueError(f"x must have shape (B, {ch}, {s}, {s}), got x.shape={x.shape}")
+        check_input_shape(self.config, x.shape)
         return _per_sample("t", t, x)
 
     def _check_labels(self, y: jax.Array | int | None, x: jax.Array) -> jax.Array | None:

@@ -37,6 +37,7 @@ from ddpm_core.models import (
     Preset,
     UNetConfig,
     check_conditioning,
+    check_input_shape,
     unet_config,
     unet_plan,
 )
@@ -269,9 +270,7 @@ class Encoder(nn.Module):
         self.mid = Middle(config, plan.mid_ch)
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        c, s = self.backbone.in_channels, self.backbone.image_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
-            raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got x.shape={tuple(x.shape)}")
+        check_input_shape(self.backbone, x.shape)
         return _per_sample("t", t, x)
 
     def _check_labels(self, y: torch.Tensor | int | None, x: torch.Tensor) -> torch.Tensor | None:
