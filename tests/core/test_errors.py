@@ -12,7 +12,8 @@ from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
 from ddpm_core.losses import bits_per_dim, discretized_gaussian_log_likelihood, training_losses, vlb_terms
 from ddpm_core.parameterization import p_mean_variance, predict_x0
 from ddpm_core.posterior import q_posterior
-from ddpm_core.samplers import ddim_step, ddpm_step, interpolate
+from ddpm_core.reverse import interpolate
+from ddpm_core.samplers import ddim_step, ddpm_step
 from ddpm_core.schedules import Schedule
 from ddpm_core.timesteps import sample_timesteps, uniform_weights
 

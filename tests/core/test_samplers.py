@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ddpm_core.parameterization import predict_x0
-from ddpm_core.samplers import ddim_step, ddpm_step, sample, sample_loop
+from ddpm_core.reverse import sample, sample_loop
+from ddpm_core.samplers import ddim_step, ddpm_step
 from ddpm_core.schedules import Schedule
 
 
