@@ -99,8 +99,9 @@ class TrainOptions:
     seed : int
         Seeds the initial weights, data order, flips, timesteps and noise.
     batch_size, lr, warmup, grad_clip, ema_decay, dropout, random_flip : optional
-        Overrides of the preset's training defaults (SPEC.md: 128, 2e-4, 5000, 1.0,
-        0.9999, 0.1, True for CIFAR10). ``batch_size`` is the global batch.
+        Overrides of the preset's training defaults (docs/equations.md, "The paper's
+        CIFAR10 setup": 128, 2e-4, 5000, 1.0, 0.9999, 0.1, True). ``batch_size`` is the
+        global batch.
     loss : {"simple", "vlb", "hybrid"}, optional
         L_simple (eq. 14), the bound (eq. 5) or L_simple + lambda * L_vlb.
     prediction : {"eps", "x0", "v", "mean"}, optional

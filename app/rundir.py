@@ -1,19 +1,7 @@
 """The run directory: its paths, run.json and the schedule it records.
 
-::
-
-    RUN/
-      run.json               format 2: backend, preset, unet, train, schedule, prediction,
-                             variance, data, step, seed, options, files (sha256) (see
-                             docs/CONTRACT.md; format 1 is still read; ddpm_core.app.schema)
-      .lock                  held by the training process (ddpm_core.app.lock)
-      model.safetensors      raw weights, canonical PyTorch ``state_dict`` naming
-      ema.safetensors        EMA weights (what samples)
-      state-<backend>.*      optimizer, step, RNG (never pickled objects)
-      log.csv                one row per logged step
-      samples/step-XXXXXX.png
-
-Everything is written atomically (``ddpm_core.app.atomic``).
+Its files (who writes each, when, what it holds, what is checked) are described in
+docs/run-directory.md.
 """
 
 from __future__ import annotations

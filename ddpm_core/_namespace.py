@@ -106,7 +106,8 @@ def compute_dtype(xp: Any, x: Any) -> Any:
     """The dtype schedule coefficients are looked up in for an input of ``x``'s dtype.
 
     float32 and float64 inputs compute in their own dtype; half-precision inputs (float16,
-    bfloat16) compute in float32, because half precision cannot hold the tables (SPEC).
+    bfloat16) compute in float32, because half precision cannot hold the tables
+    (docs/equations.md, "Schedule", precision).
     """
     if x.dtype == xp.float64 or x.dtype == xp.float32:
         return x.dtype

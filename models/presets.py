@@ -226,7 +226,7 @@ def unet_config(preset_or_config: Preset | UNetConfig | str, *, prediction: str 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training defaults (SPEC.md, "The paper's CIFAR10 setup").
+    """Training defaults (docs/equations.md, "The paper's CIFAR10 setup").
 
     Attributes
     ----------

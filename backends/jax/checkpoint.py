@@ -1,25 +1,15 @@
 """Checkpoints of the JAX backend: safetensors only (nothing pickled), written atomically.
 
-Files in the run directory (``ddpm_core.app.rundir.RunPaths``):
-
-``state-jax.safetensors``
-    The resumable state, in **one** file so that it is replaced atomically as a whole:
-    ``model/<path>`` and ``ema/<path>`` (the Flax parameter trees, ``/``-joined paths),
-    ``opt/<path>`` (the optax state: Adam moments and step counts), ``rng/key`` (the raw
-    ``uint32`` data of the run's base PRNG key) and extra arrays (e.g. ``tsampler/...``).
-    The scalars (format, step, seed, ...) are JSON in the safetensors metadata under
-    ``"ddpm_state"`` (the "+ json" part; it cannot drift from the tensors it describes).
-``model.safetensors``, ``ema.safetensors``
-    The weights alone in the canonical PyTorch ``state_dict`` layout
-    (``ddpm_core.backends.convert.flax_to_torch``), so the PyTorch backend samples a JAX
-    run and vice versa. Written after the state file; each is atomic on its own.
-
-A crash (even SIGKILL) at any point leaves either the previous state file or the new one.
+The run directory's files (the state file ``state-jax.safetensors``, the weight exports
+``model.safetensors`` and ``ema.safetensors`` in the canonical PyTorch layout, so that the
+PyTorch backend samples a JAX run and vice versa) are described in docs/run-directory.md;
+the state file's format is :mod:`ddpm_core.app.state_file`, which this module feeds with the
+Flax parameter trees, the optax state and the base PRNG key as NumPy arrays
+(:func:`flatten_tree`) and reads back into trees (:func:`unflatten_like`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from ddpm_core.app import state_file
 from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.state_file import STATE_FORMAT, STATE_KEY
 from ddpm_core.backends.convert import (
     flax_to_torch,
     load_safetensors,
@@ -49,14 +41,10 @@ __all__ = [
     "unflatten_like",
 ]
 
-STATE_KEY = "ddpm_state"
-STATE_FORMAT = 1
-_KNOWN = ("model/", "ema/", "opt/", "rng/")
-
 
 def state_path(run_dir: str | os.PathLike) -> Path:
     """``run_dir/state-jax.safetensors``."""
-    return RunPaths.of(run_dir).state("jax", ".safetensors")
+    return state_file.state_path(run_dir, "jax")
 
 
 def _host(x: Any) -> np.ndarray:
@@ -155,38 +143,18 @@ def save_state(run_dir: str | os.PathLike, *, config: UNetConfig, params: Any, e
     export_weights : bool
         Also write ``model.safetensors`` and ``ema.safetensors`` (canonical layout).
     """
-    extra = dict(arrays or {})
-    clash = [k for k in extra if k.startswith(_KNOWN)]
-    if clash:
-        raise ValueError(f"arrays names must not start with {_KNOWN}; got {clash}")
-    tensors = {**flatten_tree(params, "model/"), **flatten_tree(ema, "ema/"),
-               **flatten_tree(opt_state, "opt/"),
-               "rng/key": np.asarray(jax.random.key_data(key)), **extra}
-    meta = {"format": STATE_FORMAT, "step": int(step), "scalars": dict(scalars or {}),
-            "key_impl": str(jax.random.key_impl(key))}
-    path = state_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(path, tensors, metadata={STATE_KEY: json.dumps(meta)})
+    tensors = state_file.state_tensors(
+        model=flatten_tree(params, ""), ema=flatten_tree(ema, ""), opt=flatten_tree(opt_state, ""),
+        rng={"key": np.asarray(jax.random.key_data(key))}, arrays=arrays)
+    # stored as the JAX writer always has: contiguous, scalars as (1,) (unflatten_like reads them)
+    tensors = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
+    header = state_file.state_header(step, scalars, key_impl=str(jax.random.key_impl(key)))
+    path = state_file.write_state(state_path(run_dir), tensors, header)
     if export_weights:
         paths = RunPaths.of(run_dir)
         save_weights(paths.model, params, config, step=step)
         save_weights(paths.ema, ema, config, step=step)
     return path
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-        info = json.loads(meta[STATE_KEY])
-    except Exception as e:  # noqa: BLE001 - any unreadable header is the same error
-        raise ValueError(f"{path}: not a ddpm-core JAX state file ({e})") from e
-    if info.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: state format {info.get('format')!r} is not supported "
-                         f"(this version reads format {STATE_FORMAT})")
-    return info
 
 
 def load_state(run_dir: str | os.PathLike, *, params: Any, ema: Any, opt_state: Any
@@ -200,17 +168,10 @@ def load_state(run_dir: str | os.PathLike, *, params: Any, ema: Any, opt_state: 
         "scalars": dict, "arrays": {name: ndarray}}`` (``arrays`` holds the extra tensors
         passed to :func:`save_state`).
     """
-    path = state_path(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    info = _read_meta(path)
-    try:
-        tensors = load_safetensors(path)
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
-    return {"step": int(info["step"]), "scalars": info["scalars"],
+    state = state_file.read_state(run_dir, "jax", "JAX")
+    tensors, path = state.tensors, state.path
+    return {"step": state.step, "scalars": state.scalars,
             "params": unflatten_like(params, tensors, "model/", path),
             "ema": unflatten_like(ema, tensors, "ema/", path),
             "opt_state": unflatten_like(opt_state, tensors, "opt/", path),
-            "key": tensors["rng/key"],
-            "arrays": {k: v for k, v in tensors.items() if not k.startswith(_KNOWN)}}
+            "key": tensors["rng/key"], "arrays": state.extra}

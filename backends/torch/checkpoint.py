@@ -1,38 +1,31 @@
 """Checkpoints of the PyTorch backend: safetensors only, written atomically.
 
-Files in the run directory (``ddpm_core.app.rundir.RunPaths``):
-
-``state-torch.safetensors``
-    The resumable state, in **one** file so that it is replaced atomically as a whole:
-    ``model/<name>`` and ``ema/<name>`` weights, ``opt/<param index>/<key>`` Adam moments
-    and step counts, ``rng/torch`` (the CPU generator state as uint8), extra arrays
-    (e.g. ``tsampler/...``); the scalars (step, seed, optimizer hyper-parameters, ...)
-    are JSON in the safetensors metadata under ``"ddpm_state"``.
-``model.safetensors``, ``ema.safetensors``
-    The weights alone, canonical ``state_dict`` naming, for sampling with either backend.
-    Written after the state file; each is atomic on its own.
-
-Loading uses ``safetensors`` (no pickle, so no arbitrary code), never ``torch.load``.
-A crash (even SIGKILL) at any point leaves the previous state file or the new one.
+The run directory's files (the state file ``state-torch.safetensors``, the weight exports
+``model.safetensors`` and ``ema.safetensors``) are described in docs/run-directory.md; the
+state file's format is :mod:`ddpm_core.app.state_file`, which this module feeds with the
+networks, the Adam state and the CPU generator as NumPy arrays. Loading uses
+``safetensors`` (no pickle, so no arbitrary code), never ``torch.load``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as _save_bytes
 
+from ddpm_core.app import state_file
 from ddpm_core.app.atomic import atomic_write_bytes
 from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.state_file import STATE_FORMAT, STATE_KEY
 
 __all__ = [
+    "STATE_FORMAT",
     "STATE_KEY",
     "load_state",
     "load_weights",
@@ -41,17 +34,18 @@ __all__ = [
     "state_path",
 ]
 
-STATE_KEY = "ddpm_state"
-STATE_FORMAT = 1
-
-
 def state_path(run_dir: str | os.PathLike) -> Path:
     """``run_dir/state-torch.safetensors``."""
-    return RunPaths.of(run_dir).state("torch", ".safetensors")
+    return state_file.state_path(run_dir, "torch")
 
 
 def _plain(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def _numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Host NumPy copies, shapes kept (a 0-d tensor stays 0-d)."""
+    return {k: v.numpy() for k, v in _plain(tensors).items()}
 
 
 def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], *,
@@ -92,12 +86,13 @@ def load_weights(path: str | os.PathLike, *, device: str | torch.device = "cpu"
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor],
                                                                   list[dict[str, Any]]]:
+    """``({"<param index>/<key>": tensor}, param_groups as JSON)`` of an optimizer."""
     sd = optimizer.state_dict()
     tensors = {}
     for idx, pstate in sd["state"].items():
         for key, value in pstate.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"opt/{idx}/{key}"] = t
+            tensors[f"{idx}/{key}"] = t
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
               for g in sd["param_groups"]]
     return tensors, groups
@@ -125,14 +120,11 @@ def save_state(run_dir: str | os.PathLike, *, model: torch.nn.Module, ema: torch
         Also write ``model.safetensors`` and ``ema.safetensors``.
     """
     opt_tensors, groups = _optimizer_tensors(optimizer)
-    tensors = {**{f"model/{k}": v for k, v in model.state_dict().items()},
-               **{f"ema/{k}": v for k, v in ema.state_dict().items()},
-               **opt_tensors, "rng/torch": torch.get_rng_state(), **dict(arrays or {})}
-    meta = {"format": STATE_FORMAT, "step": int(step), "param_groups": groups,
-            "scalars": dict(scalars or {})}
-    path = state_path(run_dir)
-    payload = _save_bytes(_plain(tensors), metadata={STATE_KEY: json.dumps(meta)})
-    atomic_write_bytes(path, payload)
+    tensors = state_file.state_tensors(
+        model=_numpy(model.state_dict()), ema=_numpy(ema.state_dict()), opt=_numpy(opt_tensors),
+        rng=_numpy({"torch": torch.get_rng_state()}), arrays=_numpy(dict(arrays or {})))
+    path = state_file.write_state(state_path(run_dir), tensors,
+                                  state_file.state_header(step, scalars, param_groups=groups))
     if export_weights:
         paths = RunPaths.of(run_dir)
         save_weights(paths.model, model.state_dict(), metadata={"step": str(step)})
@@ -140,27 +132,10 @@ def save_state(run_dir: str | os.PathLike, *, model: torch.nn.Module, ema: torch
     return path
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        info = json.loads(meta[STATE_KEY])
-    except Exception as e:
-        raise ValueError(f"{path}: not a ddpm-core torch state file ({e})") from e
-    if info.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: state format {info.get('format')!r} is not supported")
-    return info
-
-
-def _split(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    n = len(prefix)
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _optimizer_state_dict(tensors: Mapping[str, torch.Tensor],
+def _optimizer_state_dict(opt: Mapping[str, torch.Tensor],
                           groups: list[dict[str, Any]]) -> dict[str, Any]:
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in _split(tensors, "opt/").items():
+    for name, value in opt.items():
         idx, key = name.split("/", 1)
         state.setdefault(int(idx), {})[key] = value
     param_groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()}
@@ -178,19 +153,18 @@ def load_state(run_dir: str | os.PathLike, *, model: torch.nn.Module, ema: torch
         ``{"step": int, "scalars": dict, "arrays": {name: Tensor}}`` (``arrays`` holds the
         extra tensors passed to :func:`save_state`).
     """
-    path = state_path(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    info = _read_meta(path)
+    state = state_file.read_state(run_dir, "torch", "torch")
     device = next(model.parameters()).device
-    tensors = load_weights(path, device="cpu")
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in state.part(prefix).items()}
+
     try:
-        model.load_state_dict({k: v.to(device) for k, v in _split(tensors, "model/").items()})
-        ema.load_state_dict({k: v.to(device) for k, v in _split(tensors, "ema/").items()})
-        optimizer.load_state_dict(_optimizer_state_dict(tensors, info["param_groups"]))
+        model.load_state_dict({k: v.to(device) for k, v in part("model/").items()})
+        ema.load_state_dict({k: v.to(device) for k, v in part("ema/").items()})
+        optimizer.load_state_dict(_optimizer_state_dict(part("opt/"), state.header["param_groups"]))
     except (RuntimeError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: does not match this model/optimizer ({e})") from e
-    torch.set_rng_state(tensors["rng/torch"])
-    known = ("model/", "ema/", "opt/", "rng/")
-    arrays = {k: v for k, v in tensors.items() if not k.startswith(known)}
-    return {"step": int(info["step"]), "scalars": info["scalars"], "arrays": arrays}
+        raise ValueError(f"{state.path}: does not match this model/optimizer ({e})") from e
+    torch.set_rng_state(torch.from_numpy(state.tensors["rng/torch"]))
+    arrays = {k: torch.from_numpy(v) for k, v in state.extra.items()}
+    return {"step": state.step, "scalars": state.scalars, "arrays": arrays}

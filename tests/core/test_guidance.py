@@ -1,4 +1,4 @@
-"""Guidance (SPEC "Conditional generation"): classifier-free (G1, G2), classifier (G3, G4),
+"""Guidance (docs/equations.md, "Guidance"): classifier-free (G1, G2), classifier (G3, G4),
 and the score conversions, on every backend against float64 NumPy references."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _per_sample_std(a):
 
 
 def _ref_cfg(c, u, s, phi=0.0):
-    """(G1) in float64 as written in SPEC, then (G2) as written in SPEC."""
+    """(G1), then (G2), in float64 as docs/equations.md writes them."""
     g = u + s * (c - u)
     if phi == 0.0:
         return g

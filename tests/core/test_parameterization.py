@@ -100,7 +100,8 @@ def test_variance_types(xp, dtype):
     assert_close(fixed["fixed_small"].variance[1:, ...], col(ref.post_var)[1:], xp=xp, dtype=dtype, scale=1e-3)
     assert_close(fixed["fixed_large"].variance[1:, ...], col(ref.betas)[1:], xp=xp, dtype=dtype, scale=1e-3)
     assert_close(fixed["fixed_large"].log_variance[1:, ...], col(np.log(ref.betas))[1:], xp=xp, dtype=dtype)
-    # index 0 never adds noise; Ho et al.'s code uses beta~ at index 1 there, SPEC says beta_1
+    # index 0 never adds noise; Ho et al.'s code uses beta~ at index 1 there, the paper beta_1
+    # (docs/equations.md, "Reverse process")
     v0 = float(np.asarray(fixed["fixed_large"].variance[0, 0, 0]))
     assert v0 == pytest.approx(ref.betas[0], rel=1e-5) or v0 == pytest.approx(ref.post_var[1], rel=1e-5)
 

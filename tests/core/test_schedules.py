@@ -42,7 +42,7 @@ def test_linear_default_is_the_papers_schedule():
     s = Schedule.linear()
     assert s.num_timesteps == 1000
     np.testing.assert_array_equal(s.betas, np.linspace(1e-4, 0.02, 1000))
-    # abar_T of the paper's schedule: prod(1 - beta) ~ 4.04e-5 (SPEC)
+    # abar_T of the paper's schedule: prod(1 - beta) ~ 4.04e-5 (docs/equations.md, "Schedule")
     assert math.isclose(s.alphas_cumprod[-1], math.prod(1 - b for b in np.linspace(1e-4, 0.02, 1000)), rel_tol=1e-12)
     assert 4.0e-5 < s.alphas_cumprod[-1] < 4.1e-5
 

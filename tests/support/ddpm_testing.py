@@ -1,7 +1,7 @@
 """Helpers shared by the test suites: backends, array building, ``assert_close``, references.
 
 Nothing here calls ``ddpm_core``: every expected value in the core suite is derived from
-SPEC.md's equations in float64 NumPy (module ``REF`` functions below) so that the tests are
+docs/equations.md in float64 NumPy (module ``REF`` functions below) so that the tests are
 an independent check of the mathematics, never the function under test checking itself.
 
 Tolerances
@@ -187,7 +187,7 @@ def assert_close_np(actual, expected, *, dtype="float64", factor=DEFAULT_FACTOR,
 
 # --------------------------------------------------------------------------- references
 class Ref:
-    """Float64 tables of a schedule derived from ``betas`` by SPEC.md's definitions."""
+    """Float64 tables of a schedule derived from ``betas`` by docs/equations.md, "Schedule"."""
 
     def __init__(self, betas):
         b = np.asarray(betas, dtype=np.float64)
