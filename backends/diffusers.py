@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.atomic import atomic_write_bytes, atomic_write_json
-from ddpm_core.app.integrity import file_hashes
-from ddpm_core.app.rundir import RUN_KEYS, RunPaths, read_run_json, write_run_json
+from ddpm_core.app.run.atomic import atomic_write_bytes, atomic_write_json
+from ddpm_core.app.run.integrity import file_hashes
+from ddpm_core.app.run.rundir import RUN_KEYS, RunPaths, read_run_json, write_run_json
 from ddpm_core.backends.convert import load_safetensors, save_safetensors
 from ddpm_core.backends.diffusers_unet import (
     UNET_DEFAULTS,

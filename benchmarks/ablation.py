@@ -39,10 +39,10 @@ ROWS = (
 
 def run_row(name: str, settings: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """Train one row (or reuse a finished run) and evaluate it."""
-    from ddpm_core.app import evaluation
-    from ddpm_core.app.atomic import atomic_write_json
-    from ddpm_core.app.options import TrainOptions
-    from ddpm_core.app.rundir import RunPaths, read_run_json, train_seconds
+    from ddpm_core.app.evaluation.fid import fid_report
+    from ddpm_core.app.run.atomic import atomic_write_json
+    from ddpm_core.app.run.options import TrainOptions
+    from ddpm_core.app.run.rundir import RunPaths, read_run_json, train_seconds
     from ddpm_core.backends.torch import api
     from ddpm_core.backends.torch import evaluation as te
 
@@ -68,7 +68,7 @@ def run_row(name: str, settings: dict[str, str], args: argparse.Namespace) -> di
     if args.fid_n:
         images = api.sample(out, n=args.fid_n, sampler=args.sampler, steps=args.sample_steps,
                             seed=args.seed, batch_size=args.batch_size)
-        fid = evaluation.fid_report(out, images, reference_n=args.reference_n,
+        fid = fid_report(out, images, reference_n=args.reference_n,
                                     cache_dir=Path(args.root) / "fid-cache")
         row.update({k: fid[k] for k in ("fid", "kid", "kid_std", "floor_fid", "floor_kid")})
     if "train_s" not in row:  # trained earlier (or resumed): the run's own record
@@ -94,7 +94,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_core.app.atomic import atomic_write_bytes
+    from ddpm_core.app.run.atomic import atomic_write_bytes
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="runs/ablation")

@@ -62,9 +62,9 @@ def sample_row(run: str, kind: str, scale: float, args: argparse.Namespace,
 def grade(run: str, images: np.ndarray, intended: np.ndarray,
           args: argparse.Namespace) -> dict[str, Any]:
     """Accuracy, IS and confusion under the evaluation classifier; FID and KID with floors."""
-    from ddpm_core.app.classify import classify_report
-    from ddpm_core.app.evaluation import fid_report
-    from ddpm_core.app.rundir import read_run_json
+    from ddpm_core.app.evaluation.classify import classify_report
+    from ddpm_core.app.evaluation.fid import fid_report
+    from ddpm_core.app.run.rundir import read_run_json
     from ddpm_core.backends.torch.eval_classifier import sample_probabilities, scorer_for
 
     data = str(read_run_json(run)["data"])
@@ -84,9 +84,9 @@ def grade(run: str, images: np.ndarray, intended: np.ndarray,
 
 def measure_row(run: str, kind: str, scale: float, args: argparse.Namespace) -> dict[str, Any]:
     """One row, measured or reused from ``<root>/rows/<kind>-<scale>.json``."""
-    from ddpm_core.app.atomic import atomic_write_json
     from ddpm_core.app.cli.backends import load_backend, run_backend
-    from ddpm_core.app.images import image_grid, save_npz, save_png
+    from ddpm_core.app.run.atomic import atomic_write_json
+    from ddpm_core.app.run.images import image_grid, save_npz, save_png
 
     stem = Path(args.root) / "rows" / f"{kind}-{scale:g}"
     wanted = {"run": str(Path(run).resolve()), "fid": args.fid,
@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_core.app.atomic import atomic_write_bytes
+    from ddpm_core.app.run.atomic import atomic_write_bytes
 
     args = parse_args(argv)
     sweeps = [(run, kind, scales, title) for run, kind, scales, title in (

@@ -96,8 +96,8 @@ def _train(args: argparse.Namespace, config: str, backend: str, seed: int, out: 
            steps: int, **extra: Any) -> None:
     """Train (or resume, or leave alone if done) the run ``out`` to ``steps`` steps."""
     from ddpm_core.app.cli.backends import load_backend
-    from ddpm_core.app.options import TrainOptions
-    from ddpm_core.app.rundir import RunPaths, read_run_json
+    from ddpm_core.app.run.options import TrainOptions
+    from ddpm_core.app.run.rundir import RunPaths, read_run_json
 
     exists = RunPaths.of(out).run_json.is_file()
     if exists and read_run_json(out)["step"] >= steps:
@@ -124,7 +124,7 @@ def step_seconds(run: Path) -> float:
 
 def calibrate(args: argparse.Namespace, configs: list[str], backend: str) -> dict[str, float]:
     """Seconds per step of each recipe on ``backend``, measured here and stored."""
-    from ddpm_core.app.atomic import atomic_write_json
+    from ddpm_core.app.run.atomic import atomic_write_json
 
     path = Path(args.root) / "calibration.json"
     stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -157,10 +157,10 @@ def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, A
              name: str | None = None) -> dict[str, Any]:
     """FID and KID of ``--fid-n`` samples of ``run`` with ``sampler``, stored as
     ``evals/<name>-<sampler>.json`` (``name`` defaults to the run's) and reused."""
-    from ddpm_core.app import evaluation
-    from ddpm_core.app.atomic import atomic_write_json
     from ddpm_core.app.cli.backends import load_backend
-    from ddpm_core.app.rundir import read_run_json, train_seconds
+    from ddpm_core.app.evaluation.fid import fid_report
+    from ddpm_core.app.run.atomic import atomic_write_json
+    from ddpm_core.app.run.rundir import read_run_json, train_seconds
 
     info = read_run_json(run)
     kind, steps, eta = SAMPLERS[sampler]
@@ -176,7 +176,7 @@ def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, A
         run, n=args.fid_n, sampler=kind, steps=steps, eta=eta, seed=args.eval_seed,
         batch_size=args.batch_size)
     sample_s = time.perf_counter() - start
-    fid = evaluation.fid_report(run, images, reference_n=args.reference_n,
+    fid = fid_report(run, images, reference_n=args.reference_n,
                                 cache_dir=args.cache_dir)
     row = {**tag, "steps": info["step"], "sampler": sampler, "sample_s": round(sample_s, 1),
            "train_s": round(train_seconds(run) or 0.0, 1),
@@ -321,7 +321,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_core.app.atomic import atomic_write_bytes
+    from ddpm_core.app.run.atomic import atomic_write_bytes
 
     args = parse_args(argv)
     root = Path(args.root)

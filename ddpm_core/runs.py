@@ -5,10 +5,9 @@ moved to ``ddpm_core.app`` (folder ``app/``) keep working from here; new code im
 the ``ddpm_core.app`` module that holds each name.
 """
 
-from ddpm_core.app.atomic import atomic_write_bytes, atomic_write_json
-from ddpm_core.app.images import image_grid, save_npz, save_png, to_uint8
-from ddpm_core.app.logs import CsvLog, Progress
-from ddpm_core.app.options import (
+from ddpm_core.app.run.atomic import atomic_write_bytes, atomic_write_json
+from ddpm_core.app.run.images import image_grid, save_npz, save_png, to_uint8
+from ddpm_core.app.run.options import (
     BACKENDS,
     DEVICES,
     LOSSES,
@@ -19,7 +18,7 @@ from ddpm_core.app.options import (
     check_loss_variance,
     resolve_options,
 )
-from ddpm_core.app.rundir import (
+from ddpm_core.app.run.rundir import (
     RUN_FORMAT,
     RunPaths,
     make_schedule,
@@ -28,8 +27,10 @@ from ddpm_core.app.rundir import (
     write_run,
     write_run_json,
 )
-from ddpm_core.app.sampling.chains import SAMPLERS, chain_schedule, interpolation_sources
-from ddpm_core.app.seeding import batch_indices, flip_mask, step_seed
+from ddpm_core.app.run.splits import interpolation_sources
+from ddpm_core.app.sampling.chains import SAMPLERS, chain_schedule
+from ddpm_core.app.training.logs import CsvLog, Progress
+from ddpm_core.app.training.seeding import batch_indices, flip_mask, step_seed
 
 __all__ = [
     "BACKENDS",

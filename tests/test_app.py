@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from ddpm_core import runs
-from ddpm_core.app import atomic, images, logs, options, rundir, seeding
-from ddpm_core.app.options import TrainOptions
+from ddpm_core.app.run import atomic, images, options, rundir
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.training import logs, seeding
 
 # --------------------------------------------------------------------------- options
 
@@ -88,7 +89,7 @@ def test_resolve_options_applies_schedule_weighting_and_width():
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_host_batch_multiplies_the_min_snr_weights_of_its_timesteps(prediction):
-    from ddpm_core.app import batches
+    from ddpm_core.app.training import batches
 
     o = TrainOptions(preset="tiny", out="x", batch_size=32, weighting="min_snr",
                      prediction=prediction)
@@ -110,6 +111,17 @@ def test_host_batch_multiplies_the_min_snr_weights_of_its_timesteps(prediction):
 
 
 # --------------------------------------------------------------------------- files
+
+def test_warmup_lr_is_linear_from_the_first_update_then_constant():
+    from ddpm_core.app.training.protocol import warmup_lr
+
+    assert warmup_lr(1e-3, 4, 0) == pytest.approx(2.5e-4, rel=1e-15)  # lr / warmup, not 0
+    assert [warmup_lr(1.0, 4, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_lr(1e-3, 0, 0) == 1e-3
+    steps = np.arange(6, dtype=np.float32)  # the traced form: an array step and its minimum
+    np.testing.assert_array_equal(warmup_lr(1.0, 4, steps, np.minimum),
+                                  np.float32([0.25, 0.5, 0.75, 1.0, 1.0, 1.0]))
+
 
 def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path):
     path = tmp_path / "sub" / "f.bin"
@@ -269,8 +281,9 @@ def test_save_png_round_trips(tmp_path):
 
 
 def test_app_imports_no_framework(tmp_path):
-    code = ("import sys, ddpm_core.runs, ddpm_core.data, ddpm_core.app.cli, ddpm_core.app.trainer,"
-            " ddpm_core.app.evaluation;"
+    code = ("import sys, ddpm_core.runs, ddpm_core.data, ddpm_core.app.cli, ddpm_core.app.training.trainer,"
+            " ddpm_core.app.evaluation.bound, ddpm_core.app.evaluation.fid, ddpm_core.app.evaluation.classify,"
+            " ddpm_core.app.sampling.driver, ddpm_core.app.run.splits;"
             "bad = [m for m in ('torch', 'jax', 'flax', 'PIL', 'sklearn', 'mlxtend')"
             " if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -279,17 +292,17 @@ def test_app_imports_no_framework(tmp_path):
 
 
 def test_runs_keeps_the_documented_names():
-    from ddpm_core.app import trainer
     from ddpm_core.app.sampling import chains
+    from ddpm_core.app.training import trainer
 
     assert runs.TrainOptions is options.TrainOptions and runs.RunPaths is rundir.RunPaths
     assert runs.chain_schedule is chains.chain_schedule and runs.step_seed is seeding.step_seed
     assert set(runs.__all__) <= set(dir(runs))
-    assert trainer.host_batch.__module__ == "ddpm_core.app.batches"
+    assert trainer.host_batch.__module__ == "ddpm_core.app.training.batches"
 
 
 def test_classifier_run_round_trip_and_fit_checks(tmp_path):
-    from ddpm_core.app.classifier_run import check_classifier_fits, read_classifier_run, write_classifier_run
+    from ddpm_core.app.run.classifier_run import check_classifier_fits, read_classifier_run, write_classifier_run
     from ddpm_core.models import classifier_config, get_preset
 
     config = classifier_config("tiny", 10)
@@ -341,7 +354,7 @@ def test_label_drop_mask_rate_is_p_and_depends_only_on_seed_and_step():
 
 
 def test_host_batch_labels_are_the_images_classes_with_dropped_ones_null():
-    from ddpm_core.app import trainer
+    from ddpm_core.app.training import trainer
 
     train = options.resolve_options(TrainOptions(preset="tiny", out="x", batch_size=64))[2]
     data = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1) * np.ones((1, 8, 8, 1), np.uint8)
@@ -398,7 +411,7 @@ def test_run_json_classes_must_agree_with_the_unet(tmp_path):
 
 
 def test_resume_refuses_another_label_dropout():
-    from ddpm_core.app.resume import resume_options
+    from ddpm_core.app.run.resume import resume_options
     from ddpm_core.models import get_preset
 
     pre = get_preset("tiny")

@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from ddpm_core.app import cli, evaluation
+from ddpm_core.app import cli
+from ddpm_core.app.evaluation import bound, fid
 
 T_TEST = 20
 
@@ -21,7 +22,7 @@ T_TEST = 20
 def tiny_run(tmp_path_factory):
     torch = pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    from ddpm_core.app.rundir import RunPaths, write_run_json
+    from ddpm_core.app.run.rundir import RunPaths, write_run_json
     from ddpm_core.backends.torch import checkpoint as ckpt
     from ddpm_core.backends.torch.unet import UNet
     from ddpm_core.models import get_preset
@@ -89,7 +90,7 @@ def test_bad_n_names_the_argument(tiny_run):
 def test_cli_bpd_json(tiny_run, capsys):
     assert cli.main(["eval", "bpd", "--run", tiny_run, "--n", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(evaluation.BPD_KEYS) <= set(out) and out["n"] == 2
+    assert set(bound.BPD_KEYS) <= set(out) and out["n"] == 2
     assert out["bpd"] == pytest.approx(out["prior"] + out["terms"] + out["decoder"], rel=1e-6)
 
 
@@ -112,7 +113,7 @@ def test_cli_rate_distortion(tiny_run, tmp_path, capsys):
 def test_rate_distortion_table():
     result = {"prior": 0.5, "terms_per_t": np.array([3.0, 2.0, 1.0]),
               "rmse_per_t": np.array([1.0, 5.0, 9.0])}
-    table = evaluation.rate_distortion(result)
+    table = bound.rate_distortion(result)
     np.testing.assert_array_equal(table[:, 0], [0, 1, 2])
     np.testing.assert_allclose(table[:, 1], [6.5, 3.5, 1.5])
     np.testing.assert_array_equal(table[:, 2], [1.0, 5.0, 9.0])
@@ -153,11 +154,11 @@ def test_fid_report_logic(tiny_run, monkeypatch, tmp_path):
     held = load_dataset("digits", "heldout")[:6]
     kw = {"reference_n": 40, "cache_dir": tmp_path, "kid_subsets": 5,
           "extractor": _MeanFeatures()}
-    real = evaluation.fid_report(tiny_run, held, **kw)
+    real = fid.fid_report(tiny_run, held, **kw)
     assert real["fid"] == pytest.approx(real["floor_fid"], rel=1e-9)  # samples = floor set
     assert real["n"] == real["floor_n"] == 6 and real["reference_n"] == 40
     noise = np.random.default_rng(0).integers(0, 256, held.shape, dtype=np.uint8)
-    bad = evaluation.fid_report(tiny_run, noise, **kw)
+    bad = fid.fid_report(tiny_run, noise, **kw)
     assert bad["fid"] > 2 * bad["floor_fid"] and bad["kid"] > bad["floor_kid"]
     assert len(list(tmp_path.glob("*.npz"))) == 2  # reference and held-out features cached
 
@@ -168,8 +169,8 @@ def test_cli_fid_end_to_end(tiny_run, tmp_path, capsys):
             "--reference-n", "4", "--kid-subsets", "3", "--cache-dir", str(tmp_path), "--json"]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(evaluation.FID_KEYS) <= set(out) and out["n"] == 3
-    assert all(np.isfinite(out[k]) for k in evaluation.FID_KEYS)
+    assert set(fid.FID_KEYS) <= set(out) and out["n"] == 3
+    assert all(np.isfinite(out[k]) for k in fid.FID_KEYS)
     assert out["fid"] >= 0 and out["floor_fid"] >= 0
 
 
@@ -231,7 +232,7 @@ def test_quality_sweep_budgets_trains_grades_and_resumes(tmp_path, monkeypatch):
         return {"fid": 10.0 + len(graded), "kid": 0.01, "kid_std": 0.001, "floor_fid": 5.0,
                 "floor_kid": 0.001, "n": images.shape[0], "floor_n": 2}  # a small held-out split
 
-    monkeypatch.setattr(evaluation, "fid_report", fake_fid)
+    monkeypatch.setattr(fid, "fid_report", fake_fid)
     root = tmp_path / "q"
     argv = ["--root", str(root), "--preset", "tiny", "--configs", "baseline,ch32,lr2e-3",
             "--budget-steps", "6", "--calib-steps", "2", "--fid-n", "3",

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from ddpm_core.app import integrity, outputs, rundir
-from ddpm_core.app.lock import RunLockedError, run_lock
-from ddpm_core.app.options import TrainOptions
-from ddpm_core.app.resume import resume_options
+from ddpm_core.app.run import integrity, outputs, rundir
+from ddpm_core.app.run.lock import RunLockedError, run_lock
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.run.resume import resume_options
 from ddpm_core.models import get_preset
 
 
@@ -177,7 +177,7 @@ def test_check_train_out(tmp_path, run_dir):
 
 # --------------------------------------------------------------------------- lock (12.2)
 
-_HOLD = ("import sys, time; from ddpm_core.app.lock import run_lock\n"
+_HOLD = ("import sys, time; from ddpm_core.app.run.lock import run_lock\n"
          "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
 
 

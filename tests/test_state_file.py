@@ -1,4 +1,4 @@
-"""The state-file format both backends write (``ddpm_core.app.state_file``), without a framework."""
+"""The state-file format both backends write (``ddpm_core.app.run.state_file``), without a framework."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ddpm_core.app import state_file as sf
+from ddpm_core.app.run import state_file as sf
 
 
 def _tensors(arrays=None):

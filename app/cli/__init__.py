@@ -37,7 +37,7 @@ from ddpm_core.app.cli.commands import (
 )
 from ddpm_core.app.cli.evaluate import cmd_eval
 from ddpm_core.app.cli.parser import build_parser
-from ddpm_core.app.lock import RunLockedError
+from ddpm_core.app.run.lock import RunLockedError
 
 __all__ = ["BackendUnavailable", "build_parser", "load_backend", "main"]
 

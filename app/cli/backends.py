@@ -6,8 +6,8 @@ import importlib
 import importlib.util
 from typing import Any
 
-from ddpm_core.app.options import BACKENDS
-from ddpm_core.app.rundir import read_run_json
+from ddpm_core.app.run.options import BACKENDS
+from ddpm_core.app.run.rundir import read_run_json
 
 __all__ = ["BackendUnavailable", "default_train_backend", "installed", "load_backend",
            "load_evaluation", "run_backend"]

@@ -19,10 +19,10 @@ from ddpm_core.app.cli.backends import (
     load_backend,
     run_backend,
 )
-from ddpm_core.app.images import image_grid, save_npz, save_png
-from ddpm_core.app.options import BACKENDS, TrainOptions, resolve_options
-from ddpm_core.app.outputs import check_output
-from ddpm_core.app.rundir import read_run_json
+from ddpm_core.app.run.images import image_grid, save_npz, save_png
+from ddpm_core.app.run.options import BACKENDS, TrainOptions, resolve_options
+from ddpm_core.app.run.outputs import check_output
+from ddpm_core.app.run.rundir import read_run_json
 
 __all__ = ["cmd_export", "cmd_import", "cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "cmd_train",
            "cmd_train_classifier", "write_grid"]
@@ -106,7 +106,7 @@ def _guided_args(args: argparse.Namespace, default_n: int
     ``n`` defaults to the length of a --class list, 8 per class with --class all, else
     ``default_n``; ``labels`` int64 (N,) or None (unguided). Only the given flags are kept.
     """
-    from ddpm_core.app.labels import guided_request
+    from ddpm_core.app.sampling.requests import guided_request
 
     classes = args.classes
     n = args.n or (len(classes) if isinstance(classes, list) else 8 if classes == "all"
@@ -128,8 +128,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     n, guide, labels = _guided_args(args, 64)
     api = load_backend(run_backend(args.run, args.backend))
     images = api.sample(args.run, n=n, sampler=args.sampler, steps=args.steps,
-                  eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                  use_ema=not args.no_ema, device=args.device, compile=args.compile, **guide)
+                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                        use_ema=not args.no_ema, device=args.device, compile=args.compile, **guide)
     write_grid(args.out, images, _with_labels({"images": images}, labels),
                ncols=n if args.classes == "all" else None)
     return 0
@@ -140,15 +140,15 @@ def cmd_progressive(args: argparse.Namespace) -> int:
     n, guide, labels = _guided_args(args, 8)
     api = load_backend(run_backend(args.run, args.backend))
     frames = api.progressive(args.run, n=n, seed=args.seed, frames=args.frames,
-                  sampler=args.sampler, steps=args.steps, use_ema=not args.no_ema,
-                  device=args.device, **guide)
+                             sampler=args.sampler, steps=args.steps, use_ema=not args.no_ema,
+                             device=args.device, **guide)
     rows = frames.transpose(1, 0, 2, 3, 4).reshape(-1, *frames.shape[2:])
     write_grid(args.out, rows, _with_labels({"frames": frames}, labels), ncols=frames.shape[0])
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from ddpm_core.app.labels import interpolation_guidance
+    from ddpm_core.app.sampling.requests import interpolation_guidance
     from ddpm_core.data import load_dataset
 
     check_output(args.out, "grid")
@@ -169,7 +169,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     rows, mixes = [], []
     for i, j in pairs:
         mixed = api.interpolate(args.run, seed=args.seed, t=args.t, lambdas=args.lambdas,
-                     pair=(i, j), use_ema=not args.no_ema, device=args.device, **guide)
+                                pair=(i, j), use_ema=not args.no_ema, device=args.device, **guide)
         rows += [held[i], *mixed, held[j]]
         mixes.append(mixed)
     arrays = {"interpolations": np.stack(mixes), "pairs": np.asarray(pairs),

@@ -12,7 +12,7 @@ import numpy as np
 
 from ddpm_core.app.cli.backends import BackendUnavailable, load_backend, load_evaluation, run_backend
 from ddpm_core.app.cli.commands import write_grid
-from ddpm_core.app.outputs import check_output
+from ddpm_core.app.run.outputs import check_output
 
 __all__ = ["cmd_eval"]
 
@@ -29,7 +29,7 @@ def _eval_bpd(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_eval_bpd(args: argparse.Namespace) -> int:
-    from ddpm_core.app.evaluation import public
+    from ddpm_core.app.evaluation.bound import public
 
     r = _eval_bpd(args)
     if args.json:
@@ -45,7 +45,7 @@ def _cmd_eval_bpd(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_rate_distortion(args: argparse.Namespace) -> int:
-    from ddpm_core.app.evaluation import rate_distortion, write_rate_distortion
+    from ddpm_core.app.evaluation.bound import rate_distortion, write_rate_distortion
 
     check_output(args.out, "prefix")
     r = _eval_bpd(args)
@@ -56,7 +56,8 @@ def _cmd_eval_rate_distortion(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_fid(args: argparse.Namespace) -> int:
-    from ddpm_core.app.evaluation import FID_KEYS, fid_report, public, require_fid_network
+    from ddpm_core.app.evaluation.bound import public
+    from ddpm_core.app.evaluation.fid import FID_KEYS, fid_report, require_fid_network
 
     try:
         require_fid_network()
@@ -64,8 +65,8 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
         raise BackendUnavailable(str(e)) from e
     api = load_backend(run_backend(args.run, args.backend))
     images = api.sample(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
-                   eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                   use_ema=not args.no_ema, device=args.device)
+                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                        use_ema=not args.no_ema, device=args.device)
     try:
         r = fid_report(args.run, images, reference_n=args.reference_n,
                        cache_dir=args.cache_dir, kid_subsets=args.kid_subsets,
@@ -94,8 +95,8 @@ def _cmd_eval_shared_latent(args: argparse.Namespace) -> int:
 
 def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | None]:
     """Sample the run as ``eval classify`` asks: (images, intended labels or None, K)."""
-    from ddpm_core.app.labels import guided_request
-    from ddpm_core.app.rundir import read_run_json
+    from ddpm_core.app.run.rundir import read_run_json
+    from ddpm_core.app.sampling.requests import guided_request
 
     info = read_run_json(args.run)
     run_k = int(info["unet"].get("num_classes", 0) or 0)
@@ -108,8 +109,8 @@ def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | 
     api = load_backend(run_backend(args.run, args.backend))
     extra = {k: v for k, v in guide.items() if v is not None}
     images = api.sample(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
-                  eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                  use_ema=not args.no_ema, device=args.device, **extra)
+                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                        use_ema=not args.no_ema, device=args.device, **extra)
     k = run_k or (clf_config.num_classes if clf_config is not None else None)
     return images, g.labels, k
 
@@ -117,8 +118,8 @@ def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | 
 def _cmd_eval_classify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ddpm_core.app.classify import CLASSIFY_KEYS, IS_NOTE, classify_report, format_report
-    from ddpm_core.app.rundir import read_run_json
+    from ddpm_core.app.evaluation.classify import CLASSIFY_KEYS, IS_NOTE, classify_report, format_report
+    from ddpm_core.app.run.rundir import read_run_json
 
     load_backend("torch")  # the classifiers are PyTorch networks, whatever the run's backend
     from ddpm_core.backends.torch.eval_classifier import sample_probabilities, scorer_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ddpm_core.app.options import (
+from ddpm_core.app.run.options import (
     BACKENDS,
     DEVICES,
     LOSSES,
@@ -67,8 +67,8 @@ def _lambdas(text: str) -> list[float]:
 
 
 def _classes_arg(text: str) -> Any:
-    """An argparse type: the ``--class`` value (see ``ddpm_core.app.labels.parse_classes``)."""
-    from ddpm_core.app.labels import parse_classes
+    """An argparse type: the ``--class`` value (see ``ddpm_core.app.sampling.requests.parse_classes``)."""
+    from ddpm_core.app.sampling.requests import parse_classes
 
     try:
         return parse_classes(text)
@@ -105,10 +105,10 @@ def _add_chain_options(p: argparse.ArgumentParser, *, eta: bool) -> None:
 
 def _add_guidance_options(p: argparse.ArgumentParser, *, interpolation: bool = False) -> None:
     """--class, --guidance, --guidance-rescale, --classifier, --classifier-scale: the
-    guidance of ``sample`` and ``progressive`` (``ddpm_core.app.labels.guided_request``).
+    guidance of ``sample`` and ``progressive`` (``ddpm_core.app.sampling.requests.guided_request``).
 
     ``interpolation``: one class that decodes every mixture
-    (``ddpm_core.app.labels.interpolation_guidance``); ``--classifier`` is kept, hidden,
+    (``ddpm_core.app.sampling.requests.interpolation_guidance``); ``--classifier`` is kept, hidden,
     so that the command can refuse it with a message.
     """
     g = p.add_argument_group("guidance")

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddpm_core.app.run.options import check_int
 from ddpm_core.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     from ddpm_core.schedules import Schedule
 
-__all__ = ["SAMPLERS", "batch_bounds", "chain_schedule", "check_count", "check_eta", "check_lambdas",
-           "check_step_index", "interpolation_sources", "progressive_steps"]
+__all__ = ["SAMPLERS", "batch_bounds", "chain_schedule", "check_eta", "check_lambdas",
+           "check_step_index", "progressive_steps"]
 
 
 def chain_schedule(schedule: Schedule, sampler: str, steps: int | None) -> Schedule:
@@ -39,13 +40,6 @@ def chain_schedule(schedule: Schedule, sampler: str, steps: int | None) -> Sched
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def check_count(name: str, value: Any) -> int:
-    """``value`` (``n``, ``batch_size``) as an int >= 1, or a ValueError naming it."""
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
 
 
 def check_eta(eta: Any) -> float:
@@ -77,8 +71,8 @@ def batch_bounds(n: int, batch_size: int | None, *, padded: bool) -> list[tuple[
     batch has ``batch_size`` rows (one compiled shape; the last batch's extra rows are
     samples ``n, n + 1, ...`` and are dropped), otherwise ``hi = lo + keep``.
     """
-    n = check_count("n", n)
-    bs = min(n, n if batch_size is None else check_count("batch_size", batch_size))
+    n = check_int("n", n, 1)
+    bs = min(n, n if batch_size is None else check_int("batch_size", batch_size, 1))
     return [(lo, lo + bs if padded else min(lo + bs, n), min(bs, n - lo)) for lo in range(0, n, bs)]
 
 
@@ -88,21 +82,3 @@ def progressive_steps(num_steps: int, frames: int) -> list[int]:
         raise ValueError(f"frames must be an integer in [1, {num_steps}]; got {frames!r}")
     wanted = np.unique(np.rint(np.linspace(num_steps - 1, 0, frames)).astype(int))
     return sorted(wanted.tolist(), reverse=True)
-
-
-def interpolation_sources(info: dict[str, Any], pair: Sequence[int]) -> np.ndarray:
-    """The two source images, uint8 (2, H, W, C): ``pair`` indexes the run's held-out split.
-
-    Datasets without a held-out split (folders, .npz) use their training images.
-    """
-    from ddpm_core.data import load_dataset
-
-    try:
-        images = load_dataset(info["data"], "heldout")
-    except ValueError:
-        images = load_dataset(info["data"], "train")
-    i, j = (int(k) for k in pair)
-    for k in (i, j):
-        if not 0 <= k < images.shape[0]:
-            raise ValueError(f"pair indices must be in [0, {images.shape[0]}); got {tuple(pair)}")
-    return images[[i, j]]

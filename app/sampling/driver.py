@@ -1,41 +1,39 @@
 """The one sampling driver: ``sample``, ``progressive`` and ``interpolate`` for every backend.
 
-The sampling counterpart of the training loop (``ddpm_core.app.trainer``). A backend
+The sampling counterpart of the training loop (``ddpm_core.app.training.trainer``). A backend
 (:class:`~ddpm_core.app.sampling.protocol.SampleBackend`) loads the network, builds and
 runs the chain and draws its noise; this module owns everything else: the argument checks,
 the chain's schedule (``chain_schedule``), batching, the labels and guidance of a request
-(``ddpm_core.app.labels``), seeds and the outputs. The backends' ``api`` modules are these
+(``ddpm_core.app.sampling.requests``), seeds and the outputs. The backends' ``api`` modules are these
 functions with the backend bound (:func:`bind`), so both have one signature.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ddpm_core.app.images import to_uint8
-from ddpm_core.app.integrity import check_finite_samples
-from ddpm_core.app.labels import guided_request, interpolation_guidance
-from ddpm_core.app.rundir import make_schedule, read_run_json
+from ddpm_core.app.run.images import to_uint8
+from ddpm_core.app.run.integrity import check_finite_samples
+from ddpm_core.app.run.rundir import make_schedule, read_run_json
+from ddpm_core.app.run.splits import interpolation_sources
 from ddpm_core.app.sampling.chains import (
     batch_bounds,
     chain_schedule,
     check_eta,
     check_lambdas,
     check_step_index,
-    interpolation_sources,
     progressive_steps,
 )
 from ddpm_core.app.sampling.protocol import ChainSpec, GuideSpec, SampleBackend
+from ddpm_core.app.sampling.requests import guided_request, interpolation_guidance
 from ddpm_core.reverse import mix_latents
 from ddpm_core.schedules import Schedule
 
-__all__ = ["BoundApi", "GuideRequest", "bind", "bound_api", "chain_spec", "draw_chain", "interpolate",
+__all__ = ["GuideRequest", "chain_spec", "draw_chain", "interpolate",
            "interpolate_images", "load_run", "progressive", "run_guide", "sample", "to_images"]
 
 
@@ -75,7 +73,7 @@ def run_guide(backend: SampleBackend, network: Any, info: dict[str, Any], n: int
               guidance: float | None = None, guidance_rescale: float | None = None,
               classifier: str | os.PathLike | None = None,
               classifier_scale: float | None = None) -> GuideRequest | None:
-    """The guidance of a request checked against its run (``ddpm_core.app.labels``), with
+    """The guidance of a request checked against its run (``ddpm_core.app.sampling.requests``), with
     its classifier loaded; None for an unguided, unconditional request."""
     g, clf_config, clf_info = guided_request(info, n, classes, guidance=guidance, guidance_rescale=guidance_rescale,
                                              classifier=classifier, classifier_scale=classifier_scale)
@@ -133,7 +131,7 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
     ``compile`` compiles the PyTorch model call on CUDA (the JAX chain is always one
     compiled ``lax.scan``).
 
-    Guidance (``ddpm_core.app.labels``): ``classes`` is an int, a list of ``n`` ints or
+    Guidance (``ddpm_core.app.sampling.requests``): ``classes`` is an int, a list of ``n`` ints or
     ``"all"`` (``n`` per class, class by class: N = n K), required by a class-conditional
     run; ``guidance`` is the classifier-free scale s (default 1: the conditional model,
     0: the unconditional one) and ``guidance_rescale`` Lin et al.'s phi (default 0);
@@ -207,7 +205,7 @@ def interpolate(backend: SampleBackend, run_dir: str | os.PathLike, *, seed: int
 
     A class-conditional run decodes every mixture with one label: ``classes`` (an int in
     [0, K)), or without it the null label K if the run was trained with label dropout
-    (``ddpm_core.app.labels.interpolation_guidance``); ``guidance`` and
+    (``ddpm_core.app.sampling.requests.interpolation_guidance``); ``guidance`` and
     ``guidance_rescale`` are :func:`sample`'s. There is no classifier guidance here.
     """
     from ddpm_core.data import to_model_range
@@ -220,33 +218,3 @@ def interpolate(backend: SampleBackend, run_dir: str | os.PathLike, *, seed: int
     labels = None if g.labels is None else np.repeat(g.labels, len(lambdas))
     x = interpolate_images(backend, chain, src[0], src[1], lambdas=lambdas, t=t, seed=seed, labels=labels)
     return to_images(x)
-
-
-def bind(fn: Callable[..., Any], backend: SampleBackend) -> Callable[..., Any]:
-    """``fn`` with its first argument bound to ``backend``: a backend's ``api`` function,
-    with ``fn``'s signature (less the backend) and docstring."""
-    @functools.wraps(fn)
-    def bound(*args: Any, **kwargs: Any) -> Any:
-        return fn(backend, *args, **kwargs)
-
-    sig = inspect.signature(fn)
-    bound.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
-    return bound
-
-
-class BoundApi(NamedTuple):
-    """A backend's ``api`` functions (:func:`bound_api`)."""
-
-    load_run: Callable[..., Any]
-    sample: Callable[..., Any]
-    progressive: Callable[..., Any]
-    interpolate: Callable[..., Any]
-    bpd: Callable[..., Any]
-
-
-def bound_api(backend: SampleBackend) -> BoundApi:
-    """:func:`load_run`, :func:`sample`, :func:`progressive`, :func:`interpolate` and
-    ``ddpm_core.app.evaluation.bpd`` with ``backend`` bound (:func:`bind`)."""
-    from ddpm_core.app.evaluation import bpd
-
-    return BoundApi(*(bind(fn, backend) for fn in (load_run, sample, progressive, interpolate, bpd)))

@@ -1,7 +1,8 @@
 """The JAX backend's interface to the ``ddpm`` command.
 
 The functions of the sampling driver (``ddpm_core.app.sampling.driver``) and of ``ddpm
-eval bpd`` (``ddpm_core.app.evaluation.bpd``) with this backend bound: the same functions,
+eval bpd`` (``ddpm_core.app.evaluation.bound.bpd``) with this backend bound by
+``ddpm_core.app.backend_api``: the same functions,
 signatures and results as ``ddpm_core.backends.torch.api``. Both read and write the run
 directory (docs/run-directory.md); sampling needs only ``run.json`` and
 ``ema.safetensors`` (canonical layout), so it works on a run trained by either backend.
@@ -15,14 +16,14 @@ import math
 
 import jax
 
-from ddpm_core.app.sampling import driver
+from ddpm_core.app.backend_api import bound_api
 from ddpm_core.backends.jax.chain import BACKEND
 from ddpm_core.backends.jax.training import train
 from ddpm_core.backends.jax.unet import UNet, param_shapes
 
 __all__ = ["BACKEND", "bpd", "interpolate", "load_run", "param_count", "progressive", "sample", "train"]
 
-load_run, sample, progressive, interpolate, bpd = driver.bound_api(BACKEND)
+load_run, sample, progressive, interpolate, bpd = bound_api(BACKEND)
 
 
 def param_count(preset_name: str) -> int:

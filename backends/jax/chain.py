@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_core.app.integrity import check_finite, verify_file
-from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.run.integrity import check_finite, verify_file
+from ddpm_core.app.run.rundir import RunPaths
 from ddpm_core.app.sampling.protocol import ChainSpec, GuideSpec
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.devices import compute_dtype, pick_devices

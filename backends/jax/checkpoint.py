@@ -3,7 +3,7 @@
 The run directory's files (the state file ``state-jax.safetensors``, the weight exports
 ``model.safetensors`` and ``ema.safetensors`` in the canonical PyTorch layout, so that the
 PyTorch backend samples a JAX run and vice versa) are described in docs/run-directory.md;
-the state file's format is :mod:`ddpm_core.app.state_file`, which this module feeds with the
+the state file's format is :mod:`ddpm_core.app.run.state_file`, which this module feeds with the
 Flax parameter trees, the optax state and the base PRNG key as NumPy arrays
 (:func:`flatten_tree`) and reads back into trees (:func:`unflatten_like`).
 """
@@ -18,9 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ddpm_core.app import state_file
-from ddpm_core.app.rundir import RunPaths
-from ddpm_core.app.state_file import STATE_FORMAT, STATE_KEY
+from ddpm_core.app.run import state_file
+from ddpm_core.app.run.rundir import RunPaths
+from ddpm_core.app.run.state_file import STATE_FORMAT, STATE_KEY
 from ddpm_core.backends.convert import (
     flax_to_torch,
     load_safetensors,
@@ -29,17 +29,8 @@ from ddpm_core.backends.convert import (
 )
 from ddpm_core.models import UNetConfig
 
-__all__ = [
-    "STATE_FORMAT",
-    "STATE_KEY",
-    "flatten_tree",
-    "load_state",
-    "load_weights",
-    "save_state",
-    "save_weights",
-    "state_path",
-    "unflatten_like",
-]
+__all__ = ["STATE_FORMAT", "STATE_KEY", "flatten_tree", "load_state", "load_weights", "save_state",
+           "save_weights", "state_path", "unflatten_like"]
 
 
 def state_path(run_dir: str | os.PathLike) -> Path:

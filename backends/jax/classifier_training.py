@@ -19,10 +19,10 @@ import jax
 import numpy as np
 
 from ddpm_core import q_sample
-from ddpm_core.app.classifier_train import ClassifierTask
-from ddpm_core.app.options import TrainOptions
-from ddpm_core.app.rundir import RunPaths, make_schedule, schedule_dict
-from ddpm_core.app.trainer import train as train_loop
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.run.rundir import RunPaths, make_schedule, schedule_dict
+from ddpm_core.app.training.classifier_train import ClassifierTask
+from ddpm_core.app.training.trainer import train as train_loop
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.training import JaxTrainer, network
 
@@ -31,14 +31,14 @@ __all__ = ["JaxClassifierTrainer", "train_classifier"]
 
 def train_classifier(options: TrainOptions) -> dict[str, Any]:
     """Train (or resume) a classifier run with JAX; see
-    :mod:`ddpm_core.app.classifier_train`."""
+    :mod:`ddpm_core.app.training.classifier_train`."""
     if options.backend != "jax":
         raise ValueError(f"backend must be 'jax' for this function; got {options.backend!r}")
     return train_loop(options, JaxClassifierTrainer, ClassifierTask())
 
 
 class JaxClassifierTrainer(JaxTrainer):
-    """A :class:`ddpm_core.app.trainer.TrainBackend` training the noise-aware classifier."""
+    """A :class:`ddpm_core.app.training.trainer.TrainBackend` training the noise-aware classifier."""
 
     def __init__(self, options: TrainOptions, config: Any, train_cfg: Any) -> None:
         super().__init__(options, config, train_cfg)

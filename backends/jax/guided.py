@@ -18,8 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ddpm_core.app.integrity import check_finite, verify_file
-from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.run.integrity import check_finite, verify_file
+from ddpm_core.app.run.rundir import RunPaths
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.classifier import Classifier, build_classifier, log_prob_grad
 from ddpm_core.backends.jax.unet import UNet

@@ -1,9 +1,9 @@
-"""The JAX side of the training loop (``ddpm_core.app.trainer``): one jitted step.
+"""The JAX side of the training loop (``ddpm_core.app.training.trainer``): one jitted step.
 
 :class:`JaxTrainer` runs step ``s`` of Algorithm 1 on the batch the shared loop draws, as
 **one** ``jax.jit`` program: ``eps ~ N(0, I)`` from the key
 ``fold_in(fold_in(seed_key(seed), NOISE), s)``, ``x_t = q_sample(x_0, t, eps)``, the core's
-``training_losses``, one Adam step with linear warm-up (``lr * min(1, (s + 1) / warmup)``)
+``training_losses``, one Adam step with the shared linear warm-up (``warmup_lr``)
 after clipping the gradient's global norm, and ``ema <- ema + (1 - decay) (theta - ema)``.
 Dropout draws from ``fold_in(fold_in(seed_key(seed), DROPOUT), s)``. Every random number
 of step ``s`` depends only on ``(seed, s)``: a resumed run continues exactly, and any
@@ -34,11 +34,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ddpm_core import q_sample, training_losses
-from ddpm_core.app import trainer
-from ddpm_core.app.options import TrainOptions
-from ddpm_core.app.rundir import make_schedule, schedule_dict
-from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE
-from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels, lr_at
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.run.rundir import make_schedule, schedule_dict
+from ddpm_core.app.training import trainer
+from ddpm_core.app.training.protocol import warmup_lr
+from ddpm_core.app.training.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE
+from ddpm_core.app.training.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels, lr_at
 from ddpm_core.backends.jax import checkpoint as ckpt
 from ddpm_core.backends.jax.classifier import Classifier, build_classifier
 from ddpm_core.backends.jax.devices import (
@@ -81,17 +82,12 @@ class TrainState(NamedTuple):
 # --------------------------------------------------------------------------- optimizer
 
 def make_optimizer(train: Any) -> optax.GradientTransformation:
-    """Clip at global norm, Adam, linear warm-up: ``lr * min(1, (count + 1) / warmup)``.
-
-    ``count`` is the number of updates already applied, so the first step uses
-    ``lr / warmup`` as the PyTorch loop does.
-    """
+    """Clip at global norm, Adam, and the warm-up of ``app.training.protocol.warmup_lr``
+    (``count``, the number of updates already applied, is its 0-based step)."""
     lr, warmup = float(train.lr), int(train.warmup_steps)
 
     def schedule(count: jax.Array) -> jax.Array:
-        if warmup <= 0:
-            return jnp.asarray(lr, jnp.float32)
-        return lr * jnp.minimum(1.0, (count + 1).astype(jnp.float32) / warmup)
+        return jnp.asarray(warmup_lr(lr, warmup, count.astype(jnp.float32), jnp.minimum), jnp.float32)
 
     clip = (optax.clip_by_global_norm(float(train.grad_clip)) if train.grad_clip
             else optax.identity())
@@ -196,7 +192,7 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
 # --------------------------------------------------------------------------- the backend
 
 def train(options: TrainOptions) -> dict[str, Any]:
-    """Train (or resume) a run with JAX; see :func:`ddpm_core.app.trainer.train`."""
+    """Train (or resume) a run with JAX; see :func:`ddpm_core.app.training.trainer.train`."""
     if options.backend != "jax":
         raise ValueError(f"backend must be 'jax' for this function; got {options.backend!r}")
     return trainer.train(options, JaxTrainer)
@@ -214,7 +210,7 @@ def device_batch(batch: HostBatch, sharding: NamedSharding) -> tuple[jax.Array, 
 
 
 class JaxTrainer:
-    """A :class:`ddpm_core.app.trainer.TrainBackend` for JAX (one jitted step)."""
+    """A :class:`ddpm_core.app.training.trainer.TrainBackend` for JAX (one jitted step)."""
 
     name = "jax"
 

@@ -357,17 +357,10 @@ class UNet(Encoder):
 
 def build_unet(preset_or_config: Preset | UNetConfig | str, prediction: str = "eps",
                variance: str = "fixed_small", dtype: Any = jnp.float32) -> UNet:
-    """A :class:`UNet` module with the output head for the parameterisation.
-
-    Parameters
-    ----------
-    preset_or_config : Preset, UNetConfig or str
-        A preset, its name, or a U-Net config.
-    prediction, variance : str
-        See :func:`ddpm_core.models.output_channels` (2C outputs for a learned variance).
-    dtype : jax dtype
-        Compute dtype; parameters are float32.
-    """
+    """A :class:`UNet` module with the output head for the parameterisation: the arguments
+    of the PyTorch ``build_unet`` (a preset, its name or a U-Net config; ``prediction`` and
+    ``variance`` set the output channels, 2C for a learned variance), and ``dtype``, the
+    compute dtype (parameters stay float32)."""
     config = unet_config(preset_or_config, prediction=prediction, variance=variance)
     return UNet(config=config, dtype=dtype)
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ddpm_core import reverse_step, sample_loop
-from ddpm_core.app.integrity import check_finite, verify_file
-from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.run.integrity import check_finite, verify_file
+from ddpm_core.app.run.rundir import RunPaths
 from ddpm_core.app.sampling.protocol import ChainSpec, GuideSpec
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch.classifier import Classifier, log_prob_grad

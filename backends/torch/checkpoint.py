@@ -2,7 +2,7 @@
 
 The run directory's files (the state file ``state-torch.safetensors``, the weight exports
 ``model.safetensors`` and ``ema.safetensors``) are described in docs/run-directory.md; the
-state file's format is :mod:`ddpm_core.app.state_file`, which this module feeds with the
+state file's format is :mod:`ddpm_core.app.run.state_file`, which this module feeds with the
 networks, the Adam state and the CPU generator as NumPy arrays. Loading uses
 ``safetensors`` (no pickle, so no arbitrary code), never ``torch.load``.
 """
@@ -19,20 +19,13 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as _save_bytes
 
-from ddpm_core.app import state_file
-from ddpm_core.app.atomic import atomic_write_bytes
-from ddpm_core.app.rundir import RunPaths
-from ddpm_core.app.state_file import STATE_FORMAT, STATE_KEY
+from ddpm_core.app.run import state_file
+from ddpm_core.app.run.atomic import atomic_write_bytes
+from ddpm_core.app.run.rundir import RunPaths
+from ddpm_core.app.run.state_file import STATE_FORMAT, STATE_KEY
 
-__all__ = [
-    "STATE_FORMAT",
-    "STATE_KEY",
-    "load_state",
-    "load_weights",
-    "save_state",
-    "save_weights",
-    "state_path",
-]
+__all__ = ["STATE_FORMAT", "STATE_KEY", "load_state", "load_weights", "save_state", "save_weights",
+           "state_path"]
 
 def state_path(run_dir: str | os.PathLike) -> Path:
     """``run_dir/state-torch.safetensors``."""

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 import ddpm_core
-from ddpm_core.app.classifier_train import ClassifierTask
-from ddpm_core.app.options import TrainOptions
-from ddpm_core.app.rundir import RunPaths
-from ddpm_core.app.trainer import HostBatch
-from ddpm_core.app.trainer import train as train_loop
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.run.rundir import RunPaths
+from ddpm_core.app.training.classifier_train import ClassifierTask
+from ddpm_core.app.training.trainer import HostBatch
+from ddpm_core.app.training.trainer import train as train_loop
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch.classifier import Classifier
 from ddpm_core.backends.torch.training import TorchTrainer, _step_rng
@@ -34,14 +34,14 @@ __all__ = ["TorchClassifierTrainer", "train_classifier"]
 
 def train_classifier(options: TrainOptions) -> dict[str, Any]:
     """Train (or resume) a classifier run with PyTorch; see
-    :func:`ddpm_core.app.classifier_train.train_classifier`."""
+    :func:`ddpm_core.app.training.classifier_train.train_classifier`."""
     if options.backend != "torch":
         raise ValueError(f"backend must be 'torch' for this function; got {options.backend!r}")
     return train_loop(options, TorchClassifierTrainer, ClassifierTask())
 
 
 class TorchClassifierTrainer(TorchTrainer):
-    """A :class:`ddpm_core.app.trainer.TrainBackend` training the noise-aware classifier."""
+    """A :class:`ddpm_core.app.training.trainer.TrainBackend` training the noise-aware classifier."""
 
     network = Classifier
 

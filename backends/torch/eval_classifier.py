@@ -9,7 +9,7 @@ recipe in the metadata; a file whose recipe differs is retrained.
 
 Both networks see images as float32 (N, C, H, W) in [-1, 1] (the paper's scaling) and
 return logits (N, K). :func:`sample_probabilities` turns a batch of uint8 samples into
-float64 p(y | x) for :mod:`ddpm_core.app.classify`.
+float64 p(y | x) for :mod:`ddpm_core.app.evaluation.classify`.
 """
 
 from __future__ import annotations

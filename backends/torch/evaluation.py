@@ -1,5 +1,5 @@
 """``ddpm eval`` with the PyTorch backend: the bound in bits/dim (``bpd``, the one
-framework-free ``ddpm_core.app.evaluation.bpd`` with this backend) and the shared-latent
+framework-free ``ddpm_core.app.evaluation.bound.bpd`` with this backend) and the shared-latent
 figure (Figure 7)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import os
 import numpy as np
 import torch
 
-from ddpm_core.app.evaluation import check_positive_int, heldout_images
+from ddpm_core.app.run.options import check_int
+from ddpm_core.app.run.splits import heldout_images
 from ddpm_core.backends.torch import api
 from ddpm_core.backends.torch.api import bpd
 
@@ -31,11 +32,11 @@ def shared_latent(run_dir: str | os.PathLike, *, index: int = 0,
     and the ``k`` decodes.
     """
     from ddpm_core import interpolate, q_sample
-    from ddpm_core.app.images import to_uint8
+    from ddpm_core.app.run.images import to_uint8
     from ddpm_core.backends.torch.sampling import model_fn
     from ddpm_core.data import to_model_range
 
-    k = check_positive_int("k", k)
+    k = check_int("k", k, 1)
     net, schedule, info = api.load_run(run_dir, use_ema=use_ema, device=device)
     T = schedule.num_timesteps
     if not ts or any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < T

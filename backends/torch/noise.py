@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm_core.app.seeding import step_seed
+from ddpm_core.app.training.seeding import step_seed
 
 __all__ = ["SampleStreams", "host_sync_errors", "interpolation_streams", "sample_seeds"]
 

@@ -1,4 +1,4 @@
-"""The PyTorch side of the training loop (``ddpm_core.app.trainer``): state and one step.
+"""The PyTorch side of the training loop (``ddpm_core.app.training.trainer``): state and one step.
 
 :class:`TorchTrainer` builds the U-Net, its EMA copy and Adam, and runs one step of
 Algorithm 1 on the batch the shared loop draws (and its labels ``y`` for a class-conditional
@@ -29,12 +29,12 @@ import torch.distributed as dist
 from torch import nn
 
 import ddpm_core
-from ddpm_core.app import trainer
-from ddpm_core.app.images import to_uint8
-from ddpm_core.app.options import TrainOptions
-from ddpm_core.app.rundir import make_schedule, schedule_dict
-from ddpm_core.app.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE, step_seed
-from ddpm_core.app.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels
+from ddpm_core.app.run.images import to_uint8
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.run.rundir import make_schedule, schedule_dict
+from ddpm_core.app.training import trainer
+from ddpm_core.app.training.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE, step_seed
+from ddpm_core.app.training.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels
 from ddpm_core.backends.torch import checkpoint as ckpt
 from ddpm_core.backends.torch.guided import make_guide
 from ddpm_core.backends.torch.sampling import generate
@@ -46,7 +46,7 @@ SAMPLE_STEPS = 100  # ancestral DDPM on a 100-step respaced chain for the EMA gr
 
 
 def train(options: TrainOptions) -> dict[str, Any]:
-    """Train (or resume) a run with PyTorch; see :func:`ddpm_core.app.trainer.train`."""
+    """Train (or resume) a run with PyTorch; see :func:`ddpm_core.app.training.trainer.train`."""
     if options.backend != "torch":
         raise ValueError(f"backend must be 'torch' for this function; got {options.backend!r}")
     return trainer.train(options, TorchTrainer)
@@ -100,7 +100,7 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 class TorchTrainer:
-    """A :class:`ddpm_core.app.trainer.TrainBackend` for PyTorch."""
+    """A :class:`ddpm_core.app.training.trainer.TrainBackend` for PyTorch."""
 
     name = "torch"
     network: Any = UNet  # built from the model config by start()

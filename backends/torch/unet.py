@@ -31,16 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_core.models import (
-    BlockSpec,
-    LevelSpec,
-    Preset,
-    UNetConfig,
-    check_conditioning,
-    check_input_shape,
-    unet_config,
-    unet_plan,
-)
+from ddpm_core.models import BlockSpec, LevelSpec, Preset, UNetConfig, unet_config, unet_plan
+from ddpm_core.models.architecture import check_conditioning, check_input_shape
 
 __all__ = ["Encoder", "GroupNorm", "UNet", "build_unet", "timestep_embedding"]
 
@@ -269,10 +261,6 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList(Level(config, s, Downsample) for s in plan.down)
         self.mid = Middle(config, plan.mid_ch)
 
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        check_input_shape(self.backbone, x.shape)
-        return _per_sample("t", t, x)
-
     def _check_labels(self, y: torch.Tensor | int | None, x: torch.Tensor) -> torch.Tensor | None:
         k = self.backbone.num_classes
         check_conditioning(k, y is not None, x.shape[0])
@@ -283,6 +271,10 @@ class Encoder(nn.Module):
             raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
         _check_label_range(y, k, f" ({k} is the null label)")
         return y
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        check_input_shape(self.backbone, x.shape)
+        return _per_sample("t", t, x)
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """SiLU(time embedding [+ label embedding]) (B, 4ch): what every block receives."""

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 FRAMEWORKS = ("torch", "jax", "jaxlib", "flax", "optax", "tensorflow")
-MODULES = ("ddpm_core", "ddpm_core.models", "ddpm_core.app.cli", "ddpm_core.app.trainer", "ddpm_core.data",
+MODULES = ("ddpm_core", "ddpm_core.models", "ddpm_core.app.cli", "ddpm_core.app.training.trainer", "ddpm_core.data",
            "ddpm_core.runs")
 
 _SCRIPT = """

@@ -105,7 +105,7 @@ def test_mismatch_and_garbage_fail_with_the_file_name(setup, tmp_path):
 def test_torch_run_samples_with_jax(tmp_path):
     """A run directory whose weights were written by the PyTorch backend samples with JAX."""
     torch = pytest.importorskip("torch")
-    from ddpm_core.app.rundir import schedule_dict, write_run_json
+    from ddpm_core.app.run.rundir import schedule_dict, write_run_json
     from ddpm_core.backends.jax import api
     from ddpm_core.backends.torch.checkpoint import save_weights
     from ddpm_core.backends.torch.unet import UNet

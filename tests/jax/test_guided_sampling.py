@@ -11,8 +11,8 @@ import jax.numpy as jnp  # noqa: E402
 from guided_runs import write_test_runs  # noqa: E402
 
 from ddpm_core import sample_loop  # noqa: E402
-from ddpm_core.app.classifier_run import read_classifier_run  # noqa: E402
-from ddpm_core.app.labels import Guidance  # noqa: E402
+from ddpm_core.app.run.classifier_run import read_classifier_run  # noqa: E402
+from ddpm_core.app.sampling.requests import Guidance  # noqa: E402
 from ddpm_core.backends.jax import api  # noqa: E402
 from ddpm_core.backends.jax.guided import load_classifier  # noqa: E402
 from ddpm_core.backends.jax.sampling import sample_keys  # noqa: E402
@@ -142,7 +142,7 @@ def test_progressive_with_labels_ends_with_the_sample(runs):
 
 def _plain_interpolation(root, run, label, lambdas):
     """Sampler.interpolate of a model that closes over the label (no label plumbing)."""
-    from ddpm_core.app.sampling.chains import interpolation_sources
+    from ddpm_core.app.run.splits import interpolation_sources
     from ddpm_core.backends.jax.sampling import Chain, Sampler
     from ddpm_core.data import to_model_range
 

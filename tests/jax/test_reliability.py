@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("jax")
 
 from ddpm_core.app import cli  # noqa: E402
-from ddpm_core.app.options import TrainOptions  # noqa: E402
+from ddpm_core.app.run.options import TrainOptions  # noqa: E402
 from ddpm_core.backends.jax import api  # noqa: E402
 
 

@@ -23,8 +23,8 @@ pytest.importorskip("sklearn")
 SCRIPT = textwrap.dedent("""
     import dataclasses, json, sys
     import jax, numpy as np
-    from ddpm_core.app import trainer
-    from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
+    from ddpm_core.app.training import trainer
+    from ddpm_core.app.run.options import TrainOptions, resolve_options, with_defaults
     from ddpm_core.backends.jax import sampling as sample, training as tr
 
     assert len(jax.devices()) == 2, jax.devices()

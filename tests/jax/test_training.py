@@ -10,8 +10,8 @@ pytest.importorskip("flax")
 pytest.importorskip("optax")
 pytest.importorskip("sklearn")
 
-from ddpm_core.app.options import TrainOptions  # noqa: E402
-from ddpm_core.app.rundir import read_run_json  # noqa: E402
+from ddpm_core.app.run.options import TrainOptions  # noqa: E402
+from ddpm_core.app.run.rundir import read_run_json  # noqa: E402
 from ddpm_core.backends.jax import api, checkpoint, training  # noqa: E402
 from ddpm_core.backends.jax.training import NonFiniteLossError  # noqa: E402
 

@@ -16,8 +16,8 @@ pytest.importorskip("sklearn")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from ddpm_core.app.options import TrainOptions  # noqa: E402
-from ddpm_core.app.rundir import read_run_json  # noqa: E402
+from ddpm_core.app.run.options import TrainOptions  # noqa: E402
+from ddpm_core.app.run.rundir import read_run_json  # noqa: E402
 from ddpm_core.backends.torch import api, checkpoint  # noqa: E402
 
 # every source of randomness on: dropout, flips, importance-sampled t, a learned variance
@@ -83,7 +83,7 @@ def test_corrupt_files_fail_naming_the_file(tmp_path):
 _CHILD = """
 import sys, torch
 torch.set_num_threads(1)
-from ddpm_core.app.options import TrainOptions
+from ddpm_core.app.run.options import TrainOptions
 from ddpm_core.backends.torch import api
 opts = dict({opts!r})
 api.train(TrainOptions(out=sys.argv[1], steps=int(sys.argv[2]), ckpt_every=1, **opts))

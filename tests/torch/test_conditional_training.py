@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from ddpm_core.app import trainer  # noqa: E402
-from ddpm_core.app.options import TrainOptions  # noqa: E402
-from ddpm_core.app.rundir import read_run_json  # noqa: E402
+from ddpm_core.app.run.options import TrainOptions  # noqa: E402
+from ddpm_core.app.run.rundir import read_run_json  # noqa: E402
+from ddpm_core.app.training import trainer  # noqa: E402
 from ddpm_core.backends.torch import api  # noqa: E402
 
 

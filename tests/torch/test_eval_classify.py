@@ -1,4 +1,4 @@
-"""``ddpm eval classify``: the report (app/classify.py), the cached evaluation classifier
+"""``ddpm eval classify``: the report (app/evaluation/classify.py), the cached evaluation classifier
 and user TorchScript networks (backends/torch/eval_classifier.py), and the command."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 
 from guided_runs import write_clf_run, write_model_run  # noqa: E402
 
-from ddpm_core.app.classify import IS_NOTE, classify_report, confusion_matrix  # noqa: E402
 from ddpm_core.app.cli import main  # noqa: E402
+from ddpm_core.app.evaluation.classify import IS_NOTE, classify_report, confusion_matrix  # noqa: E402
 from ddpm_core.backends.torch import eval_classifier as ec  # noqa: E402
 from ddpm_core.data import load_labeled_dataset  # noqa: E402
 

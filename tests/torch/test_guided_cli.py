@@ -1,4 +1,4 @@
-"""``ddpm sample --class/--guidance/--classifier`` and the label checks of app/labels.py."""
+"""``ddpm sample --class/--guidance/--classifier`` and the label checks of app/sampling/requests.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 from guided_runs import write_clf_run, write_test_runs  # noqa: E402
 
 from ddpm_core.app.cli import main  # noqa: E402
-from ddpm_core.app.labels import guidance_settings, parse_classes, sample_labels  # noqa: E402
+from ddpm_core.app.sampling.requests import guidance_settings, parse_classes, sample_labels  # noqa: E402
 
 K = 3
 

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from guided_runs import write_model_run, write_test_runs  # noqa: E402
 
 from ddpm_core.app.cli import main  # noqa: E402
-from ddpm_core.app.sampling.chains import interpolation_sources  # noqa: E402
+from ddpm_core.app.run.splits import interpolation_sources  # noqa: E402
 from ddpm_core.backends.torch import api, sampling  # noqa: E402
 from ddpm_core.data import to_model_range  # noqa: E402
 
@@ -78,7 +78,7 @@ def _reference_interpolation(root, run, label, pair=(0, 1)):
     src = to_model_range(interpolation_sources(info, pair))
 
     from ddpm_core import interpolate
-    from ddpm_core.app.images import to_uint8
+    from ddpm_core.app.run.images import to_uint8
     from ddpm_core.backends.torch.noise import interpolation_streams
 
     L, fn = len(LAMBDAS), sampling.model_fn(net)

@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
     root = write_test_runs(tmp_path_factory.mktemp("guided"), K)
     net, schedule, info = api.load_run(root / "cond", device="cpu")
     unet, _, _ = api.load_run(root / "uncond", device="cpu")
-    from ddpm_core.app.classifier_run import read_classifier_run
+    from ddpm_core.app.run.classifier_run import read_classifier_run
 
     config, clf_info = read_classifier_run(root / "clf")
     clf = load_classifier(root / "clf", config, clf_info, torch.device("cpu"))
@@ -65,7 +65,7 @@ def test_guidance_one_is_the_plain_conditional_sampler_exactly(runs):
         np.testing.assert_array_equal(got, api.sample(
             runs["root"] / "cond", n=3, sampler=sampler, steps=steps, seed=4, classes=y,
             device="cpu"))
-        from ddpm_core.app.images import to_uint8
+        from ddpm_core.app.run.images import to_uint8
 
         np.testing.assert_array_equal(got, to_uint8(ref))
 

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 from ddpm_core.app import cli  # noqa: E402
-from ddpm_core.app.options import TrainOptions  # noqa: E402
+from ddpm_core.app.run.options import TrainOptions  # noqa: E402
 from ddpm_core.backends.torch import api  # noqa: E402
 from ddpm_core.backends.torch import checkpoint as ckpt  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_train_out_file_and_cuda_errors_are_one_line(tmp_path, capsys):
 
 
 def test_full_disk_keeps_the_previous_checkpoint(copy, monkeypatch, capsys):
-    import ddpm_core.app.atomic as atomic
+    import ddpm_core.app.run.atomic as atomic
 
     before = (copy / "state-torch.safetensors").read_bytes()
     real_replace = atomic.os.replace

@@ -106,7 +106,7 @@ def test_streams_refuse_steps_out_of_order():
 
 def test_sample_seeds_are_distinct_in_their_low_32_bits():
     """PyTorch's CPU generator keeps only the low 32 bits of a seed: they must differ."""
-    from ddpm_core.app.seeding import step_seed
+    from ddpm_core.app.training.seeding import step_seed
 
     base = step_seed(9, 0, 11) & 0xFFFFFFFF
     lo = 2**32 - base - 1000  # cross the wrap-around of (k + j) mod 2**32

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 import ddpm_core  # noqa: E402
-from ddpm_core.app.options import TrainOptions  # noqa: E402
-from ddpm_core.app.rundir import read_run_json  # noqa: E402
+from ddpm_core.app.run.options import TrainOptions  # noqa: E402
+from ddpm_core.app.run.rundir import read_run_json  # noqa: E402
 from ddpm_core.backends.torch import api, checkpoint  # noqa: E402
 from ddpm_core.backends.torch.training import NonFiniteLossError  # noqa: E402
 from ddpm_core.backends.torch.unet import UNet  # noqa: E402
@@ -112,9 +112,9 @@ def test_learned_variance_and_importance_sampling_train(tmp_path):
 
 
 def test_schedule_weighting_and_width_reach_the_step_and_run_json(tmp_path, monkeypatch, capsys):
-    from ddpm_core.app.batches import loss_weight_table
     from ddpm_core.app.cli import main
-    from ddpm_core.app.rundir import make_schedule
+    from ddpm_core.app.run.rundir import make_schedule
+    from ddpm_core.app.training.batches import loss_weight_table
     from ddpm_core.backends.torch.training import TorchTrainer
     from ddpm_core.models import TrainConfig
 

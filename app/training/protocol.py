@@ -1,8 +1,8 @@
-"""What the shared training loop (``ddpm_core.app.trainer``) and its parts exchange.
+"""What the shared training loop (``ddpm_core.app.training.trainer``) and its parts exchange.
 
 :class:`TrainBackend` is what a framework supplies (``ddpm_core.backends.{torch,jax}``);
-:class:`RunTask` is what is trained (``ddpm_core.app.tasks.DiffusionTask``,
-``ddpm_core.app.classifier_train.ClassifierTask``); :class:`HostBatch` is one step's batch
+:class:`RunTask` is what is trained (``ddpm_core.app.training.tasks.DiffusionTask``,
+``ddpm_core.app.training.classifier_train.ClassifierTask``); :class:`HostBatch` is one step's batch
 on the host, :class:`TrainData` the training split, :class:`InitWeights` the weights of
 ``--init``; :func:`lr_at` is the warm-up schedule both backends apply.
 """
@@ -10,16 +10,17 @@ on the host, :class:`TrainData` the training split, :class:`InitWeights` the wei
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ddpm_core.app.options import TrainOptions
-from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.run.rundir import RunPaths
 
 __all__ = ["HostBatch", "InitWeights", "NonFiniteLossError", "RunTask", "TrainBackend",
-           "TrainData", "lr_at"]
+           "TrainData", "lr_at", "warmup_lr"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -118,11 +119,19 @@ class TrainBackend(Protocol):
         first (after an error the others may never arrive)."""
 
 
+def warmup_lr(lr: float, warmup_steps: int, step: Any, minimum: Callable[[Any, Any], Any] = min) -> Any:
+    """Linear warm-up from 0 to ``lr`` over ``warmup_steps`` steps, then constant:
+    ``lr * min(1, (step + 1) / warmup_steps)`` at the 0-based ``step`` (the first update uses
+    ``lr / warmup_steps``); ``lr`` when ``warmup_steps <= 0``. ``minimum`` is ``min`` for
+    Python numbers and ``jnp.minimum`` inside JAX's traced optimizer schedule."""
+    if warmup_steps <= 0:
+        return lr
+    return lr * minimum(1.0, (step + 1) / warmup_steps)
+
+
 def lr_at(train: Any, step: int) -> float:
-    """Linear warm-up from 0 to ``lr`` over ``warmup_steps`` steps, then constant (0-based ``step``)."""
-    if train.warmup_steps <= 0:
-        return float(train.lr)
-    return float(train.lr) * min(1.0, (step + 1) / train.warmup_steps)
+    """The learning rate of update ``step`` (0-based) of a ``TrainConfig``: :func:`warmup_lr`."""
+    return float(warmup_lr(float(train.lr), int(train.warmup_steps), step))
 
 
 class RunTask(Protocol):

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.atomic import atomic_write_json
-from ddpm_core.app.options import BACKENDS, PREDICTIONS, VARIANCES, TrainOptions, check_choice, check_int
-from ddpm_core.app.schema import validate_run_json
+from ddpm_core.app.run.atomic import atomic_write_json
+from ddpm_core.app.run.options import BACKENDS, PREDICTIONS, VARIANCES, TrainOptions, check_choice, check_int
+from ddpm_core.app.run.schema import validate_run_json
 
 __all__ = [
     "RUN_FORMAT",
@@ -137,7 +137,7 @@ def _preset_data(name: str) -> str:
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Read ``run_dir/run.json`` and check it against its format's schema
-    (:mod:`ddpm_core.app.schema`); errors name the file, the field and what is allowed."""
+    (:mod:`ddpm_core.app.run.schema`); errors name the file, the field and what is allowed."""
     path, info = load_run_json(run_dir, "a run directory written by `ddpm train`")
     return validate_run_json(info, path)
 

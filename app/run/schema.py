@@ -1,7 +1,7 @@
 """The schema of run.json (formats 1 and 2), checked field by field on every read.
 
 Every error names the file, the field (``unet.ch_mult``) and what is allowed. Format 2 adds
-``files`` (sha256 of each weight and state file, :mod:`ddpm_core.app.hashes`), ``pending``
+``files`` (sha256 of each weight and state file, :mod:`ddpm_core.app.run.integrity`), ``pending``
 (a checkpoint being written) and ``options`` (the resolved run options); format 1 files
 are read as they are. A class-conditional run records its ``classes``
 (``{"num_classes": K, "names": [K names]}``, K = ``unet.num_classes``).
@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ddpm_core.app.options import (
+from ddpm_core.app.run.options import (
     BACKENDS,
     DEVICES,
     LOSSES,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.app.options import RUN_DEFAULTS, TrainOptions, with_defaults
+from ddpm_core.app.run.options import RUN_DEFAULTS, TrainOptions, with_defaults
 
 __all__ = ["SAFE_ON_RESUME", "resume_options", "stored_option", "stored_options"]
 

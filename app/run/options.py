@@ -56,11 +56,14 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
-def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> Any:
+    """``value`` as an int >= ``low`` (None passes when ``optional``), or a ValueError naming
+    ``name``, the value and the bound."""
     if value is None and optional:
-        return
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
 
 
 def _check_float(name: str, value: Any, low: float, high: float, *, optional: bool = True,
@@ -83,7 +86,7 @@ class TrainOptions:
 
     An unset option takes the preset's default (training settings) or ``RUN_DEFAULTS``
     (seed, cadence, device, ...) on a new run, and the run's stored value on a resumed
-    one (:func:`ddpm_core.app.resume.resume_options`). :func:`with_defaults` fills them.
+    one (:func:`ddpm_core.app.run.resume.resume_options`). :func:`with_defaults` fills them.
 
     Parameters
     ----------

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ddpm_core.app.resume import stored_option
+from ddpm_core.app.run.resume import stored_option
 
 __all__ = ["Guidance", "guidance_settings", "guided_request", "interpolation_guidance",
            "parse_classes", "sample_labels"]
@@ -150,8 +150,8 @@ def guided_request(run_info: dict[str, Any], n: int, classes: Any = None, *,
     without a classifier. A classifier run that is missing, or whose image size, channel
     count, chain length or classes do not fit the model, is a one-line error naming it.
     """
-    from ddpm_core.app.classifier_run import check_classifier_fits, read_classifier_run
-    from ddpm_core.app.rundir import RunPaths
+    from ddpm_core.app.run.classifier_run import check_classifier_fits, read_classifier_run
+    from ddpm_core.app.run.rundir import RunPaths
     from ddpm_core.models import UNetConfig
 
     num_classes = int(run_info["unet"].get("num_classes", 0) or 0)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.atomic import atomic_write_bytes
+from ddpm_core.app.run.atomic import atomic_write_bytes
 
 __all__ = ["image_grid", "save_npz", "save_png", "to_uint8"]
 

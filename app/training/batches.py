@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.protocol import HostBatch
-from ddpm_core.app.seeding import batch_indices, flip_mask, label_drop_mask, timestep_draws
+from ddpm_core.app.training.protocol import HostBatch
+from ddpm_core.app.training.seeding import batch_indices, flip_mask, label_drop_mask, timestep_draws
 from ddpm_core.timesteps import sample_timesteps, uniform_weights
 
 __all__ = ["grid_labels", "host_batch", "loss_weight_table"]
@@ -36,7 +36,7 @@ def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.n
 
     ``data`` uint8 (N, H, W, C); ``weights`` p_t (T,) or None for uniform; ``labels``
     int64 (N,) in [0, K) or None, each replaced by the null label ``num_classes`` (K) with
-    probability ``label_dropout`` (:func:`ddpm_core.app.seeding.label_drop_mask`);
+    probability ``label_dropout`` (:func:`ddpm_core.app.training.seeding.label_drop_mask`);
     ``loss_weights`` (T,) from :func:`loss_weight_table` multiply the importance weights.
     Depends only on ``(seed, step, rank, world_size)`` and the data.
     """

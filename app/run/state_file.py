@@ -4,7 +4,7 @@ What the file holds (tensor names, header fields) and how the run directory uses
 docs/run-directory.md. This module is the format's only implementation, NumPy and
 safetensors only: each backend turns its trees into ``{name: ndarray}`` mappings, and
 back, and calls :func:`write_state` / :func:`read_state`. The file is written atomically
-(``ddpm_core.app.atomic``) and read without unpickling anything.
+(``ddpm_core.app.run.atomic``) and read without unpickling anything.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.atomic import atomic_write_bytes
-from ddpm_core.app.rundir import RunPaths
+from ddpm_core.app.run.atomic import atomic_write_bytes
+from ddpm_core.app.run.rundir import RunPaths
 
 __all__ = [
     "PREFIXES",

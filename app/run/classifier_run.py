@@ -1,15 +1,8 @@
 """The run directory of a noise-aware classifier (``ddpm train-classifier``).
 
-::
-
-    CLF/
-      run.json               kind "classifier": the classifier config, the diffusion
-                             schedule it was trained on (original-chain t), the classes,
-                             backend, data, step, file hashes
-      model.safetensors      the weights, canonical PyTorch ``state_dict`` naming (either
-                             backend reads them through ``ddpm_core.backends.convert``)
-      state-<backend>.*      optimizer, step (resumable, like a diffusion run)
-      log.csv
+Its files (``run.json`` of kind "classifier", ``model.safetensors`` in canonical
+PyTorch naming, ``state-<backend>.safetensors``, ``log.csv``) are described with the
+diffusion run's in docs/run-directory.md.
 
 Sampling with classifier guidance reads a classifier run with :func:`read_classifier_run`
 and checks it against the model with :func:`check_classifier_fits`.
@@ -21,10 +14,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ddpm_core.app.atomic import atomic_write_json
-from ddpm_core.app.options import BACKENDS
-from ddpm_core.app.rundir import RunPaths, load_run_json
-from ddpm_core.app.schema import validate_schedule_entry
+from ddpm_core.app.run.atomic import atomic_write_json
+from ddpm_core.app.run.options import BACKENDS
+from ddpm_core.app.run.rundir import RunPaths, load_run_json
+from ddpm_core.app.run.schema import validate_schedule_entry
 
 __all__ = ["CLASSIFIER_FORMAT", "check_classifier_fits", "read_classifier_run",
            "write_classifier_run"]

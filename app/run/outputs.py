@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ddpm_core.app.lock import LOCK_NAME
+from ddpm_core.app.run.lock import LOCK_NAME
 
 __all__ = ["OUTPUT_KINDS", "RUN_FILES", "check_output", "check_train_out", "output_files"]
 

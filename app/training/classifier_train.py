@@ -1,13 +1,12 @@
 """``ddpm train-classifier``: the noise-aware classifier (Dhariwal & Nichol 2021) as a task
-of the one training loop (:mod:`ddpm_core.app.trainer`).
+of the one training loop (:mod:`ddpm_core.app.training.trainer`).
 
 Step ``s`` draws the batch, its labels and ``t ~ Uniform{0..T-1}`` exactly as a diffusion
-run does (``ddpm_core.app.seeding``; no label dropout, flips only where the preset has
+run does (``ddpm_core.app.training.seeding``; no label dropout, flips only where the preset has
 them, i.e. none for digits); the backend forms ``x_t = q_sample(x_0, t, eps)`` (eq. 4) and
 minimises the cross-entropy of the classifier's logits for the images' classes. The run
-directory is the classifier run of :mod:`ddpm_core.app.classifier_run` (run.json kind
-"classifier", ``model.safetensors``, ``state-<backend>.safetensors``, ``log.csv``) with the
-same lock, atomic checkpoints, exact resume, progress line and NaN guard as ``ddpm train``.
+directory is the classifier run of :mod:`ddpm_core.app.run.classifier_run` (its files:
+docs/run-directory.md) with the same lock, atomic checkpoints, exact resume, progress line and NaN guard as ``ddpm train``.
 At the end the summary holds the held-out accuracy (:func:`heldout_accuracy`).
 """
 
@@ -20,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.classifier_run import read_classifier_run, write_classifier_run
-from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
-from ddpm_core.app.protocol import TrainData
-from ddpm_core.app.resume import resume_options
-from ddpm_core.app.rundir import RunPaths, plain_json, run_options_dict, schedule_dict
-from ddpm_core.app.tasks import check_image_shape
+from ddpm_core.app.run.classifier_run import read_classifier_run, write_classifier_run
+from ddpm_core.app.run.options import TrainOptions, resolve_options, with_defaults
+from ddpm_core.app.run.resume import resume_options
+from ddpm_core.app.run.rundir import RunPaths, plain_json, run_options_dict, schedule_dict
+from ddpm_core.app.training.protocol import TrainData
+from ddpm_core.app.training.tasks import check_image_shape
 
 __all__ = ["ACCURACY_STREAM", "ClassifierTask", "heldout_accuracy", "stored_classifier_options"]
 
@@ -48,7 +47,7 @@ def _data_name(options: TrainOptions) -> str:
 
 
 class ClassifierTask:
-    """The :class:`ddpm_core.app.trainer.RunTask` of ``ddpm train-classifier``."""
+    """The :class:`ddpm_core.app.training.trainer.RunTask` of ``ddpm train-classifier``."""
 
     grids = False
 

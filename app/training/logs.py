@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.app.atomic import atomic_write_bytes
+from ddpm_core.app.run.atomic import atomic_write_bytes
 
 __all__ = ["LOG_FIELDS", "CsvLog", "Progress"]
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.integrity import check_finite, verify_file
-from ddpm_core.app.options import TrainOptions, resolve_options, with_defaults
-from ddpm_core.app.protocol import InitWeights, TrainData
-from ddpm_core.app.resume import resume_options
-from ddpm_core.app.rundir import RunPaths, read_run_json, write_run
+from ddpm_core.app.run.integrity import check_finite, verify_file
+from ddpm_core.app.run.options import TrainOptions, resolve_options, with_defaults
+from ddpm_core.app.run.resume import resume_options
+from ddpm_core.app.run.rundir import RunPaths, read_run_json, write_run
+from ddpm_core.app.training.protocol import InitWeights, TrainData
 
 __all__ = ["DiffusionTask", "as_json", "check_image_shape", "complete_options", "load_init_weights",
            "load_train_data"]

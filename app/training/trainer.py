@@ -2,7 +2,7 @@
 
 The loop owns everything that is not framework code: resolving the options against the
 preset, checking the run directory, resuming, the data order, flips, timesteps and dropped
-labels of every step (``ddpm_core.app.seeding``), the timestep sampler's state, the cadence
+labels of every step (``ddpm_core.app.training.seeding``), the timestep sampler's state, the cadence
 of logs, checkpoints and sample grids, the guard against a non-finite loss, the progress
 line and the end of a distributed run. A backend (``ddpm_core.backends.{torch,jax}.training``)
 supplies a :class:`TrainBackend`: it builds or restores its state, runs one optimizer step
@@ -10,7 +10,7 @@ on a :class:`HostBatch`, reads metrics back, saves, and samples a grid.
 
 What is trained is a :class:`RunTask`: :class:`DiffusionTask` (``ddpm train``, the default)
 or the noise-aware classifier of ``ddpm train-classifier``
-(:class:`ddpm_core.app.classifier_train.ClassifierTask`). A task loads the data, resolves
+(:class:`ddpm_core.app.training.classifier_train.ClassifierTask`). A task loads the data, resolves
 the configs, reads and writes the run's run.json and names its weight files; the loop,
 the lock, the atomic checkpoints, exact resume, the progress line and the NaN guard are
 the same for every task.
@@ -37,15 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.atomic import remove_stale_temporaries
-from ddpm_core.app.batches import grid_labels, host_batch, loss_weight_table
-from ddpm_core.app.images import image_grid, save_png
-from ddpm_core.app.integrity import check_state_step, file_hashes, verify_file
-from ddpm_core.app.lock import run_lock
-from ddpm_core.app.logs import LOG_FIELDS, CsvLog, Progress
-from ddpm_core.app.options import TrainOptions
-from ddpm_core.app.outputs import check_train_out
-from ddpm_core.app.protocol import (
+from ddpm_core.app.run.atomic import remove_stale_temporaries
+from ddpm_core.app.run.images import image_grid, save_png
+from ddpm_core.app.run.integrity import check_state_step, file_hashes, verify_file
+from ddpm_core.app.run.lock import run_lock
+from ddpm_core.app.run.options import TrainOptions
+from ddpm_core.app.run.outputs import check_train_out
+from ddpm_core.app.run.rundir import RunPaths, make_schedule, schedule_dict
+from ddpm_core.app.training.batches import grid_labels, host_batch, loss_weight_table
+from ddpm_core.app.training.logs import LOG_FIELDS, CsvLog, Progress
+from ddpm_core.app.training.protocol import (
     HostBatch,
     InitWeights,
     NonFiniteLossError,
@@ -54,8 +55,7 @@ from ddpm_core.app.protocol import (
     TrainData,
     lr_at,
 )
-from ddpm_core.app.rundir import RunPaths, make_schedule, schedule_dict
-from ddpm_core.app.tasks import DiffusionTask, load_init_weights, load_train_data
+from ddpm_core.app.training.tasks import DiffusionTask, load_init_weights, load_train_data
 from ddpm_core.timesteps import LossSecondMoment
 
 # The loop's parts are importable from here too (the backends' one import).
