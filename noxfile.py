@@ -33,7 +33,7 @@ def tests_numpy(session: nox.Session) -> None:
     _install(session, None)
     _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_app.py",
             "tests/test_data.py", "tests/test_metrics.py", "tests/test_benchmarks.py",
-            "tests/test_reliability.py", "tests/test_state_file.py")
+            "tests/test_reliability.py", "tests/test_state_file.py", "tests/test_layout.py")
 
 
 @nox.session(name="tests-torch")

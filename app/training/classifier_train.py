@@ -6,7 +6,8 @@ run does (``ddpm_core.app.training.seeding``; no label dropout, flips only where
 them, i.e. none for digits); the backend forms ``x_t = q_sample(x_0, t, eps)`` (eq. 4) and
 minimises the cross-entropy of the classifier's logits for the images' classes. The run
 directory is the classifier run of :mod:`ddpm_core.app.run.classifier_run` (its files:
-docs/run-directory.md) with the same lock, atomic checkpoints, exact resume, progress line and NaN guard as ``ddpm train``.
+docs/run-directory.md) with the same lock, atomic checkpoints, exact resume, progress line
+and NaN guard as ``ddpm train``.
 At the end the summary holds the held-out accuracy (:func:`heldout_accuracy`).
 """
 
