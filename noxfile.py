@@ -33,7 +33,7 @@ def tests_numpy(session: nox.Session) -> None:
     _install(session, None)
     _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_app.py",
             "tests/test_data.py", "tests/test_metrics.py", "tests/test_benchmarks.py",
-            "tests/test_reliability.py", "tests/test_state_file.py", "tests/test_layout.py")
+            "tests/test_reliability.py", "tests/test_layout.py")
 
 
 @nox.session(name="tests-torch")
@@ -42,7 +42,8 @@ def tests_torch(session: nox.Session) -> None:
     _install(session, "torch,eval")
     session.install("diffusers~=0.42.0")  # import/export and scheduler checks against diffusers
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py",
-            "tests/test_eval.py", "tests/test_benchmarks.py", "tests/test_gpu_check.py")
+            "tests/test_eval.py", "tests/test_benchmarks.py", "tests/test_gpu_check.py",
+            "tests/test_state_file.py")
 
 
 @nox.session(name="tests-jax")
