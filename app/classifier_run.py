@@ -7,7 +7,7 @@
                              schedule it was trained on (original-chain t), the classes,
                              backend, data, step, file hashes
       model.safetensors      the weights, canonical PyTorch ``state_dict`` naming (either
-                             backend reads them through ``ddpm_core.backends.convert``)
+                             backend reads them through ``ddpm_core.interop.convert``)
       state-<backend>.*      optimizer, step (resumable, like a diffusion run)
       log.csv
 
