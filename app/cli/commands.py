@@ -203,7 +203,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ddpm_core.backends.diffusers import import_diffusers
+    from ddpm_core.interop.diffusers import import_diffusers
 
     info = import_diffusers(args.path, args.out, preset=args.preset, data=args.data)
     print(f"imported {args.path} as run {args.out} (preset {info['preset']!r}, "
@@ -213,7 +213,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ddpm_core.backends.diffusers import export_diffusers
+    from ddpm_core.interop.diffusers import export_diffusers
 
     out = export_diffusers(args.run, args.out, use_ema=not args.no_ema)
     print(f"exported run {args.run} to {out} (DDPMPipeline.from_pretrained reads it)")

@@ -164,9 +164,9 @@ def make_schedule(schedule: Mapping[str, Any]) -> Any:
     """``ddpm_core.Schedule`` from a run.json ``schedule`` entry.
 
     The entry ``ddpm train`` writes (:func:`schedule_dict`) or an imported one: given
-    ``betas`` and ``rescale_zero_terminal_snr`` (``ddpm_core.diffusers_config``).
+    ``betas`` and ``rescale_zero_terminal_snr`` (``ddpm_core.interop.diffusers_config``).
     """
-    from ddpm_core.diffusers_config import schedule_from_entry
+    from ddpm_core.interop.diffusers_config import schedule_from_entry
 
     return schedule_from_entry(schedule)
 

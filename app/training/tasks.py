@@ -104,7 +104,7 @@ def load_init_weights(run_dir: str | Path, unet: Any) -> InitWeights:
     Raises ValueError naming the first U-Net field that differs (the architectures must be
     the same), and the errors of run.json, hash and finiteness checks of the source files.
     """
-    from ddpm_core.backends.convert import load_safetensors
+    from ddpm_core.interop.convert import load_safetensors
 
     info = read_run_json(run_dir)
     mine, theirs = as_json(unet), info["unet"]

@@ -21,7 +21,7 @@ import numpy as np
 from ddpm_core.app.run import state_file
 from ddpm_core.app.run.rundir import RunPaths
 from ddpm_core.app.run.state_file import STATE_FORMAT, STATE_KEY
-from ddpm_core.backends.convert import (
+from ddpm_core.interop.convert import (
     flax_to_torch,
     load_safetensors,
     save_safetensors,

@@ -3,7 +3,7 @@
 The same network as :mod:`ddpm_core.backends.torch.classifier`: the U-Net's encoder half
 (:class:`~ddpm_core.backends.jax.unet.Encoder`), then GroupNorm, SiLU, global average pool
 and a zero-initialised Dense layer to K logits. Its parameter tree converts to and from the
-canonical (PyTorch ``state_dict``) layout with :mod:`ddpm_core.backends.convert`, given the
+canonical (PyTorch ``state_dict``) layout with :mod:`ddpm_core.interop.convert`, given the
 :class:`~ddpm_core.models.ClassifierConfig`.
 
 Examples

@@ -306,7 +306,7 @@ def _labeled_grid_sampler(unet: UNetConfig, dtype: Any, train: Any, n: int) -> S
 
 def _flax_params(arrays: dict[str, np.ndarray], config: UNetConfig, source: Any) -> Any:
     """Canonical (PyTorch-layout) weights as a float32 Flax ``params`` tree."""
-    from ddpm_core.backends.convert import torch_to_flax
+    from ddpm_core.interop.convert import torch_to_flax
 
     try:
         return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), torch_to_flax(arrays, config))

@@ -10,7 +10,7 @@ nearest-neighbour upsampling, and stride-2 convolutions padded ``((0, 1), (0, 1)
 Layout: the public call takes and returns NCHW like the PyTorch model; the network
 runs in NHWC inside. The parameter tree mirrors the PyTorch ``state_dict``
 (``down.0.block.1.conv1.weight`` <-> ``params["down_0"]["block_1"]["conv1"]["kernel"]``);
-:mod:`ddpm_core.backends.convert` maps one to the other. A class-conditional config
+:mod:`ddpm_core.interop.convert` maps one to the other. A class-conditional config
 (``num_classes = K > 0``) adds ``params["label_emb"]["embedding"]`` (K + 1, 4ch), the same
 array as the PyTorch ``label_emb.weight``; without it the network is the unconditional one.
 

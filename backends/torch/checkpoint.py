@@ -45,7 +45,7 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
                  metadata: Mapping[str, str] | None = None) -> Path:
     """Write a ``state_dict`` as safetensors atomically (contiguous CPU copies).
 
-    Uses ``ddpm_core.backends.convert.save_safetensors`` (the canonical writer shared with
+    Uses ``ddpm_core.interop.convert.save_safetensors`` (the canonical writer shared with
     the JAX backend) when it is available.
     """
     tensors = _plain(state_dict)
@@ -59,7 +59,7 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
 
 def _convert_writer() -> Any:
     try:
-        from ddpm_core.backends import convert
+        from ddpm_core.interop import convert
     except ImportError:
         return None
     return getattr(convert, "save_safetensors", None)

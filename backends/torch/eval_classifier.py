@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.backends.convert import load_safetensors, save_safetensors
 from ddpm_core.data import EMBEDDED, load_labeled_dataset, to_model_range
+from ddpm_core.interop.convert import load_safetensors, save_safetensors
 
 __all__ = ["EvalClassifier", "EvalNet", "Scorer", "cached_eval_classifier", "load_is_network",
            "logits_of", "sample_probabilities", "train_eval_classifier"]

@@ -1,4 +1,4 @@
-"""diffusers' DDPMScheduler config <-> Schedule and sampler settings (ddpm_core.diffusers_config).
+"""diffusers' DDPMScheduler config <-> Schedule and sampler settings (ddpm_core.interop.diffusers_config).
 
 The comparisons with diffusers need diffusers and torch (the torch session); the mapping,
 round trips and errors are NumPy only. diffusers builds its tables in float32 and ours are
@@ -27,12 +27,14 @@ import tempfile
 import numpy as np
 import pytest
 
-import ddpm_core.diffusers_config as dc_config
-from ddpm_core.diffusers_config import (
+import ddpm_core.interop.diffusers_config as dc_config
+from ddpm_core.interop.diffusers_config import (
     SCHEDULER_DEFAULTS,
     read_scheduler_config,
     schedule_entry,
+    schedule_from_diffusers_config,
     schedule_from_entry,
+    schedule_to_diffusers_config,
     write_scheduler_config,
 )
 from ddpm_core.schedules import Schedule
@@ -68,7 +70,7 @@ def _diffusers():
 def test_tables_match_diffusers(config):
     diffusers = _diffusers()
     theirs = diffusers.DDPMScheduler(**config)
-    ours = Schedule.from_diffusers_config(config)
+    ours = schedule_from_diffusers_config(config)
     T = ours.num_timesteps
     abar = theirs.alphas_cumprod.double().numpy()
     assert abar.shape == (T,)
@@ -92,7 +94,7 @@ def test_defaults_are_diffusers_defaults():
 def test_written_config_loads_in_diffusers_and_means_the_same():
     diffusers = _diffusers()
     schedule = Schedule.quadratic(300, 1e-3, 0.03).rescale_zero_terminal_snr()
-    config = schedule.to_diffusers_config(prediction="v", variance="learned_range", clip=None)
+    config = schedule_to_diffusers_config(schedule, prediction="v", variance="learned_range", clip=None)
     theirs = diffusers.DDPMScheduler.from_config(json.loads(json.dumps(config)))
     assert theirs.config.prediction_type == "v_prediction" and theirs.config.clip_sample is False
     assert theirs.config.variance_type == "learned_range"
@@ -106,7 +108,7 @@ def test_empty_config_is_the_papers_schedule_with_diffusers_defaults():
     s = read_scheduler_config({})
     assert s.schedule == {"name": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
     assert (s.prediction, s.variance, s.clip) == ("eps", "fixed_small", 1.0)
-    np.testing.assert_array_equal(Schedule.from_diffusers_config({}).betas, Schedule.linear(1000).betas)
+    np.testing.assert_array_equal(schedule_from_diffusers_config({}).betas, Schedule.linear(1000).betas)
 
 
 def test_released_cifar10_scheduler_config():
@@ -162,14 +164,14 @@ def test_config_round_trip(config, prediction):
     Schedule.from_betas([0.1, 0.3, 0.5]),
 ], ids=["linear", "linear10", "cosine", "quadratic", "sigmoid", "zero-snr", "given"])
 def test_schedule_round_trip_is_exact(schedule):
-    config = json.loads(json.dumps(schedule.to_diffusers_config()))
-    np.testing.assert_array_equal(Schedule.from_diffusers_config(config).betas, schedule.betas)
+    config = json.loads(json.dumps(schedule_to_diffusers_config(schedule)))
+    np.testing.assert_array_equal(schedule_from_diffusers_config(config).betas, schedule.betas)
 
 
 def test_linear_and_cosine_are_written_by_name():
-    assert Schedule.linear(1000).to_diffusers_config()["beta_schedule"] == "linear"
-    assert Schedule.linear(1000).to_diffusers_config()["trained_betas"] is None
-    assert Schedule.cosine(4000).to_diffusers_config()["beta_schedule"] == "squaredcos_cap_v2"
+    assert schedule_to_diffusers_config(Schedule.linear(1000))["beta_schedule"] == "linear"
+    assert schedule_to_diffusers_config(Schedule.linear(1000))["trained_betas"] is None
+    assert schedule_to_diffusers_config(Schedule.cosine(4000))["beta_schedule"] == "squaredcos_cap_v2"
     assert schedule_entry(Schedule.quadratic(50))["name"] == "betas"
 
 
@@ -220,12 +222,12 @@ def test_unsupported_fields_are_named(config, match):
 ])
 def test_unwritable_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        Schedule.linear(10).to_diffusers_config(**kwargs)
+        schedule_to_diffusers_config(Schedule.linear(10), **kwargs)
 
 
 def test_respaced_schedule_has_no_diffusers_config():
     with pytest.raises(ValueError, match="respaced"):
-        Schedule.linear(100).respace(10).to_diffusers_config()
+        schedule_to_diffusers_config(Schedule.linear(100).respace(10))
 
 
 @pytest.mark.parametrize(("entry", "match"), [
@@ -247,7 +249,7 @@ def test_docstring_examples_run():
 
 def test_conversion_modules_import_no_framework():
     """The scheduler mapping and the folder conversion are NumPy only (fresh interpreter)."""
-    code = ("import sys, ddpm_core.diffusers_config, ddpm_core.backends.diffusers; "
+    code = ("import sys, ddpm_core.interop.diffusers_config, ddpm_core.interop.diffusers; "
             "print(sorted(m for m in ('torch', 'jax', 'flax', 'diffusers', 'safetensors') if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

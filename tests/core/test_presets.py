@@ -184,7 +184,7 @@ def test_timestep_frequencies():
 
 def test_models_import_no_framework(tmp_path):
     code = (
-        "import sys, ddpm_core.models, ddpm_core.backends.convert; "
+        "import sys, ddpm_core.models, ddpm_core.interop.convert; "
         "bad = [m for m in ('torch', 'jax', 'flax') if m in sys.modules]; "
         "assert not bad, bad"
     )

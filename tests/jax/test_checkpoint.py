@@ -12,10 +12,10 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 optax = pytest.importorskip("optax")
 
-from ddpm_core.backends.convert import load_safetensors  # noqa: E402
 from ddpm_core.backends.jax import checkpoint as ckpt  # noqa: E402
 from ddpm_core.backends.jax.training import make_optimizer  # noqa: E402
 from ddpm_core.backends.jax.unet import build_unet, param_shapes  # noqa: E402
+from ddpm_core.interop.convert import load_safetensors  # noqa: E402
 from ddpm_core.models import get_preset, parameter_shapes  # noqa: E402
 
 

@@ -10,7 +10,6 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 import jax.numpy as jnp  # noqa: E402
 
-from ddpm_core.backends.convert import flax_path, flax_to_torch, torch_to_flax  # noqa: E402
 from ddpm_core.backends.jax.classifier import (  # noqa: E402
     Classifier,
     build_classifier,
@@ -18,6 +17,7 @@ from ddpm_core.backends.jax.classifier import (  # noqa: E402
     log_prob_grad,
 )
 from ddpm_core.backends.jax.unet import param_shapes  # noqa: E402
+from ddpm_core.interop.convert import flax_path, flax_to_torch, torch_to_flax  # noqa: E402
 from ddpm_core.models import classifier_config, count_parameters, parameter_shapes  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)

@@ -12,8 +12,8 @@ pytest.importorskip("sklearn")
 
 from ddpm_core.app.run.classifier_run import read_classifier_run  # noqa: E402
 from ddpm_core.app.run.options import TrainOptions  # noqa: E402
-from ddpm_core.backends.convert import load_safetensors  # noqa: E402
 from ddpm_core.backends.jax.classifier_training import train_classifier  # noqa: E402
+from ddpm_core.interop.convert import load_safetensors  # noqa: E402
 from ddpm_core.models import classifier_config, parameter_shapes  # noqa: E402
 
 

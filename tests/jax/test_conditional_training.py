@@ -12,8 +12,8 @@ pytest.importorskip("sklearn")
 
 from ddpm_core.app.run.options import TrainOptions  # noqa: E402
 from ddpm_core.app.run.rundir import read_run_json  # noqa: E402
-from ddpm_core.backends.convert import load_safetensors  # noqa: E402
 from ddpm_core.backends.jax import api  # noqa: E402
+from ddpm_core.interop.convert import load_safetensors  # noqa: E402
 
 
 def test_conditional_run_trains_and_the_labels_matter(tmp_path):

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from ddpm_core.backends.convert import (
+from ddpm_core.interop.convert import (
     check_state,
     flax_path,
     flax_to_torch,

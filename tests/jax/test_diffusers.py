@@ -26,14 +26,14 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 import jax.numpy as jnp  # noqa: E402
 
-from ddpm_core.backends.convert import save_safetensors, torch_to_flax  # noqa: E402
-from ddpm_core.backends.diffusers import (  # noqa: E402
+from ddpm_core.backends.jax import UNet  # noqa: E402
+from ddpm_core.interop.convert import save_safetensors, torch_to_flax  # noqa: E402
+from ddpm_core.interop.diffusers import (  # noqa: E402
     import_diffusers,
     state_to_diffusers,
     unet_to_diffusers_config,
 )
-from ddpm_core.backends.jax import UNet  # noqa: E402
-from ddpm_core.diffusers_config import write_scheduler_config  # noqa: E402
+from ddpm_core.interop.diffusers_config import write_scheduler_config  # noqa: E402
 from ddpm_core.models import UNetConfig, get_preset, parameter_shapes, unet_config  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -73,8 +73,8 @@ _NO_TORCH = """
 import json, sys
 sys.modules["torch"] = None  # `import torch` raises ImportError from here on
 import numpy as np
-from ddpm_core.backends.convert import torch_to_flax
-from ddpm_core.backends.diffusers import import_diffusers, schedule_from_run_info
+from ddpm_core.interop.convert import torch_to_flax
+from ddpm_core.interop.diffusers import import_diffusers, schedule_from_run_info
 from ddpm_core.backends.jax import checkpoint
 from ddpm_core.models import UNetConfig
 info = import_diffusers(sys.argv[1], sys.argv[2])

@@ -26,7 +26,7 @@ def options(out, **kw):
 
 
 def _state(run_dir):
-    from ddpm_core.backends.convert import load_safetensors
+    from ddpm_core.interop.convert import load_safetensors
 
     return load_safetensors(checkpoint.state_path(run_dir))
 
@@ -133,7 +133,7 @@ def test_loss_second_moment_sampler_state_is_checkpointed(tmp_path):
 
 def test_init_starts_from_another_runs_weights(full_run, tmp_path):
     """--init: the JAX backend starts from a run's canonical weights (lr 1e-12: they stay)."""
-    from ddpm_core.backends.convert import load_safetensors
+    from ddpm_core.interop.convert import load_safetensors
 
     src, _ = full_run
     out = tmp_path / "tuned"

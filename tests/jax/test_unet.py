@@ -11,7 +11,6 @@ pytest.importorskip("flax")
 import flax.linen as fnn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from ddpm_core.backends.convert import flax_path, torch_to_flax  # noqa: E402
 from ddpm_core.backends.jax import UNet, build_unet, init_params  # noqa: E402
 from ddpm_core.backends.jax.unet import (  # noqa: E402
     GroupNorm,
@@ -19,6 +18,7 @@ from ddpm_core.backends.jax.unet import (  # noqa: E402
     param_shapes,
     timestep_embedding,
 )
+from ddpm_core.interop.convert import flax_path, torch_to_flax  # noqa: E402
 from ddpm_core.models import (  # noqa: E402
     count_parameters,
     get_preset,

@@ -15,7 +15,7 @@ import numpy as np
 
 from ddpm_core.app.run.classifier_run import write_classifier_run
 from ddpm_core.app.run.rundir import RunPaths, schedule_dict, write_run_json
-from ddpm_core.backends.convert import save_safetensors
+from ddpm_core.interop.convert import save_safetensors
 from ddpm_core.models import classifier_config, get_preset, parameter_shapes, with_head
 
 T = 20  # the chain of the test runs

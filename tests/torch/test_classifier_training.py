@@ -11,9 +11,9 @@ pytest.importorskip("sklearn")
 from ddpm_core.app.cli import main  # noqa: E402
 from ddpm_core.app.run.classifier_run import read_classifier_run  # noqa: E402
 from ddpm_core.app.run.options import TrainOptions  # noqa: E402
-from ddpm_core.backends.convert import load_safetensors  # noqa: E402
 from ddpm_core.backends.torch.classifier import Classifier  # noqa: E402
 from ddpm_core.backends.torch.classifier_training import train_classifier  # noqa: E402
+from ddpm_core.interop.convert import load_safetensors  # noqa: E402
 from ddpm_core.models import classifier_config, parameter_shapes  # noqa: E402
 
 

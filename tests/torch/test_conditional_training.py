@@ -29,7 +29,7 @@ def test_conditional_run_trains_and_records_its_classes(tmp_path):
     assert info["options"]["class_conditional"] is True and info["options"]["label_dropout"] == 0.2
     assert np.isfinite(summary["final_loss"]) and summary["steps"] == 4
     assert (tmp_path / "run" / "samples" / "step-000004.png").is_file()
-    from ddpm_core.backends.convert import load_safetensors
+    from ddpm_core.interop.convert import load_safetensors
 
     emb = load_safetensors(tmp_path / "run" / "model.safetensors")["label_emb.weight"]
     assert emb.shape == (11, 64)  # K + 1 rows: row K is the null label

@@ -1,4 +1,4 @@
-"""diffusers folders <-> run directories (ddpm_core.backends.diffusers), checked against diffusers.
+"""diffusers folders <-> run directories (ddpm_core.interop.diffusers), checked against diffusers.
 
 Every weight of the diffusers models is randomised (the zero-initialised output convolutions
 too), otherwise the outputs would be zero and the comparisons vacuous.
@@ -27,10 +27,12 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-import ddpm_core.backends.diffusers_unet as unet_mapping  # noqa: E402
+import ddpm_core.interop.diffusers_unet as unet_mapping  # noqa: E402
 from ddpm_core import sample  # noqa: E402
-from ddpm_core.backends.convert import load_safetensors, save_safetensors  # noqa: E402
-from ddpm_core.backends.diffusers import (  # noqa: E402
+from ddpm_core.backends.torch import UNet  # noqa: E402
+from ddpm_core.backends.torch.sampling import model_fn  # noqa: E402
+from ddpm_core.interop.convert import load_safetensors, save_safetensors  # noqa: E402
+from ddpm_core.interop.diffusers import (  # noqa: E402
     SIDECAR,
     UNET_DEFAULTS,
     diffusers_names,
@@ -42,9 +44,7 @@ from ddpm_core.backends.diffusers import (  # noqa: E402
     unet_from_diffusers_config,
     unet_to_diffusers_config,
 )
-from ddpm_core.backends.torch import UNet  # noqa: E402
-from ddpm_core.backends.torch.sampling import model_fn  # noqa: E402
-from ddpm_core.diffusers_config import write_scheduler_config  # noqa: E402
+from ddpm_core.interop.diffusers_config import write_scheduler_config  # noqa: E402
 from ddpm_core.models import UNetConfig, get_preset, parameter_shapes, unet_config  # noqa: E402
 from ddpm_core.runs import read_run_json, schedule_dict, write_run_json  # noqa: E402
 

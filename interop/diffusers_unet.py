@@ -6,7 +6,7 @@ NumPy only. The U-Net is the same network in both libraries when the diffusers c
 ``mid_block_scale_factor=1``, ... (:data:`UNET_REQUIRED`); diffusers' defaults
 (:data:`UNET_DEFAULTS`) differ on several of these, and each changes the output, so every
 field is checked and the first one that does not fit is named. The name table is in
-:mod:`ddpm_core.backends.diffusers`, which reads and writes the folders.
+:mod:`ddpm_core.interop.diffusers`, which reads and writes the folders.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.backends.convert import check_state
-from ddpm_core.diffusers_config import merged_config
+from ddpm_core.interop.convert import check_state
+from ddpm_core.interop.diffusers_config import merged_config
 from ddpm_core.models import UNetConfig, parameter_shapes
 
 __all__ = [

@@ -1,6 +1,6 @@
 """diffusers' ``UNet2DModel`` / ``DDPMPipeline`` folders <-> ddpm-core run directories.
 
-NumPy only, like :mod:`ddpm_core.backends.convert`: neither torch, jax nor diffusers is
+NumPy only, like :mod:`ddpm_core.interop.convert`: neither torch, jax nor diffusers is
 imported, so the JAX backend samples an imported run on a machine without PyTorch. The
 paper's released models (``google/ddpm-cifar10-32``, ``google/ddpm-celebahq-256``,
 ``google/ddpm-church-256``, ... and the ``ddpm-ema-*`` variants) are such folders::
@@ -49,8 +49,15 @@ import numpy as np
 from ddpm_core.app.run.atomic import atomic_write_bytes, atomic_write_json
 from ddpm_core.app.run.integrity import file_hashes
 from ddpm_core.app.run.rundir import RUN_KEYS, RunPaths, read_run_json, write_run_json
-from ddpm_core.backends.convert import load_safetensors, save_safetensors
-from ddpm_core.backends.diffusers_unet import (
+from ddpm_core.interop.convert import load_safetensors, save_safetensors
+from ddpm_core.interop.diffusers_config import (
+    SCHEDULER_DEFAULTS,
+    SchedulerSettings,
+    read_scheduler_config,
+    schedule_from_entry,
+    write_scheduler_config,
+)
+from ddpm_core.interop.diffusers_unet import (
     UNET_DEFAULTS,
     UNET_REQUIRED,
     diffusers_names,
@@ -58,13 +65,6 @@ from ddpm_core.backends.diffusers_unet import (
     state_to_diffusers,
     unet_from_diffusers_config,
     unet_to_diffusers_config,
-)
-from ddpm_core.diffusers_config import (
-    SCHEDULER_DEFAULTS,
-    SchedulerSettings,
-    read_scheduler_config,
-    schedule_from_entry,
-    write_scheduler_config,
 )
 from ddpm_core.models import (
     TrainConfig,
@@ -169,7 +169,7 @@ def schedule_from_run_info(info: Mapping[str, Any]) -> Schedule:
 
     Reads what ``ddpm train`` writes and what :func:`import_diffusers` writes (given
     ``betas``, ``rescale_zero_terminal_snr``); see
-    :func:`ddpm_core.diffusers_config.schedule_from_entry`.
+    :func:`ddpm_core.interop.diffusers_config.schedule_from_entry`.
     """
     return schedule_from_entry(info["schedule"])
 

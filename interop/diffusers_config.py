@@ -54,7 +54,9 @@ __all__ = [
     "merged_config",
     "read_scheduler_config",
     "schedule_entry",
+    "schedule_from_diffusers_config",
     "schedule_from_entry",
+    "schedule_to_diffusers_config",
     "write_scheduler_config",
 ]
 
@@ -387,3 +389,39 @@ def schedule_entry(schedule: Schedule) -> dict[str, Any]:
         return {"name": "cosine", "num_timesteps": T, "beta_start": SCHEDULER_DEFAULTS["beta_start"],
                 "beta_end": SCHEDULER_DEFAULTS["beta_end"]}
     return {"name": "betas", "num_timesteps": T, "betas": betas.tolist()}
+
+
+# --------------------------------------------------------------------------- Schedule <-> config
+
+def schedule_from_diffusers_config(config: Any) -> Schedule:
+    """The schedule of a diffusers ``DDPMScheduler`` config (``scheduler_config.json``).
+
+    Covers ``beta_schedule`` linear, scaled_linear, squaredcos_cap_v2 and sigmoid, given
+    ``trained_betas`` and ``rescale_betas_zero_snr``; the tables are computed in float64.
+    Any field that cannot be represented raises ``ValueError`` naming it (see
+    :func:`read_scheduler_config`, which also returns the prediction, variance and clipping).
+
+    Examples
+    --------
+    >>> float(schedule_from_diffusers_config({"beta_schedule": "linear"}).betas[-1])
+    0.02
+    """
+    return schedule_from_entry(read_scheduler_config(config).schedule)
+
+
+def schedule_to_diffusers_config(schedule: Schedule, *, prediction: str = "eps", variance: str = "fixed_small",
+                                 clip: Any = 1.0) -> dict[str, Any]:
+    """A diffusers ``DDPMScheduler`` config (JSON-able dict) that reproduces ``schedule``.
+
+    The linear and cosine schedules are written by name, any other as ``trained_betas``
+    (diffusers rounds those to float32). ``prediction``, ``variance`` and ``clip`` (x0
+    clipped to [-clip, clip], or None) become ``prediction_type``, ``variance_type`` and
+    ``clip_sample``/``clip_sample_range``. A respaced schedule raises ``ValueError``.
+
+    Examples
+    --------
+    >>> from ddpm_core.schedules import Schedule
+    >>> schedule_to_diffusers_config(Schedule.linear(1000), variance="fixed_large")["beta_schedule"]
+    'linear'
+    """
+    return write_scheduler_config(schedule_entry(schedule), prediction=prediction, variance=variance, clip=clip)
