@@ -13,15 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddpm_core._namespace import (
-    as_timesteps,
-    cast_like,
-    check_batch,
-    check_same_shape,
-    lincomb,
-    namespace,
-    upcast,
-)
+from ddpm_core._arith import lincomb
+from ddpm_core._namespace import cast_like, namespace, upcast
+from ddpm_core.checks import as_timesteps, check_batch, check_same_shape
 from ddpm_core.schedules import Schedule
 
 __all__ = ["q_sample", "q_mean_variance", "q_step_sample"]

@@ -64,16 +64,9 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from ddpm_core._namespace import (
-    _broadcasts_into,
-    as_timesteps,
-    cast_like,
-    check_batch,
-    check_same_shape,
-    lincomb,
-    namespace,
-    upcast,
-)
+from ddpm_core._arith import _broadcasts_into, lincomb
+from ddpm_core._namespace import cast_like, namespace, upcast
+from ddpm_core.checks import as_timesteps, check_batch, check_same_shape
 from ddpm_core.parameterization import split_model_output
 from ddpm_core.schedules import Schedule
 

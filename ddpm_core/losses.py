@@ -20,22 +20,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ddpm_core._namespace import (
-    LN2,
-    as_timesteps,
-    cast_like,
-    check_all,
-    check_batch,
-    check_choice,
-    check_same_shape,
-    constant,
-    device_of,
-    namespace,
-    stop_gradient,
-    upcast,
-)
+from ddpm_core._arith import LN2
+from ddpm_core._namespace import cast_like, constant, device_of, namespace, stop_gradient, upcast
+from ddpm_core.checks import as_timesteps, check_all, check_batch, check_choice, check_same_shape
 from ddpm_core.forward import _q_sample
 from ddpm_core.parameterization import (
+    LEARNED_VARIANCES,
     LOG_VARIANCE_TABLES,
     PREDICTIONS,
     VARIANCES,
@@ -297,7 +287,7 @@ def training_losses(
     xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
         schedule, model_output, x0, x_t, t, prediction, variance, check_values=validate)
     check_same_shape("x_t", x_t, "noise", noise)
-    learned = variance in ("learned", "learned_range")
+    learned = variance in LEARNED_VARIANCES
     if loss == "simple" and learned:
         raise ValueError(f"loss='simple' does not train variance={variance!r}; use loss='hybrid'")
     if loss == "hybrid" and not learned:

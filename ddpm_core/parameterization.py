@@ -21,24 +21,16 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ddpm_core._namespace import (
-    as_timesteps,
-    broadcast_to_batch,
-    cast_like,
-    check_batch,
-    check_choice,
-    check_same_shape,
-    clip_to,
-    lincomb,
-    namespace,
-    upcast,
-)
+from ddpm_core._arith import broadcast_to_batch, clip_to, lincomb
+from ddpm_core._namespace import cast_like, namespace, upcast
+from ddpm_core.checks import as_timesteps, check_batch, check_choice, check_same_shape
 from ddpm_core.posterior import MEAN_TABLES, posterior_mean_terms, q_posterior_mean
 from ddpm_core.schedules import Schedule
 
 __all__ = [
     "PREDICTIONS",
     "VARIANCES",
+    "LEARNED_VARIANCES",
     "MeanVariance",
     "p_mean_variance",
     "predict_x0",
@@ -53,6 +45,7 @@ __all__ = [
 
 PREDICTIONS = ("eps", "x0", "v", "mean")
 VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LEARNED_VARIANCES = ("learned", "learned_range")  # the variances a network outputs (2C channels)
 
 
 class MeanVariance(NamedTuple):

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["space_timesteps"]
+__all__ = ["SPACINGS", "space_timesteps"]
 
-_SPACINGS = ("linspace", "leading", "trailing")
+SPACINGS = ("linspace", "leading", "trailing")  # diffusers' timestep_spacing values
 
 
 def space_timesteps(num_timesteps: int, spacing: Any, *, timestep_spacing: str = "linspace") -> np.ndarray:
@@ -47,9 +47,9 @@ def space_timesteps(num_timesteps: int, spacing: Any, *, timestep_spacing: str =
     >>> space_timesteps(10, 4, timestep_spacing="trailing").tolist()
     [1, 4, 7, 9]
     """
-    if timestep_spacing not in _SPACINGS:
+    if timestep_spacing not in SPACINGS:
         raise ValueError(
-            f"timestep_spacing must be one of {_SPACINGS}, got timestep_spacing={timestep_spacing!r}"
+            f"timestep_spacing must be one of {SPACINGS}, got timestep_spacing={timestep_spacing!r}"
         )
     T = int(num_timesteps)
     if isinstance(spacing, str):

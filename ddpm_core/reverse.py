@@ -20,26 +20,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ddpm_core._namespace import (
-    as_timesteps,
-    check_all,
-    check_batch,
-    check_choice,
-    check_same_shape,
-    device_of,
-    index_dtype,
-    namespace,
-)
+from ddpm_core._namespace import device_of, index_dtype, namespace
+from ddpm_core.checks import as_timesteps, check_all, check_batch, check_choice, check_same_shape
 from ddpm_core.forward import _q_sample
 from ddpm_core.guidance import classifier_guidance_eps, classifier_guidance_mean
-from ddpm_core.parameterization import p_mean_variance, predict_eps, split_model_output
+from ddpm_core.parameterization import LEARNED_VARIANCES, p_mean_variance, predict_eps, split_model_output
 from ddpm_core.samplers import SAMPLERS, SampleStep, StepResult, _check_step, ddim_step, ddpm_step
 from ddpm_core.schedules import Schedule
 
 __all__ = ["classifier_guided_step", "interpolate", "mix_latents", "prediction_part", "reverse_step",
            "sample", "sample_loop"]
-
-LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 def prediction_part(model_output: Any, x: Any) -> Any:

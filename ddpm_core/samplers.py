@@ -21,19 +21,15 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ddpm_core._namespace import (
+from ddpm_core._arith import fsqrt, lincomb
+from ddpm_core._namespace import cast_like, is_torch, namespace, upcast
+from ddpm_core.checks import (
     as_timesteps,
-    cast_like,
     check_all,
     check_batch,
     check_choice,
     check_range,
     check_same_shape,
-    fsqrt,
-    is_torch,
-    lincomb,
-    namespace,
-    upcast,
 )
 from ddpm_core.parameterization import (
     LOG_VARIANCE_TABLES,

@@ -23,10 +23,12 @@ import numpy as np
 
 from ddpm_core.tables import TABLES, TableLookups
 
-__all__ = ["Schedule", "TABLES"]
+__all__ = ["SCHEDULES", "SCHEDULE_ENTRIES", "Schedule", "TABLES"]
 
-
-_SPACINGS = ("linspace", "leading", "trailing")
+# the named schedules, each a Schedule constructor of that name
+SCHEDULES = ("linear", "quadratic", "sigmoid", "scaled_linear", "cosine")
+# what a schedule entry (run.json's "schedule", a diffusers config) may name: one of them or explicit betas
+SCHEDULE_ENTRIES = (*SCHEDULES, "betas")
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

@@ -13,15 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core._namespace import (
-    broadcast_to_batch,
-    check_range_now,
-    device_of,
-    is_concrete,
-    is_torch,
-    namespace,
-    take_rows,
-)
+from ddpm_core._arith import broadcast_to_batch, take_rows
+from ddpm_core._namespace import device_of, is_concrete, is_torch, namespace
+from ddpm_core.checks import check_range_now
 
 __all__ = ["TABLES", "TableLookups", "TablesAt"]
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core._namespace import check_all, constant, device_of, index_dtype, namespace
+from ddpm_core._namespace import constant, device_of, index_dtype, namespace
+from ddpm_core.checks import check_all
 
 __all__ = ["uniform_weights", "LossSecondMoment", "sample_timesteps"]
 

@@ -54,7 +54,6 @@ from ddpm_core.interop.diffusers_config import (
     SCHEDULER_DEFAULTS,
     SchedulerSettings,
     read_scheduler_config,
-    schedule_from_entry,
     write_scheduler_config,
 )
 from ddpm_core.interop.diffusers_unet import (
@@ -74,6 +73,7 @@ from ddpm_core.models import (
     output_channels,
     with_head,
 )
+from ddpm_core.schedule_entry import schedule_from_entry
 from ddpm_core.schedules import Schedule
 
 __all__ = [
@@ -169,7 +169,7 @@ def schedule_from_run_info(info: Mapping[str, Any]) -> Schedule:
 
     Reads what ``ddpm train`` writes and what :func:`import_diffusers` writes (given
     ``betas``, ``rescale_zero_terminal_snr``); see
-    :func:`ddpm_core.interop.diffusers_config.schedule_from_entry`.
+    :func:`ddpm_core.schedule_entry.schedule_from_entry`.
     """
     return schedule_from_entry(info["schedule"])
 

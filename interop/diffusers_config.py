@@ -3,14 +3,8 @@ r"""diffusers' ``DDPMScheduler`` configuration <-> ddpm-core schedules and sampl
 NumPy and the standard library only: diffusers itself is never imported. A
 ``scheduler_config.json`` (a plain dict) maps to
 
-- a *schedule entry*, the ``"schedule"`` dict of a run's run.json::
-
-      {"name": "linear" | "quadratic" | "scaled_linear" | "sigmoid" | "cosine",
-       "num_timesteps": T, "beta_start": b0, "beta_end": b1}
-      {"name": "betas", "num_timesteps": T, "betas": [beta_0, ..., beta_{T-1}]}
-
-  either form with ``"rescale_zero_terminal_snr": true`` added for Lin et al.'s rescaling
-  (the key is absent otherwise, so existing run.json files are unchanged);
+- a *schedule entry*, the ``"schedule"`` dict of a run's run.json
+  (:mod:`ddpm_core.schedule_entry`);
 - the sampler settings: ``prediction``, ``variance`` and ``clip`` (the x0 clipping range
   c, clipping to [-c, c], or None).
 
@@ -44,18 +38,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ddpm_core.schedules import Schedule
+from ddpm_core.respacing import SPACINGS
+from ddpm_core.schedule_entry import entry_value, schedule_entry, schedule_from_entry
+from ddpm_core.schedules import SCHEDULE_ENTRIES, Schedule
 
 __all__ = [
     "SCHEDULER_DEFAULTS",
     "SchedulerSettings",
     "merged_config",
     "read_scheduler_config",
-    "schedule_entry",
     "schedule_from_diffusers_config",
-    "schedule_from_entry",
     "schedule_to_diffusers_config",
     "write_scheduler_config",
 ]
@@ -99,8 +91,7 @@ _REFUSED_VARIANCE = {
                "ddpm-core's 'learned' as its logarithm",
     "fixed_large_log": "diffusers' DDPM step takes the square root of log(beta_t) (NaN)",
 }
-ENTRY_NAMES = ("linear", "quadratic", "scaled_linear", "sigmoid", "cosine", "betas")
-_SPACINGS = ("linspace", "leading", "trailing")
+ENTRY_NAMES = SCHEDULE_ENTRIES  # what write_scheduler_config may name
 
 
 @dataclass(frozen=True)
@@ -214,8 +205,8 @@ def _read_clip(c: Mapping[str, Any]) -> float | None:
 
 def _check_inference_fields(c: Mapping[str, Any]) -> None:
     """Fields that only choose diffusers' inference chain: checked, not stored."""
-    if c["timestep_spacing"] not in _SPACINGS:
-        raise _fail("timestep_spacing", c["timestep_spacing"], f"allowed values are {list(_SPACINGS)}")
+    if c["timestep_spacing"] not in SPACINGS:
+        raise _fail("timestep_spacing", c["timestep_spacing"], f"allowed values are {list(SPACINGS)}")
     _count("steps_offset", c["steps_offset"], 0)
     _number("dynamic_thresholding_ratio", c["dynamic_thresholding_ratio"])
     _number("sample_max_value", c["sample_max_value"])
@@ -263,12 +254,6 @@ def read_scheduler_config(config: Mapping[str, Any]) -> SchedulerSettings:
 
 # --------------------------------------------------------------------------- ours -> diffusers
 
-def _entry_value(entry: Mapping[str, Any], key: str) -> Any:
-    if key not in entry:
-        raise ValueError(f"schedule entry has no {key!r}: {dict(entry)!r}")
-    return entry[key]
-
-
 def _clip_range(clip: Any) -> float | None:
     if clip is None or clip is False:
         return None
@@ -300,7 +285,7 @@ def write_scheduler_config(schedule: Mapping[str, Any], *, prediction: str = "ep
     >>> cfg["beta_schedule"], cfg["num_train_timesteps"], cfg["variance_type"]
     ('squaredcos_cap_v2', 4000, 'learned_range')
     """
-    name = _entry_value(schedule, "name")
+    name = entry_value(schedule, "name")
     if name not in ENTRY_NAMES:
         raise ValueError(f"schedule name must be one of {ENTRY_NAMES} to be written for diffusers, "
                          f"got name={name!r}")
@@ -313,82 +298,18 @@ def write_scheduler_config(schedule: Mapping[str, Any], *, prediction: str = "ep
                          f"allowed: {sorted(_TO_VARIANCE)}")
     rng = _clip_range(clip)
     config = dict(SCHEDULER_DEFAULTS, _class_name="DDPMScheduler",
-                  num_train_timesteps=int(_entry_value(schedule, "num_timesteps")),
+                  num_train_timesteps=int(entry_value(schedule, "num_timesteps")),
                   prediction_type=_TO_PREDICTION[prediction], variance_type=_TO_VARIANCE[variance],
                   clip_sample=rng is not None, clip_sample_range=1.0 if rng is None else rng,
                   rescale_betas_zero_snr=bool(schedule.get("rescale_zero_terminal_snr", False)))
     if name == "betas":
-        config["trained_betas"] = [float(b) for b in _entry_value(schedule, "betas")]
+        config["trained_betas"] = [float(b) for b in entry_value(schedule, "betas")]
     else:
         config["beta_schedule"] = _TO_BETA_SCHEDULE[name]
         for key in ("beta_start", "beta_end"):  # cosine ignores them; carried for the round trip
             config[key] = float(schedule.get(key, SCHEDULER_DEFAULTS[key]))
     schedule_from_entry(schedule)  # refuse to write a schedule that cannot be built
     return config
-
-
-# --------------------------------------------------------------------------- entries
-
-def schedule_from_entry(entry: Mapping[str, Any]) -> Schedule:
-    """The :class:`~ddpm_core.Schedule` of a run.json schedule entry.
-
-    Accepts what ``ddpm train`` writes (``{"name", "num_timesteps", "beta_start",
-    "beta_end"}``) and the forms of the module docstring (given ``betas``,
-    ``rescale_zero_terminal_snr``).
-
-    Examples
-    --------
-    >>> schedule_from_entry({"name": "betas", "num_timesteps": 2, "betas": [0.1, 0.2]}).betas.tolist()
-    [0.1, 0.2]
-    """
-    if not isinstance(entry, Mapping):
-        raise TypeError(f"schedule entry must be a mapping, got {type(entry).__name__}")
-    name = _entry_value(entry, "name")
-    T = _entry_value(entry, "num_timesteps")
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"schedule num_timesteps must be an integer >= 1, got num_timesteps={T!r}")
-    if name == "betas":
-        betas = np.asarray(_entry_value(entry, "betas"), dtype=np.float64)
-        if betas.shape != (T,):
-            raise ValueError(f"schedule betas must hold num_timesteps={T} numbers, got shape {betas.shape}")
-        schedule = Schedule.from_betas(betas)
-    elif name == "cosine":
-        schedule = Schedule.cosine(T)
-    elif name in ENTRY_NAMES:
-        schedule = getattr(Schedule, name)(T, beta_start=float(_entry_value(entry, "beta_start")),
-                                           beta_end=float(_entry_value(entry, "beta_end")))
-    else:
-        raise ValueError(f"schedule name must be one of {ENTRY_NAMES}, got name={name!r}")
-    rescale = entry.get("rescale_zero_terminal_snr", False)
-    if not isinstance(rescale, bool):
-        raise ValueError(f"schedule rescale_zero_terminal_snr must be true or false, got {rescale!r}")
-    return schedule.rescale_zero_terminal_snr() if rescale else schedule
-
-
-def schedule_entry(schedule: Schedule) -> dict[str, Any]:
-    """A schedule entry that rebuilds ``schedule`` exactly.
-
-    The paper's linear and the cosine schedule are recognised (their betas are compared
-    bit for bit) and written by name; everything else is written as its betas.
-
-    Raises
-    ------
-    ValueError
-        For a respaced schedule: its steps stand for other steps of a longer chain,
-        which a schedule entry (and diffusers' training schedule) cannot say.
-    """
-    T = schedule.num_timesteps
-    if not np.array_equal(schedule.timesteps, np.arange(T)):
-        raise ValueError("schedule is respaced (its timesteps are not 0..T-1); only a full training "
-                         "chain has a diffusers config")
-    betas = schedule.betas
-    if betas[-1] < 1 and np.array_equal(np.linspace(betas[0], betas[-1], T), betas):  # Schedule.linear
-        return {"name": "linear", "num_timesteps": T, "beta_start": float(betas[0]),
-                "beta_end": float(betas[-1])}
-    if np.array_equal(Schedule.cosine(T).betas, betas):
-        return {"name": "cosine", "num_timesteps": T, "beta_start": SCHEDULER_DEFAULTS["beta_start"],
-                "beta_end": SCHEDULER_DEFAULTS["beta_end"]}
-    return {"name": "betas", "num_timesteps": T, "betas": betas.tolist()}
 
 
 # --------------------------------------------------------------------------- Schedule <-> config

@@ -1,4 +1,5 @@
-"""Framework-neutral model presets and the U-Net's structure (no framework imports)."""
+"""The U-Net framework-neutrally: its configs, the named presets and its structure (no
+framework imports)."""
 
 from ddpm_core.models.architecture import (
     BlockSpec,
@@ -13,20 +14,17 @@ from ddpm_core.models.architecture import (
     timestep_frequencies,
     unet_plan,
 )
-from ddpm_core.models.presets import (
+from ddpm_core.models.configs import (
     PREDICTIONS,
     SCHEDULES,
     VARIANCES,
     WEIGHTINGS,
-    Preset,
     TrainConfig,
     UNetConfig,
-    get_preset,
-    list_presets,
     output_channels,
-    unet_config,
     with_head,
 )
+from ddpm_core.models.presets import Preset, get_preset, list_presets, unet_config
 
 __all__ = [
     "PREDICTIONS",

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.models.presets import Preset, UNetConfig, unet_config
+from ddpm_core.models.configs import UNetConfig
+from ddpm_core.models.presets import Preset, unet_config
 
 __all__ = [
     "BlockSpec",

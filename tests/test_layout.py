@@ -20,7 +20,7 @@ FORBIDDEN = {
     "ddpm_core.interop": (f"{APP}.training", f"{APP}.sampling", f"{APP}.evaluation", f"{APP}.cli",
                           f"{APP}.backend_api", "ddpm_core.backends", *FRAMEWORKS),
     f"{APP}.run": (f"{APP}.training", f"{APP}.sampling", f"{APP}.evaluation", f"{APP}.cli",
-                   f"{APP}.backend_api", "ddpm_core.backends", *FRAMEWORKS),
+                   f"{APP}.backend_api", "ddpm_core.interop", "ddpm_core.backends", *FRAMEWORKS),
     f"{APP}.training": (f"{APP}.sampling", f"{APP}.evaluation", f"{APP}.cli", f"{APP}.backend_api",
                         "ddpm_core.backends", *FRAMEWORKS),
     f"{APP}.sampling": (f"{APP}.training", f"{APP}.evaluation", f"{APP}.cli", f"{APP}.backend_api",
@@ -89,3 +89,25 @@ def test_the_core_and_the_application_import_a_framework_only_when_called(module
 def test_the_rules_see_the_modules():  # a moved folder would leave the rules checking nothing
     rooms = {room for room in FORBIDDEN if any(_under(m, room) for m, _ in MODULES)}
     assert rooms == set(FORBIDDEN)
+
+
+def _vocabularies() -> dict[frozenset, str]:
+    from ddpm_core import losses, parameterization, respacing, samplers, schedules
+
+    homes = {"ddpm_core.samplers": samplers.SAMPLERS, "ddpm_core.parameterization": parameterization.PREDICTIONS,
+             "ddpm_core.parameterization ": parameterization.VARIANCES,
+             "ddpm_core.parameterization  ": parameterization.LEARNED_VARIANCES,
+             "ddpm_core.schedules": schedules.SCHEDULES, "ddpm_core.schedules ": schedules.SCHEDULE_ENTRIES,
+             "ddpm_core.respacing": respacing.SPACINGS, "ddpm_core.losses": losses.LOSSES}
+    return {frozenset(names): home.strip() for home, names in homes.items()}
+
+
+@pytest.mark.parametrize("module, path", MODULES, ids=[m for m, _ in MODULES])
+def test_each_vocabulary_is_spelled_out_only_in_its_home(module, path):
+    vocabularies = _vocabularies()
+    literals = [node for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) > 1
+                and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)]
+    again = [(vocabularies[key], node.lineno) for node in literals
+             if (key := frozenset(e.value for e in node.elts)) in vocabularies and vocabularies[key] != module]
+    assert not again, f"{module} spells out the names defined in {again}: import them instead"

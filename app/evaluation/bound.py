@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.app.run.atomic import atomic_write_bytes
-from ddpm_core.app.run.options import check_int
 from ddpm_core.app.run.splits import heldout_images
+from ddpm_core.checks import check_int
 
 __all__ = ["BPD_KEYS", "batch_noise_fn", "bpd", "public", "rate_distortion", "summarize_bpd",
            "write_rate_distortion"]

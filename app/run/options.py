@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ddpm_core.checks import check_choice, check_int
 from ddpm_core.losses import LOSSES
 from ddpm_core.models import SCHEDULES, WEIGHTINGS
-from ddpm_core.parameterization import PREDICTIONS, VARIANCES
+from ddpm_core.parameterization import LEARNED_VARIANCES, PREDICTIONS, VARIANCES
 
 __all__ = [
     "BACKENDS",
@@ -31,8 +31,6 @@ __all__ = [
     "VARIANCES",
     "WEIGHTINGS",
     "TrainOptions",
-    "check_choice",
-    "check_int",
     "check_loss_variance",
     "resolve_options",
     "with_defaults",
@@ -49,21 +47,6 @@ RUN_DEFAULTS: dict[str, Any] = {"seed": 0, "timestep_sampler": "uniform", "log_e
 # The label dropout of a class-conditional run when --label-dropout is not given (Ho &
 # Salimans 2022 train with 0.1 or 0.2); an unconditional run has none.
 DEFAULT_LABEL_DROPOUT = 0.1
-
-
-def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-
-def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> Any:
-    """``value`` as an int >= ``low`` (None passes when ``optional``), or a ValueError naming
-    ``name``, the value and the bound."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
 
 
 def _check_float(name: str, value: Any, low: float, high: float, *, optional: bool = True,
@@ -245,7 +228,7 @@ def with_defaults(options: TrainOptions) -> TrainOptions:
 
 def check_loss_variance(loss: str, variance: str) -> None:
     """A learned variance needs a loss that trains it; "hybrid" needs a learned variance."""
-    learned = variance in ("learned", "learned_range")
+    learned = variance in LEARNED_VARIANCES
     if loss == "hybrid" and not learned:
         raise ValueError("loss='hybrid' needs variance='learned' or 'learned_range'; "
                          f"got variance={variance!r}")

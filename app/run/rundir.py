@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.app.run.atomic import atomic_write_json
-from ddpm_core.app.run.options import BACKENDS, PREDICTIONS, VARIANCES, TrainOptions, check_choice, check_int
+from ddpm_core.app.run.options import BACKENDS, PREDICTIONS, VARIANCES, TrainOptions
 from ddpm_core.app.run.schema import validate_run_json
+from ddpm_core.checks import check_choice, check_int
+from ddpm_core.schedule_entry import schedule_from_entry
 
 __all__ = [
     "RUN_FORMAT",
@@ -164,10 +166,8 @@ def make_schedule(schedule: Mapping[str, Any]) -> Any:
     """``ddpm_core.Schedule`` from a run.json ``schedule`` entry.
 
     The entry ``ddpm train`` writes (:func:`schedule_dict`) or an imported one: given
-    ``betas`` and ``rescale_zero_terminal_snr`` (``ddpm_core.interop.diffusers_config``).
+    ``betas`` and ``rescale_zero_terminal_snr`` (:mod:`ddpm_core.schedule_entry`).
     """
-    from ddpm_core.interop.diffusers_config import schedule_from_entry
-
     return schedule_from_entry(schedule)
 
 

@@ -24,11 +24,12 @@ from ddpm_core.app.run.options import (
     VARIANCES,
     WEIGHTINGS,
 )
+from ddpm_core.schedules import SCHEDULE_ENTRIES
 
 __all__ = ["RUN_FORMATS", "validate_classes", "validate_run_json", "validate_schedule_entry"]
 
 RUN_FORMATS = (1, 2)
-SCHEDULE_NAMES = ("linear", "quadratic", "sigmoid", "scaled_linear", "cosine", "betas")
+SCHEDULE_NAMES = SCHEDULE_ENTRIES
 
 Check = Callable[[Any], str | None]  # None if the value is allowed, else what is allowed
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.app.run.options import check_int
+from ddpm_core.checks import check_int
 
 __all__ = ["heldout_images", "interpolation_sources"]
 

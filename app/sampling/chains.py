@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_core.app.run.options import check_int
+from ddpm_core.checks import check_int
 from ddpm_core.samplers import SAMPLERS
 
 if TYPE_CHECKING:

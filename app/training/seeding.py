@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpm_core.app.run.options import check_int
+from ddpm_core.checks import check_int
 
 __all__ = ["STREAM_DROPOUT", "STREAM_INIT", "STREAM_LABELS", "STREAM_NOISE", "STREAM_T",
            "batch_indices", "flip_mask", "label_drop_mask", "step_seed", "timestep_draws"]

@@ -9,10 +9,10 @@ import os
 import numpy as np
 import torch
 
-from ddpm_core.app.run.options import check_int
 from ddpm_core.app.run.splits import heldout_images
 from ddpm_core.backends.torch import api
 from ddpm_core.backends.torch.api import bpd
+from ddpm_core.checks import check_int
 
 __all__ = ["bpd", "shared_latent"]
 

@@ -31,12 +31,11 @@ import ddpm_core.interop.diffusers_config as dc_config
 from ddpm_core.interop.diffusers_config import (
     SCHEDULER_DEFAULTS,
     read_scheduler_config,
-    schedule_entry,
     schedule_from_diffusers_config,
-    schedule_from_entry,
     schedule_to_diffusers_config,
     write_scheduler_config,
 )
+from ddpm_core.schedule_entry import schedule_entry, schedule_from_entry
 from ddpm_core.schedules import Schedule
 
 EPS32 = float(np.finfo(np.float32).eps)

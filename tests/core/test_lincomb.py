@@ -8,7 +8,7 @@ from ddpm_testing import asarray, assert_close, rounded, to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddpm_core._namespace import lincomb
+from ddpm_core._arith import lincomb
 
 COEFS = st.floats(-3.0, 3.0, allow_nan=False).map(float) | st.sampled_from([0.0, 1.0, -1.0])
 
