@@ -52,6 +52,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ddpm_core.checks import check_choice
+
 __all__ = [
     "DIGITS_HELDOUT_PER_CLASS",
     "EMBEDDED",
@@ -165,8 +167,7 @@ def load_labeled_dataset(name_or_path: str | os.PathLike, split: str = "train"
 
 
 def _load(name_or_path: str | os.PathLike, split: str, *, labeled: bool) -> _Loaded:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    check_choice("split", split, SPLITS)
     name = str(name_or_path)
     if name == "mnist":
         return _mnist(split)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_core.checks import check_choice
+
 __all__ = ["SPACINGS", "space_timesteps"]
 
 SPACINGS = ("linspace", "leading", "trailing")  # diffusers' timestep_spacing values
@@ -47,10 +49,7 @@ def space_timesteps(num_timesteps: int, spacing: Any, *, timestep_spacing: str =
     >>> space_timesteps(10, 4, timestep_spacing="trailing").tolist()
     [1, 4, 7, 9]
     """
-    if timestep_spacing not in SPACINGS:
-        raise ValueError(
-            f"timestep_spacing must be one of {SPACINGS}, got timestep_spacing={timestep_spacing!r}"
-        )
+    check_choice("timestep_spacing", timestep_spacing, SPACINGS)
     T = int(num_timesteps)
     if isinstance(spacing, str):
         keep = _from_string(T, spacing.strip(), timestep_spacing)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_core.checks import check_choice
 from ddpm_core.schedules import SCHEDULE_ENTRIES, Schedule
 
 __all__ = ["PAPER_BETAS", "entry_value", "schedule_entry", "schedule_from_entry"]
@@ -52,7 +53,7 @@ def schedule_from_entry(entry: Mapping[str, Any]) -> Schedule:
         schedule = getattr(Schedule, name)(T, beta_start=float(entry_value(entry, "beta_start")),
                                            beta_end=float(entry_value(entry, "beta_end")))
     else:
-        raise ValueError(f"schedule name must be one of {SCHEDULE_ENTRIES}, got name={name!r}")
+        check_choice("schedule name", name, SCHEDULE_ENTRIES)
     rescale = entry.get("rescale_zero_terminal_snr", False)
     if not isinstance(rescale, bool):
         raise ValueError(f"schedule rescale_zero_terminal_snr must be true or false, got {rescale!r}")

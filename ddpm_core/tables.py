@@ -15,7 +15,7 @@ import numpy as np
 
 from ddpm_core._arith import broadcast_to_batch, take_rows
 from ddpm_core._namespace import device_of, is_concrete, is_torch, namespace
-from ddpm_core.checks import check_range_now
+from ddpm_core.checks import check_choice, check_range_now
 
 __all__ = ["TABLES", "TableLookups", "TablesAt"]
 
@@ -55,8 +55,7 @@ class TableLookups:
         Warns once per (namespace, device, dtype) when ``dtype`` cannot hold abar_t apart
         from 1 for some t (float16, bfloat16): such tables are wrong near t = 0.
         """
-        if name not in TABLES:
-            raise ValueError(f"name must be one of {TABLES}, got name={name!r}")
+        check_choice("name", name, TABLES)
         dtype = xp.float64 if dtype is None else dtype
         key = (name, xp.__name__, str(device), str(dtype))
         cached = self._cache.get(key)  # type: ignore[attr-defined]

@@ -58,7 +58,7 @@ def test_missing_framework_names_the_extra(monkeypatch):
                         lambda name, *a: None if name == "jax" else real(name, *a))
     with pytest.raises(cli.BackendUnavailable, match=r"pip install 'ddpm-core\[jax\]'"):
         cli.load_backend("jax")
-    with pytest.raises(ValueError, match="backend must be one of torch, jax"):
+    with pytest.raises(ValueError, match="backend must be one of 'torch', 'jax'"):
         cli.load_backend("tf")
 
 

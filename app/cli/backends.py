@@ -8,6 +8,7 @@ from typing import Any
 
 from ddpm_core.app.run.options import BACKENDS
 from ddpm_core.app.run.rundir import read_run_json
+from ddpm_core.checks import check_choice
 
 __all__ = ["BackendUnavailable", "default_train_backend", "installed", "load_backend",
            "load_evaluation", "run_backend"]
@@ -27,8 +28,7 @@ def installed(backend: str) -> bool:
 
 def load_backend(name: str) -> Any:
     """``ddpm_core.backends.<name>.api``, with a clear message if its framework is missing."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    check_choice("backend", name, BACKENDS)
     missing = [m for m in _FRAMEWORK_MODULES[name] if importlib.util.find_spec(m) is None]
     if missing:
         raise BackendUnavailable(f"backend {name!r} needs {', '.join(missing)}, which is not "

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ddpm_core.app.run.lock import LOCK_NAME
+from ddpm_core.checks import check_choice
 
 __all__ = ["OUTPUT_KINDS", "RUN_FILES", "check_output", "check_train_out", "output_files"]
 
@@ -39,8 +40,7 @@ def check_output(path: str | os.PathLike, kind: str = "grid") -> list[Path]:
     FileNotFoundError, PermissionError
         If the folder does not exist or is not writable.
     """
-    if kind not in OUTPUT_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(OUTPUT_KINDS)}; got {kind!r}")
+    check_choice("kind", kind, OUTPUT_KINDS)
     p = Path(path)
     if kind == "grid" and p.suffix.lower() != ".png":
         raise ValueError(f"--out {p}: a grid is written as PNG, so --out must end in .png "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_core.checks import check_int
+from ddpm_core.checks import check_choice, check_int
 from ddpm_core.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -25,8 +25,7 @@ def chain_schedule(schedule: Schedule, sampler: str, steps: int | None) -> Sched
     ``ddpm``: the full chain, or ``steps`` evenly spaced steps (improved DDPM respacing);
     ``ddim``: ``steps`` steps (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    check_choice("sampler", sampler, SAMPLERS)
     T = schedule.num_timesteps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
                               or not 1 <= steps <= T):

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from ddpm_core.checks import check_choice
+
 __all__ = ["compute_dtype", "make_mesh", "maybe_initialize_distributed", "pick_devices"]
 
 
@@ -43,8 +45,7 @@ def maybe_initialize_distributed() -> bool:
 def pick_devices(name: str = "auto") -> list[Any]:
     """All devices (every host) of the requested platform; ``"auto"``: JAX's default."""
     platform = {"auto": None, "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu"}
-    if name not in platform:
-        raise ValueError(f"device must be one of {sorted(platform)}; got {name!r}")
+    check_choice("device", name, sorted(platform))
     try:
         return list(jax.devices(platform[name]))
     except RuntimeError as e:

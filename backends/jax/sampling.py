@@ -33,6 +33,7 @@ from ddpm_core.app.sampling import driver
 from ddpm_core.app.sampling.chains import SAMPLERS, chain_schedule, check_eta, progressive_steps
 from ddpm_core.app.sampling.driver import to_images
 from ddpm_core.app.sampling.protocol import ChainSpec
+from ddpm_core.checks import check_choice
 
 __all__ = [
     "SAMPLERS",
@@ -119,8 +120,7 @@ class Sampler:
     def __init__(self, model: Callable[[Any, Any, Any], Any], chain: Chain,
                  shape: Sequence[int], *, classifier: Callable[..., Any] | None = None,
                  classifier_scale: float = 0.0) -> None:
-        if chain.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}; got {chain.sampler!r}")
+        check_choice("sampler", chain.sampler, SAMPLERS)
         check_eta(chain.eta)
         self.model, self.chain, self.shape = model, chain, tuple(int(s) for s in shape)
         self.classifier, self.classifier_scale = classifier, float(classifier_scale)
