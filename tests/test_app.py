@@ -426,3 +426,24 @@ def test_resume_refuses_another_label_dropout():
         resume_options(o.replace(label_dropout=0.3), info)
     with pytest.raises(ValueError, match="--class-conditional cannot change"):
         resume_options(o.replace(class_conditional=False), info)
+
+
+def test_chain_schedule_keeps_each_samplers_steps_and_a_given_spacing():
+    from ddpm_core.app.sampling.chains import chain_schedule
+    from ddpm_core.respacing import space_timesteps
+    from ddpm_core.schedules import Schedule
+
+    s = Schedule.linear(100)
+    assert chain_schedule(s, "ddpm", None) is s and chain_schedule(s, "ddpm", 100, "trailing") is s
+    np.testing.assert_array_equal(chain_schedule(s, "ddpm", 10).timesteps, space_timesteps(100, "10"))
+    np.testing.assert_array_equal(chain_schedule(s, "ddim", None).timesteps, space_timesteps(100, "ddim50"))
+    for sampler in ("ddpm", "ddim"):
+        for spacing in ("linspace", "leading", "trailing"):
+            got = chain_schedule(s, sampler, 7, spacing)
+            np.testing.assert_array_equal(got.timesteps, space_timesteps(100, 7, timestep_spacing=spacing))
+            # abar re-derived through the respaced betas: equal to float64 rounding
+            np.testing.assert_allclose(got.alphas_cumprod, s.alphas_cumprod[got.timesteps], rtol=8 * np.finfo(float).eps)
+    with pytest.raises(ValueError, match="spacing must be one of 'linspace', 'leading', 'trailing'; got spacing='karras'"):
+        chain_schedule(s, "ddim", 7, "karras")
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 100\]; got 0"):
+        chain_schedule(s, "ddim", 0, "linspace")

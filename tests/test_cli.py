@@ -87,6 +87,13 @@ def test_end_to_end_on_tiny(tmp_path, capsys):
                          "--steps", "5", "--out", str(out)]) == 0
         images = np.load(tmp_path / "s.npz")["images"]
         assert out.is_file() and images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
+        from ddpm_core.backends.torch import api
+
+        assert cli.main(["sample", "--run", str(run), "--n", "6", "--sampler", "ddim", "--steps", "5",
+                         "--spacing", "trailing", "--out", str(tmp_path / "t.png")]) == 0
+        trailing = np.load(tmp_path / "t.npz")["images"]
+        np.testing.assert_array_equal(trailing, api.sample(run, n=6, sampler="ddim", steps=5, spacing="trailing"))
+        assert not np.array_equal(trailing, images)  # another chain: steps 199..999 against 0..800
         assert cli.main(["progressive", "--run", str(run), "--n", "2", "--frames", "3",
                          "--sampler", "ddim", "--steps", "6",
                          "--out", str(tmp_path / "p.png")]) == 0

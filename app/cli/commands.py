@@ -123,12 +123,18 @@ def _with_labels(arrays: dict[str, np.ndarray], labels: np.ndarray | None
     return arrays if labels is None else {**arrays, "labels": labels}
 
 
+def chain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The chain options of a sampling subcommand (--sampler, --steps, --spacing, --eta where
+    it has one) as the driver's keywords."""
+    kw = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
+    return {**kw, "eta": args.eta} if hasattr(args, "eta") else kw
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     check_output(args.out, "grid")
     n, guide, labels = _guided_args(args, 64)
     api = load_backend(run_backend(args.run, args.backend))
-    images = api.sample(args.run, n=n, sampler=args.sampler, steps=args.steps,
-                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+    images = api.sample(args.run, n=n, **chain_args(args), seed=args.seed, batch_size=args.batch_size,
                         use_ema=not args.no_ema, device=args.device, compile=args.compile, **guide)
     write_grid(args.out, images, _with_labels({"images": images}, labels),
                ncols=n if args.classes == "all" else None)
@@ -139,8 +145,8 @@ def cmd_progressive(args: argparse.Namespace) -> int:
     check_output(args.out, "grid")
     n, guide, labels = _guided_args(args, 8)
     api = load_backend(run_backend(args.run, args.backend))
-    frames = api.progressive(args.run, n=n, seed=args.seed, frames=args.frames,
-                             sampler=args.sampler, steps=args.steps, use_ema=not args.no_ema,
+    frames = api.progressive(args.run, n=n, seed=args.seed, frames=args.frames, **chain_args(args),
+                             use_ema=not args.no_ema,
                              device=args.device, **guide)
     rows = frames.transpose(1, 0, 2, 3, 4).reshape(-1, *frames.shape[2:])
     write_grid(args.out, rows, _with_labels({"frames": frames}, labels), ncols=frames.shape[0])

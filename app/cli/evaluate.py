@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.app.cli.backends import BackendUnavailable, load_backend, load_evaluation, run_backend
-from ddpm_core.app.cli.commands import write_grid
+from ddpm_core.app.cli.commands import chain_args, write_grid
 from ddpm_core.app.run.outputs import check_output
 
 __all__ = ["cmd_eval"]
@@ -64,8 +64,7 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise BackendUnavailable(str(e)) from e
     api = load_backend(run_backend(args.run, args.backend))
-    images = api.sample(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
-                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+    images = api.sample(args.run, n=args.n, **chain_args(args), seed=args.seed, batch_size=args.batch_size,
                         use_ema=not args.no_ema, device=args.device)
     try:
         r = fid_report(args.run, images, reference_n=args.reference_n,
@@ -108,8 +107,7 @@ def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | 
     g, clf_config, _ = guided_request(info, args.n, **guide)  # checked before sampling
     api = load_backend(run_backend(args.run, args.backend))
     extra = {k: v for k, v in guide.items() if v is not None}
-    images = api.sample(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
-                        eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+    images = api.sample(args.run, n=args.n, **chain_args(args), seed=args.seed, batch_size=args.batch_size,
                         use_ema=not args.no_ema, device=args.device, **extra)
     k = run_k or (clf_config.num_classes if clf_config is not None else None)
     return images, g.labels, k

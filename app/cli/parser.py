@@ -15,6 +15,7 @@ from ddpm_core.app.run.options import (
     TIMESTEP_SAMPLERS,
     VARIANCES,
 )
+from ddpm_core.respacing import SPACINGS
 from ddpm_core.samplers import SAMPLERS
 
 __all__ = ["build_parser", "float_in", "int_at_least"]
@@ -98,7 +99,9 @@ def _add_chain_options(p: argparse.ArgumentParser, *, eta: bool) -> None:
     """--sampler, --steps (and --eta): the chain a sampling subcommand runs."""
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=int_at_least(1),
-                   help="sampling steps (ddpm: respaced chain; ddim: default 50)")
+                   help="sampling steps, the network calls (ddpm: respaced chain; ddim: default 50)")
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help="which steps a shorter chain keeps (default: the sampler's own; see docs)")
     if eta:
         p.add_argument("--eta", type=float_in(0.0, 1.0, low_open=False), default=0.0)
 

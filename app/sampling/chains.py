@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ddpm_core.checks import check_choice, check_int
+from ddpm_core.respacing import SPACINGS
 from ddpm_core.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -19,21 +20,29 @@ __all__ = ["SAMPLERS", "batch_bounds", "chain_schedule", "check_eta", "check_lam
            "check_step_index", "progressive_steps"]
 
 
-def chain_schedule(schedule: Schedule, sampler: str, steps: int | None) -> Schedule:
-    """The (respaced) schedule a sampler runs on.
+def chain_schedule(schedule: Schedule, sampler: str, steps: int | None, spacing: str | None = None) -> Schedule:
+    """The (respaced) schedule a sampler runs on: ``steps`` network calls.
 
-    ``ddpm``: the full chain, or ``steps`` evenly spaced steps (improved DDPM respacing);
-    ``ddim``: ``steps`` steps (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``).
+    Without ``spacing`` each sampler keeps its own steps: ``ddpm`` the full chain, or
+    ``steps`` evenly spaced steps (improved DDPM respacing); ``ddim`` ``steps`` steps
+    (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``). With ``spacing`` (one of
+    ``ddpm_core.respacing.SPACINGS``, diffusers' ``timestep_spacing``) the chain keeps the
+    ``steps`` steps that spacing places (``Schedule.respace(steps, timestep_spacing=spacing)``).
     """
     check_choice("sampler", sampler, SAMPLERS)
+    if spacing is not None:
+        check_choice("spacing", spacing, SPACINGS)
     T = schedule.num_timesteps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
                               or not 1 <= steps <= T):
         raise ValueError(f"steps must be an integer in [1, {T}]; got {steps!r}")
     if sampler == "ddim":
-        return schedule.respace(f"ddim{steps or min(50, T)}")
+        steps = steps or min(50, T)
+        return schedule.respace(f"ddim{steps}" if spacing is None else steps, timestep_spacing=spacing or "linspace")
     if steps is None or steps == T:
         return schedule
+    if spacing is not None:
+        return schedule.respace(steps, timestep_spacing=spacing)
     return schedule.respace(str(steps))
 
 

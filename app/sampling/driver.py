@@ -63,9 +63,9 @@ def load_run(backend: SampleBackend, run_dir: str | os.PathLike, *, use_ema: boo
 
 
 def chain_spec(schedule: Schedule, info: dict[str, Any], sampler: str = "ddpm", steps: int | None = None,
-               eta: float = 0.0) -> ChainSpec:
+               eta: float = 0.0, spacing: str | None = None) -> ChainSpec:
     """The chain of a run (its prediction, variance and clipping) for a sampler request."""
-    return ChainSpec(chain_schedule(schedule, sampler, steps), sampler, check_eta(eta), info["prediction"],
+    return ChainSpec(chain_schedule(schedule, sampler, steps, spacing), sampler, check_eta(eta), info["prediction"],
                      info["variance"], info.get("clip", True))
 
 
@@ -107,26 +107,29 @@ def draw_chain(backend: SampleBackend, chain: Any, *, n: int, seed: int = 0, bat
     return np.concatenate(xs), kept
 
 
-def _request(backend: SampleBackend, run_dir: str | os.PathLike, n: int, sampler: str, steps: int | None,
-             eta: float, use_ema: bool, device: str, compile: bool, guide_kw: dict[str, Any]
+def _request(backend: SampleBackend, run_dir: str | os.PathLike, n: int, chain_kw: dict[str, Any],
+             use_ema: bool, device: str, compile: bool, guide_kw: dict[str, Any]
              ) -> tuple[Any, int, GuideRequest | None]:
     """The chain, the sample count N and the guidance of a ``sample``/``progressive`` request."""
     network, schedule, info = load_run(backend, run_dir, use_ema=use_ema, device=device)
     guide = run_guide(backend, network, info, n, **guide_kw)
-    spec = chain_spec(schedule, info, sampler, steps, eta)
+    spec = chain_spec(schedule, info, **chain_kw)
     chain = backend.chain(network, spec, None if guide is None else guide.spec, compile=compile)
     return chain, n if guide is None else len(guide.labels), guide
 
 
 def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
-           steps: int | None = None, eta: float = 0.0, seed: int = 0, batch_size: int | None = None,
+           steps: int | None = None, eta: float = 0.0, spacing: str | None = None, seed: int = 0,
+           batch_size: int | None = None,
            use_ema: bool = True, device: str = "auto", compile: bool = False, classes: Any = None,
            guidance: float | None = None, guidance_rescale: float | None = None,
            classifier: str | os.PathLike | None = None, classifier_scale: float | None = None) -> np.ndarray:
     """``n`` samples of the run's (EMA) model, uint8 (N, H, W, C).
 
     ``sampler="ddpm"`` runs Algorithm 2 on the full chain (or ``steps`` respaced steps);
-    ``"ddim"`` runs DDIM on ``steps`` steps (default 50) with ``eta``. Sample j's noise
+    ``"ddim"`` runs DDIM on ``steps`` steps (default 50) with ``eta``; ``spacing`` (one of
+    ``ddpm_core.respacing.SPACINGS``) picks which steps a shorter chain keeps
+    (:func:`~ddpm_core.app.sampling.chains.chain_schedule`). Sample j's noise
     depends only on ``(seed, j)``, so the images do not depend on ``batch_size``.
     ``compile`` compiles the PyTorch model call on CUDA (the JAX chain is always one
     compiled ``lax.scan``).
@@ -140,7 +143,8 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
     """
     guide_kw = {"classes": classes, "guidance": guidance, "guidance_rescale": guidance_rescale,
                 "classifier": classifier, "classifier_scale": classifier_scale}
-    chain, count, guide = _request(backend, run_dir, n, sampler, steps, eta, use_ema, device, compile, guide_kw)
+    chain_kw = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
+    chain, count, guide = _request(backend, run_dir, n, chain_kw, use_ema, device, compile, guide_kw)
     x, _ = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,
                       labels=None if guide is None else guide.labels)
     check_finite_samples(x)
@@ -148,7 +152,8 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
 
 
 def progressive(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: int = 10,
-                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, batch_size: int | None = None,
+                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
+                batch_size: int | None = None,
                 use_ema: bool = True, device: str = "auto", classes: Any = None, guidance: float | None = None,
                 guidance_rescale: float | None = None, classifier: str | os.PathLike | None = None,
                 classifier_scale: float | None = None) -> np.ndarray:
@@ -160,7 +165,8 @@ def progressive(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, s
     """
     guide_kw = {"classes": classes, "guidance": guidance, "guidance_rescale": guidance_rescale,
                 "classifier": classifier, "classifier_scale": classifier_scale}
-    chain, count, guide = _request(backend, run_dir, n, sampler, steps, eta, use_ema, device, False, guide_kw)
+    chain_kw = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
+    chain, count, guide = _request(backend, run_dir, n, chain_kw, use_ema, device, False, guide_kw)
     keep = progressive_steps(chain.spec.schedule.num_timesteps, frames)
     _, f = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,
                       labels=None if guide is None else guide.labels, frame_steps=keep)
