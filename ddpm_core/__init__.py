@@ -7,6 +7,7 @@ paper's t = 1, the decoder step: the sampler adds no noise there and the bound's
 discretized decoder L_0.
 """
 
+from ddpm_core.dpm_solver import dpmpp_2m_sde_step, dpmpp_2m_step
 from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
 from ddpm_core.guidance import (
     classifier_free_guidance,
@@ -45,7 +46,7 @@ from ddpm_core.reverse import (
     sample,
     sample_loop,
 )
-from ddpm_core.samplers import SAMPLERS, SampleStep, StepResult, ddim_step, ddpm_step
+from ddpm_core.samplers import SAMPLERS, SampleStep, StepResult, ddim_step, ddpm_step, needs_noise
 from ddpm_core.schedules import Schedule
 from ddpm_core.timesteps import LossSecondMoment, sample_timesteps, uniform_weights
 
@@ -53,6 +54,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SAMPLERS",
+    "dpmpp_2m_sde_step",
+    "dpmpp_2m_step",
+    "needs_noise",
     "BitsPerDim",
     "LossSecondMoment",
     "MeanVariance",

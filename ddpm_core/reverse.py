@@ -22,10 +22,21 @@ from typing import Any
 
 from ddpm_core._namespace import device_of, index_dtype, namespace
 from ddpm_core.checks import as_timesteps, check_all, check_batch, check_choice, check_same_shape
+from ddpm_core.dpm_solver import dpmpp_2m_sde_step, dpmpp_2m_step
 from ddpm_core.forward import _q_sample
 from ddpm_core.guidance import classifier_guidance_eps, classifier_guidance_mean
 from ddpm_core.parameterization import LEARNED_VARIANCES, p_mean_variance, predict_eps, split_model_output
-from ddpm_core.samplers import SAMPLERS, SampleStep, StepResult, _check_step, ddim_step, ddpm_step
+from ddpm_core.samplers import (
+    DEFAULT_DDIM_EPS,
+    MULTISTEP,
+    SAMPLERS,
+    SampleStep,
+    StepResult,
+    _check_step,
+    ddim_step,
+    ddpm_step,
+    needs_noise,
+)
 from ddpm_core.schedules import Schedule
 
 __all__ = ["classifier_guided_step", "interpolate", "mix_latents", "prediction_part", "reverse_step",
@@ -54,13 +65,22 @@ def reverse_step(
     threshold: float | None = None,
     grad: Any = None,
     classifier_scale: float = 0.0,
+    ddim_eps: str = DEFAULT_DDIM_EPS,
+    x0_prev: Any = None,
+    start: int | None = None,
+    solver_type: str = "midpoint",
 ) -> StepResult:
     r"""One step of the reverse chain, from index ``i`` of ``schedule`` to ``i - 1``.
 
     - ``"ddpm"``: ``ddpm_step`` (Algorithm 2) with the variance of ``variance`` (a learned
       variance from the output's second half);
-    - ``"ddim"``: ``ddim_step`` from ``i`` to ``i - 1`` with ``eta``; a learned variance head
-      is ignored (its channels are split off);
+    - ``"ddim"``: ``ddim_step`` from ``i`` to ``i - 1`` with ``eta`` and ``ddim_eps`` (the eps
+      after clipping x0_hat); a learned variance head is ignored (its channels are split off);
+    - ``"dpmpp-2m"`` / ``"dpmpp-2m-sde"``: ``ddpm_core.dpm_solver``'s DPM-Solver++(2M) and
+      SDE-DPM-Solver++(2M) (``solver_type`` its second-order correction), multistep: ``x0_prev``
+      is the x0_hat the previous step of this chain returned (None, or anything at the
+      chain's first index ``start``, default T - 1: a first-order step there); the variance
+      head is ignored as for DDIM;
     - ``grad`` (the classifier's :math:`\nabla_{x_t}\log p_\phi(y|x_t, t)`, called at the
       original-chain step ``schedule.timesteps[i]``) with ``classifier_scale`` s: the
       classifier-guided step (:func:`classifier_guided_step`).
@@ -68,8 +88,8 @@ def reverse_step(
     Parameters
     ----------
     model_output : (B, C, ...), or (B, 2C, ...) for learned variances
-    x_t, noise, grad : (B, C, ...); ``noise`` may be None where the step adds none (DDIM
-        with eta = 0, or every i == 0)
+    x_t, noise, grad, x0_prev : (B, C, ...); ``noise`` may be None where the step adds none
+        (DDIM with eta = 0, DPM-Solver++(2M), or every i == 0)
     i : int or int array (B,), the index into ``schedule`` (a respaced schedule's own)
 
     Returns
@@ -80,18 +100,24 @@ def reverse_step(
     if grad is not None:
         return classifier_guided_step(schedule, model_output, x_t, i, noise, grad, scale=classifier_scale,
                                       sampler=sampler, eta=eta, prediction=prediction, variance=variance,
-                                      clip=clip, threshold=threshold)
+                                      clip=clip, threshold=threshold, ddim_eps=ddim_eps, x0_prev=x0_prev,
+                                      start=start, solver_type=solver_type)
+    if sampler in MULTISTEP:
+        return _multistep(schedule, sampler, prediction_part(model_output, x_t), x_t, i, x0_prev, noise,
+                          start=start, prediction=prediction, clip=clip, threshold=threshold, solver_type=solver_type)
     if sampler == "ddpm":
         return ddpm_step(schedule, model_output, x_t, i, noise, prediction=prediction, variance=variance,
                          clip=clip, threshold=threshold)
     return ddim_step(schedule, prediction_part(model_output, x_t), x_t, i, i - 1, noise if eta > 0 else None,
-                     eta=eta, prediction=prediction, clip=clip, threshold=threshold)
+                     eta=eta, prediction=prediction, clip=clip, threshold=threshold, ddim_eps=ddim_eps)
 
 
 def classifier_guided_step(schedule: Schedule, model_output: Any, x: Any, i: Any, noise: Any,
                            grad: Any, *, scale: float, sampler: str = "ddpm", eta: float = 0.0,
                            prediction: str = "eps", variance: str = "fixed_small",
-                           clip: Any = None, threshold: float | None = None) -> StepResult:
+                           clip: Any = None, threshold: float | None = None,
+                           ddim_eps: str = DEFAULT_DDIM_EPS, x0_prev: Any = None, start: int | None = None,
+                           solver_type: str = "midpoint") -> StepResult:
     r"""One classifier-guided reverse step at index ``i`` of ``schedule``.
 
     ``grad`` is :math:`\nabla_{x_t} \log p_\phi(y \mid x_t, t)` from the classifier called
@@ -103,7 +129,10 @@ def classifier_guided_step(schedule: Schedule, model_output: Any, x: Any, i: Any
       noise are the unguided step's;
     - DDIM: eps' = eps - s sqrt(1 - abar_i) grad (G4) on the eps implied by the output (a
       learned variance head is ignored, as in the unguided DDIM), then ``ddim_step`` with
-      ``prediction="eps"`` recomputes x0_hat (clipped as ``clip`` says) and the step.
+      ``prediction="eps"`` recomputes x0_hat (clipped as ``clip`` says) and the step (with
+      ``ddim_eps="network"`` the guided eps is kept after the clipping);
+    - DPM-Solver++ (``"dpmpp-2m"``, ``"dpmpp-2m-sde"``): eps moved as for DDIM (G4), then the
+      solver's step with ``prediction="eps"`` (x0_hat from the guided eps).
 
     Parameters
     ----------
@@ -112,17 +141,29 @@ def classifier_guided_step(schedule: Schedule, model_output: Any, x: Any, i: Any
     i : int or int array (B,), the respaced index (``noise`` unused where the step adds none)
     """
     c = x.shape[1]
+    if sampler in MULTISTEP:
+        eps = predict_eps(schedule, model_output[:, :c, ...], x, i, prediction=prediction)
+        eps = classifier_guidance_eps(schedule, eps, i, grad, scale=scale)
+        return _multistep(schedule, sampler, eps, x, i, x0_prev, noise, start=start, prediction="eps", clip=clip,
+                          threshold=threshold, solver_type=solver_type)
     if sampler == "ddim":
         eps = predict_eps(schedule, model_output[:, :c, ...], x, i, prediction=prediction)
         eps = classifier_guidance_eps(schedule, eps, i, grad, scale=scale)
         return ddim_step(schedule, eps, x, i, i - 1, noise if eta > 0 else None, eta=eta,
-                         prediction="eps", clip=clip, threshold=threshold)
+                         prediction="eps", clip=clip, threshold=threshold, ddim_eps=ddim_eps)
     pmv = p_mean_variance(schedule, model_output, x, i, prediction=prediction,
                           variance=variance, clip=clip, threshold=threshold)
     mean = classifier_guidance_mean(pmv.mean, pmv.variance, grad, scale=scale)
     if variance in LEARNED_VARIANCES:
         mean = namespace(x).concat([mean, model_output[:, c:, ...]], axis=1)
     return ddpm_step(schedule, mean, x, i, noise, prediction="mean", variance=variance)
+
+
+def _multistep(schedule: Schedule, sampler: str, pred: Any, x: Any, i: Any, x0_prev: Any, noise: Any,
+               **kw: Any) -> StepResult:
+    if sampler == "dpmpp-2m":
+        return dpmpp_2m_step(schedule, pred, x, i, x0_prev, **kw)
+    return dpmpp_2m_sde_step(schedule, pred, x, i, x0_prev, noise, **kw)
 
 
 def sample_loop(
@@ -140,6 +181,8 @@ def sample_loop(
     start: int | None = None,
     classifier_grad: Callable[[Any, Any], Any] | None = None,
     classifier_scale: float = 0.0,
+    ddim_eps: str = DEFAULT_DDIM_EPS,
+    solver_type: str = "midpoint",
 ) -> Iterator[SampleStep]:
     """Run the reverse chain from ``x_T``, yielding every step (progressive generation).
 
@@ -163,21 +206,22 @@ def sample_loop(
     start = T - 1 if start is None else start
     if not 0 <= start < T:
         raise ValueError(f"start must lie in [0, {T}), got start={start}")
-    if sampler == "ddim" and variance in LEARNED_VARIANCES:
-        variance = "fixed_small"  # DDIM ignores the variance head (reverse_step splits it off)
-    needs_noise = sampler == "ddpm" or eta > 0
-    if needs_noise and noise_fn is None and start > 0:
+    if sampler != "ddpm" and variance in LEARNED_VARIANCES:
+        variance = "fixed_small"  # only the ancestral step reads the variance head (reverse_step splits it off)
+    noisy = needs_noise(sampler, eta)
+    if noisy and noise_fn is None and start > 0:
         raise ValueError(f"noise_fn is required for sampler={sampler!r} with eta={eta}")
     kw = {"sampler": sampler, "eta": eta, "prediction": prediction, "variance": variance, "clip": clip,
-          "threshold": threshold, "classifier_scale": classifier_scale}
-    return _loop(schedule, model, x_T, noise_fn, kw, start, needs_noise, classifier_grad)
+          "threshold": threshold, "classifier_scale": classifier_scale, "ddim_eps": ddim_eps,
+          "solver_type": solver_type, "start": start}
+    return _loop(schedule, model, x_T, noise_fn, kw, start, noisy, classifier_grad)
 
 
 def _loop(schedule, model, x, noise_fn, kw, start, needs_noise, classifier_grad):
     xp = namespace(x)
     dev = device_of(x)
     t_dtype = index_dtype(xp, dev)
-    zeros = None
+    zeros = x0_prev = None
     for i in range(start, -1, -1):
         t_model = xp.full((x.shape[0],), int(schedule.timesteps[i]), dtype=t_dtype, device=dev)
         out = model(x, t_model)
@@ -189,8 +233,8 @@ def _loop(schedule, model, x, noise_fn, kw, start, needs_noise, classifier_grad)
         else:
             noise = zeros = xp.zeros_like(x) if zeros is None else zeros
         grad = None if classifier_grad is None else classifier_grad(x, t_model)
-        step = reverse_step(schedule, out, x, i, noise, grad=grad, **kw)
-        x = step.x_prev
+        step = reverse_step(schedule, out, x, i, noise, grad=grad, x0_prev=x0_prev, **kw)
+        x, x0_prev = step.x_prev, step.x0_hat
         yield SampleStep(i, x, step.x0_hat)
 
 

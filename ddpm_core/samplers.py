@@ -46,9 +46,21 @@ from ddpm_core.parameterization import (
 )
 from ddpm_core.schedules import Schedule
 
-__all__ = ["SAMPLERS", "StepResult", "SampleStep", "ddpm_step", "ddim_step"]
+__all__ = ["DDIM_EPS", "DEFAULT_DDIM_EPS", "MULTISTEP", "SAMPLERS", "StepResult", "needs_noise", "SampleStep",
+           "ddpm_step", "ddim_step"]
 
-SAMPLERS = ("ddpm", "ddim")  # the sampler names, everywhere (ddpm_core.reverse.reverse_step)
+# the sampler names, everywhere (ddpm_core.reverse.reverse_step)
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
+MULTISTEP = ("dpmpp-2m", "dpmpp-2m-sde")  # the samplers whose step reads the previous x0_hat
+# DDIM's eps once x0_hat is clipped: re-derived from the clipped x0_hat (improved-diffusion),
+# or the network's own (diffusers' use_clipped_model_output=False)
+DDIM_EPS = ("clipped", "network")
+DEFAULT_DDIM_EPS = "clipped"
+
+
+def needs_noise(sampler: str, eta: float = 0.0) -> bool:
+    """True when the steps of ``sampler`` draw noise (ancestral, SDE, DDIM with eta > 0)."""
+    return sampler in ("ddpm", "dpmpp-2m-sde") or (sampler == "ddim" and eta > 0)
 
 
 class StepResult(NamedTuple):
@@ -167,6 +179,7 @@ def ddim_step(
     prediction: str = "eps",
     clip: Any = None,
     threshold: float | None = None,
+    ddim_eps: str = DEFAULT_DDIM_EPS,
 ) -> StepResult:
     """One DDIM step from index ``t`` to the earlier index ``t_prev`` (-1: to x_0).
 
@@ -181,8 +194,14 @@ def ddim_step(
     t : int or int array (B,) in [0, T); t_prev : int or int array (B,) in [-1, T)
     noise : (B, C, ...) or None
     eta : float in [0, 1]
+    ddim_eps : {"clipped", "network"}
+        Where ``clip`` or ``threshold`` changes x0_hat, the eps of the step: re-derived from
+        the clipped x0_hat (``"clipped"``: x_s lies on the line through the clipped x0_hat
+        and x_t, as in improved-diffusion) or the network's own (``"network"``, diffusers'
+        ``use_clipped_model_output=False``). Without clipping the two are the same step.
     """
     check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("ddim_eps", ddim_eps, DDIM_EPS)
     check_batch("x_t", x_t)
     check_same_shape("x_t", x_t, "model_output", model_output)
     _check_zero_snr(schedule, prediction)
@@ -202,7 +221,7 @@ def ddim_step(
     xp = namespace(x_t)
     after = t_prev + 1  # the index of t_prev in the tables of Schedule.prev_coefs
     step = _ddim_step(schedule, model_output, x_t, t, after, noise, eta, prediction, clip,
-                      threshold, xp)
+                      threshold, xp, ddim_eps)
     _check_order(schedule, t, t_prev, after, xp)  # after the gathers: their errors come first
     return step
 
@@ -232,13 +251,15 @@ _PREV_ROOTS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
 _PREV_TABLES = _PREV_ROOTS + ("alphas_cumprod",)
 
 
-def _ddim_step(schedule, pred, x_t, t, after, noise, eta, prediction, clip, threshold, xp):
+def _ddim_step(schedule, pred, x_t, t, after, noise, eta, prediction, clip, threshold, xp,
+               ddim_eps=DEFAULT_DDIM_EPS):
     """``ddim_step`` without validation; ``after`` = t_prev + 1 (see ``Schedule.prev_coefs``)."""
     x = upcast(x_t, xp)
     x0, eps = _x0_eps(schedule, upcast(pred, xp), x, t, prediction, xp)
     if clip is not None or threshold is not None:
         x0 = _clip_x0(x0, clip, threshold, xp)
-        eps = _eps_from_x0(schedule, x0, x, t, xp)
+        if ddim_eps == "clipped":
+            eps = _eps_from_x0(schedule, x0, x, t, xp)
     if eta > 0:
         root_prev, _, abar_prev = schedule.prev_coefs(_PREV_TABLES, after, x, xp)
         abar = schedule.coefs(("alphas_cumprod",), t, x, xp)[0]

@@ -49,6 +49,24 @@ class TableLookups:
     schedule's ``_cache`` dict.
     """
 
+    def add_tables(self, tables: dict[str, np.ndarray]) -> None:
+        """Register further float64 tables (T,) of this schedule under their names, read by
+        :meth:`coefs` like the schedule's own (e.g. a sampler's per-step coefficients,
+        ``ddpm_core.dpm_solver``); registered once, never replaced."""
+        derived = self._cache.setdefault("derived", {})  # type: ignore[attr-defined]
+        for name, values in tables.items():
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (self.num_timesteps,):  # type: ignore[attr-defined]
+                raise ValueError(f"table {name!r} must have shape ({self.num_timesteps},), "  # type: ignore[attr-defined]
+                                 f"got {values.shape}")
+            values.setflags(write=False)
+            derived.setdefault(name, values)
+
+    def has_tables(self, *names: str) -> bool:
+        """True when every table of ``names`` was registered with :meth:`add_tables`."""
+        derived = self._cache.get("derived", {})  # type: ignore[attr-defined]
+        return all(n in derived for n in names)
+
     def table(self, name: str, *, xp: Any, device: Any = None, dtype: Any = None) -> Any:
         """Table ``name`` as an array of namespace ``xp`` (cached per device and dtype).
 
@@ -163,14 +181,22 @@ class TablesAt:
 _AT_X0 = {"alphas_cumprod": 1.0, "sqrt_alphas_cumprod": 1.0, "sqrt_one_minus_alphas_cumprod": 0.0}
 
 
+def _array(schedule: TableLookups, name: str) -> np.ndarray:
+    """The float64 table ``name``: the schedule's own, or one registered with ``add_tables``."""
+    derived = schedule._cache.get("derived")  # type: ignore[attr-defined]
+    if derived is not None and name in derived:
+        return derived[name]
+    return getattr(schedule, name)
+
+
 def _signed(schedule: TableLookups, name: str) -> np.ndarray:
     """Table ``name``, or its negation for ``-name``."""
-    return -getattr(schedule, name[1:]) if name[0] == "-" else getattr(schedule, name)
+    return -_array(schedule, name[1:]) if name[0] == "-" else _array(schedule, name)
 
 
 def _scalar(schedule: TableLookups, name: str, t: int) -> float:
     """Entry ``t`` of table ``name`` (or ``-name``) as a Python float."""
-    return -float(getattr(schedule, name[1:])[t]) if name[0] == "-" else float(getattr(schedule, name)[t])
+    return -float(_array(schedule, name[1:])[t]) if name[0] == "-" else float(_array(schedule, name)[t])
 
 
 def _convert(table: np.ndarray, xp: Any, device: Any, dtype: Any) -> Any:

@@ -442,8 +442,10 @@ def test_chain_schedule_keeps_each_samplers_steps_and_a_given_spacing():
             got = chain_schedule(s, sampler, 7, spacing)
             np.testing.assert_array_equal(got.timesteps, space_timesteps(100, 7, timestep_spacing=spacing))
             # abar re-derived through the respaced betas: equal to float64 rounding
-            np.testing.assert_allclose(got.alphas_cumprod, s.alphas_cumprod[got.timesteps], rtol=8 * np.finfo(float).eps)
-    with pytest.raises(ValueError, match="spacing must be one of 'linspace', 'leading', 'trailing'; got spacing='karras'"):
+            np.testing.assert_allclose(got.alphas_cumprod, s.alphas_cumprod[got.timesteps],
+                                       rtol=8 * np.finfo(float).eps)
+    allowed = "spacing must be one of 'linspace', 'leading', 'trailing'; got spacing='karras'"
+    with pytest.raises(ValueError, match=allowed):
         chain_schedule(s, "ddim", 7, "karras")
     with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 100\]; got 0"):
         chain_schedule(s, "ddim", 0, "linspace")

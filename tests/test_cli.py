@@ -94,6 +94,11 @@ def test_end_to_end_on_tiny(tmp_path, capsys):
         trailing = np.load(tmp_path / "t.npz")["images"]
         np.testing.assert_array_equal(trailing, api.sample(run, n=6, sampler="ddim", steps=5, spacing="trailing"))
         assert not np.array_equal(trailing, images)  # another chain: steps 199..999 against 0..800
+        for sampler in ("dpmpp-2m", "dpmpp-2m-sde"):
+            assert cli.main(["sample", "--run", str(run), "--n", "3", "--sampler", sampler, "--steps", "4",
+                             "--out", str(tmp_path / f"{sampler}.png")]) == 0
+            got = np.load(tmp_path / f"{sampler}.npz")["images"]
+            np.testing.assert_array_equal(got, api.sample(run, n=3, sampler=sampler, steps=4))
         assert cli.main(["progressive", "--run", str(run), "--n", "2", "--frames", "3",
                          "--sampler", "ddim", "--steps", "6",
                          "--out", str(tmp_path / "p.png")]) == 0

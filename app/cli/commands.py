@@ -124,9 +124,9 @@ def _with_labels(arrays: dict[str, np.ndarray], labels: np.ndarray | None
 
 
 def chain_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The chain options of a sampling subcommand (--sampler, --steps, --spacing, --eta where
-    it has one) as the driver's keywords."""
-    kw = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
+    """The chain options of a sampling subcommand (--sampler, --steps, --spacing, --ddim-eps,
+    --eta where it has one) as the driver's keywords."""
+    kw = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "ddim_eps": args.ddim_eps}
     return {**kw, "eta": args.eta} if hasattr(args, "eta") else kw
 
 

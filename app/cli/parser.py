@@ -16,7 +16,7 @@ from ddpm_core.app.run.options import (
     VARIANCES,
 )
 from ddpm_core.respacing import SPACINGS
-from ddpm_core.samplers import SAMPLERS
+from ddpm_core.samplers import DDIM_EPS, DEFAULT_DDIM_EPS, SAMPLERS
 
 __all__ = ["build_parser", "float_in", "int_at_least"]
 
@@ -102,6 +102,8 @@ def _add_chain_options(p: argparse.ArgumentParser, *, eta: bool) -> None:
                    help="sampling steps, the network calls (ddpm: respaced chain; ddim: default 50)")
     p.add_argument("--spacing", choices=SPACINGS,
                    help="which steps a shorter chain keeps (default: the sampler's own; see docs)")
+    p.add_argument("--ddim-eps", choices=DDIM_EPS,
+                   help=f"DDIM's eps once x0_hat is clipped (default {DEFAULT_DDIM_EPS})")
     if eta:
         p.add_argument("--eta", type=float_in(0.0, 1.0, low_open=False), default=0.0)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ddpm_core.checks import check_choice, check_int
 from ddpm_core.respacing import SPACINGS
-from ddpm_core.samplers import SAMPLERS
+from ddpm_core.samplers import MULTISTEP, SAMPLERS
 
 if TYPE_CHECKING:
     from ddpm_core.schedules import Schedule
@@ -25,7 +25,10 @@ def chain_schedule(schedule: Schedule, sampler: str, steps: int | None, spacing:
 
     Without ``spacing`` each sampler keeps its own steps: ``ddpm`` the full chain, or
     ``steps`` evenly spaced steps (improved DDPM respacing); ``ddim`` ``steps`` steps
-    (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``). With ``spacing`` (one of
+    (default ``min(50, T)``) with DDIM's stride (``"ddim{steps}"``); ``dpmpp-2m`` and
+    ``dpmpp-2m-sde`` ``steps`` steps (default ``min(20, T)``) at diffusers'
+    ``DPMSolverMultistepScheduler`` default, round(linspace(0, T - 1, steps + 1))[1:] (the
+    last step then goes to sigma = 0 from about T / steps). With ``spacing`` (one of
     ``ddpm_core.respacing.SPACINGS``, diffusers' ``timestep_spacing``) the chain keeps the
     ``steps`` steps that spacing places (``Schedule.respace(steps, timestep_spacing=spacing)``).
     """
@@ -36,6 +39,11 @@ def chain_schedule(schedule: Schedule, sampler: str, steps: int | None, spacing:
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
                               or not 1 <= steps <= T):
         raise ValueError(f"steps must be an integer in [1, {T}]; got {steps!r}")
+    if sampler in MULTISTEP:
+        steps = steps or min(20, T)
+        if spacing is None:
+            return schedule.respace(np.round(np.linspace(0, T - 1, steps + 1))[1:].astype(np.int64))
+        return schedule.respace(steps, timestep_spacing=spacing)
     if sampler == "ddim":
         steps = steps or min(50, T)
         return schedule.respace(f"ddim{steps}" if spacing is None else steps, timestep_spacing=spacing or "linspace")

@@ -30,7 +30,9 @@ from ddpm_core.app.sampling.chains import (
 )
 from ddpm_core.app.sampling.protocol import ChainSpec, GuideSpec, SampleBackend
 from ddpm_core.app.sampling.requests import guided_request, interpolation_guidance
+from ddpm_core.checks import check_choice
 from ddpm_core.reverse import mix_latents
+from ddpm_core.samplers import DDIM_EPS, DEFAULT_DDIM_EPS
 from ddpm_core.schedules import Schedule
 
 __all__ = ["GuideRequest", "chain_spec", "draw_chain", "interpolate",
@@ -63,10 +65,13 @@ def load_run(backend: SampleBackend, run_dir: str | os.PathLike, *, use_ema: boo
 
 
 def chain_spec(schedule: Schedule, info: dict[str, Any], sampler: str = "ddpm", steps: int | None = None,
-               eta: float = 0.0, spacing: str | None = None) -> ChainSpec:
-    """The chain of a run (its prediction, variance and clipping) for a sampler request."""
+               eta: float = 0.0, spacing: str | None = None, ddim_eps: str | None = None) -> ChainSpec:
+    """The chain of a run (its prediction, variance and clipping) for a sampler request;
+    ``ddim_eps`` None is the core's default (``ddpm_core.samplers.DEFAULT_DDIM_EPS``)."""
+    ddim_eps = DEFAULT_DDIM_EPS if ddim_eps is None else ddim_eps
+    check_choice("ddim_eps", ddim_eps, DDIM_EPS)
     return ChainSpec(chain_schedule(schedule, sampler, steps, spacing), sampler, check_eta(eta), info["prediction"],
-                     info["variance"], info.get("clip", True))
+                     info["variance"], info.get("clip", True), ddim_eps)
 
 
 def run_guide(backend: SampleBackend, network: Any, info: dict[str, Any], n: int, classes: Any = None, *,
@@ -119,8 +124,8 @@ def _request(backend: SampleBackend, run_dir: str | os.PathLike, n: int, chain_k
 
 
 def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sampler: str = "ddpm",
-           steps: int | None = None, eta: float = 0.0, spacing: str | None = None, seed: int = 0,
-           batch_size: int | None = None,
+           steps: int | None = None, eta: float = 0.0, spacing: str | None = None, ddim_eps: str | None = None,
+           seed: int = 0, batch_size: int | None = None,
            use_ema: bool = True, device: str = "auto", compile: bool = False, classes: Any = None,
            guidance: float | None = None, guidance_rescale: float | None = None,
            classifier: str | os.PathLike | None = None, classifier_scale: float | None = None) -> np.ndarray:
@@ -129,7 +134,8 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
     ``sampler="ddpm"`` runs Algorithm 2 on the full chain (or ``steps`` respaced steps);
     ``"ddim"`` runs DDIM on ``steps`` steps (default 50) with ``eta``; ``spacing`` (one of
     ``ddpm_core.respacing.SPACINGS``) picks which steps a shorter chain keeps
-    (:func:`~ddpm_core.app.sampling.chains.chain_schedule`). Sample j's noise
+    (:func:`~ddpm_core.app.sampling.chains.chain_schedule`); ``ddim_eps`` DDIM's eps once
+    x0_hat is clipped (``"clipped"`` or ``"network"``, ``ddpm_core.ddim_step``). Sample j's noise
     depends only on ``(seed, j)``, so the images do not depend on ``batch_size``.
     ``compile`` compiles the PyTorch model call on CUDA (the JAX chain is always one
     compiled ``lax.scan``).
@@ -143,7 +149,7 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
     """
     guide_kw = {"classes": classes, "guidance": guidance, "guidance_rescale": guidance_rescale,
                 "classifier": classifier, "classifier_scale": classifier_scale}
-    chain_kw = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
+    chain_kw = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing, "ddim_eps": ddim_eps}
     chain, count, guide = _request(backend, run_dir, n, chain_kw, use_ema, device, compile, guide_kw)
     x, _ = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,
                       labels=None if guide is None else guide.labels)
@@ -153,7 +159,7 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
 
 def progressive(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, seed: int = 0, frames: int = 10,
                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
-                batch_size: int | None = None,
+                ddim_eps: str | None = None, batch_size: int | None = None,
                 use_ema: bool = True, device: str = "auto", classes: Any = None, guidance: float | None = None,
                 guidance_rescale: float | None = None, classifier: str | os.PathLike | None = None,
                 classifier_scale: float | None = None) -> np.ndarray:
@@ -165,7 +171,7 @@ def progressive(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, s
     """
     guide_kw = {"classes": classes, "guidance": guidance, "guidance_rescale": guidance_rescale,
                 "classifier": classifier, "classifier_scale": classifier_scale}
-    chain_kw = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
+    chain_kw = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing, "ddim_eps": ddim_eps}
     chain, count, guide = _request(backend, run_dir, n, chain_kw, use_ema, device, False, guide_kw)
     keep = progressive_steps(chain.spec.schedule.num_timesteps, frames)
     _, f = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,

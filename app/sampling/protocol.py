@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from ddpm_core.samplers import DEFAULT_DDIM_EPS
 from ddpm_core.schedules import Schedule
 
 __all__ = ["ChainSpec", "GuideSpec", "SampleBackend"]
@@ -31,6 +32,13 @@ class ChainSpec(NamedTuple):
     prediction: str = "eps"
     variance: str = "fixed_small"
     clip: Any = True
+    ddim_eps: str = DEFAULT_DDIM_EPS  # DDIM's eps after clipping x0_hat (ddpm_core.samplers.DDIM_EPS)
+
+    def step_kwargs(self) -> dict[str, Any]:
+        """The keywords of every step of this chain (``ddpm_core.reverse_step`` /
+        ``sample_loop``), the same in every backend's chain."""
+        return {"sampler": self.sampler, "eta": self.eta, "prediction": self.prediction,
+                "variance": self.variance, "clip": self.clip, "ddim_eps": self.ddim_eps}
 
 
 class GuideSpec(NamedTuple):

@@ -1,7 +1,8 @@
 r"""Sampling compiled end to end: the whole reverse chain is one ``jax.lax.scan``.
 
-Each scan step calls the U-Net and then the core's step (``ddpm_core.ddpm_step`` for
-Algorithm 2, ``ddpm_core.ddim_step`` for DDIM); the core is written against the array API,
+Each scan step calls the U-Net and then the core's ``reverse_step`` (the sampler's step:
+Algorithm 2, DDIM, DPM-Solver++; a multistep sampler's previous x0_hat is carried by the
+scan); the core is written against the array API,
 so under ``jax.jit`` its schedule tables become compile-time constants and the chain of K
 steps is a single XLA program with no per-step Python dispatch.
 
@@ -78,20 +79,21 @@ def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
 
-def _one_step(sampler: Sampler, params: Any, x: jax.Array, i: jax.Array, t_model: jax.Array,
-              noise: jax.Array, y: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def _one_step(sampler: Sampler, params: Any, x: jax.Array, x0_prev: jax.Array, start: int, i: jax.Array,
+              t_model: jax.Array, noise: jax.Array, y: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Model call + the core's ``reverse_step`` at step ``i`` (respaced index): ``(x_prev, x0_hat)``.
 
-    With labels ``y`` the model is called as ``model(params, x, t, y)``; with a classifier
-    the step is classifier-guided (the classifier sees the original-chain ``t_model``).
+    ``x0_prev`` is the previous step's x0_hat (a multistep sampler's state; unused at the
+    chain's first step ``start``). With labels ``y`` the model is called as
+    ``model(params, x, t, y)``; with a classifier the step is classifier-guided (the
+    classifier sees the original-chain ``t_model``).
     """
     c, B = sampler.chain, x.shape[0]
     tm = jnp.broadcast_to(t_model, (B,))
     out = (sampler.model(params, x, tm) if y is None else sampler.model(params, x, tm, y)).astype(jnp.float32)
     grad = None if sampler.classifier is None else sampler.classifier(params, x, tm, y)
-    step = reverse_step(c.schedule, out, x, jnp.broadcast_to(i, (B,)), noise, sampler=c.sampler, eta=float(c.eta),
-                        prediction=c.prediction, variance=c.variance, clip=c.clip, grad=grad,
-                        classifier_scale=sampler.classifier_scale)
+    step = reverse_step(c.schedule, out, x, jnp.broadcast_to(i, (B,)), noise, **c.step_kwargs(), grad=grad,
+                        classifier_scale=sampler.classifier_scale, x0_prev=x0_prev, start=start)
     return step.x_prev, step.x0_hat
 
 
@@ -125,8 +127,8 @@ class Sampler:
         self.model, self.chain, self.shape = model, chain, tuple(int(s) for s in shape)
         self.classifier, self.classifier_scale = classifier, float(classifier_scale)
         self.num_steps = chain.schedule.num_timesteps
-        self._scan = jax.jit(self._chain, static_argnames=("num_frames",))
-        self._step = jax.jit(self._loop_step)
+        self._scan = jax.jit(self._chain, static_argnames=("num_frames", "start"))
+        self._step = jax.jit(self._loop_step, static_argnames=("start",))
 
     # ------------------------------------------------------------------ tables
 
@@ -135,31 +137,33 @@ class Sampler:
         idx = np.arange(start, -1, -1, dtype=np.int32)
         return idx, self.chain.schedule.timesteps[idx].astype(np.int32)
 
-    def _loop_step(self, params: Any, x: jax.Array, keys: jax.Array, s: jax.Array,
-                   i: jax.Array, t_model: jax.Array, y: jax.Array | None) -> jax.Array:
+    def _loop_step(self, params: Any, x: jax.Array, x0: jax.Array, keys: jax.Array, s: jax.Array,
+                   i: jax.Array, t_model: jax.Array, y: jax.Array | None, start: int) -> tuple[jax.Array, jax.Array]:
         """One step of :meth:`run_loop`: noise of column ``s`` of ``keys``, model, update."""
         noise = _normal(jax.lax.dynamic_index_in_dim(keys, s, 1, keepdims=False), self.shape)
-        return _one_step(self, params, x, i, t_model, noise, y)[0]
+        return _one_step(self, params, x, x0, start, i, t_model, noise, y)
 
     # ------------------------------------------------------------------ compiled chain
 
     def _chain(self, params: Any, x: jax.Array, keys: jax.Array, idx: jax.Array,
-               t_model: jax.Array, slots: jax.Array, y: jax.Array | None, num_frames: int
+               t_model: jax.Array, slots: jax.Array, y: jax.Array | None, num_frames: int, start: int
                ) -> tuple[jax.Array, jax.Array]:
-        """``lax.scan`` over the steps; keys (S, B), idx/t_model/slots (S,), labels y (B,)."""
+        """``lax.scan`` over the steps; keys (S, B), idx/t_model/slots (S,), labels y (B,).
+        The carry holds x, the previous step's x0_hat (a multistep sampler's state) and the
+        kept frames."""
         frames = jnp.zeros((max(num_frames, 1), *x.shape), jnp.float32)
 
-        def body(carry: tuple[jax.Array, jax.Array], xs: Any) -> tuple[Any, None]:
-            x, frames = carry
+        def body(carry: tuple[jax.Array, jax.Array, jax.Array], xs: Any) -> tuple[Any, None]:
+            x, x0_prev, frames = carry
             k, i, tm, slot = xs
-            x_prev, x0 = _one_step(self, params, x, i, tm, _normal(k, self.shape), y)
+            x_prev, x0 = _one_step(self, params, x, x0_prev, start, i, tm, _normal(k, self.shape), y)
             if num_frames:
                 at = jnp.maximum(slot, 0)
                 kept = jnp.where(slot >= 0, x0, frames[at])
                 frames = jax.lax.dynamic_update_index_in_dim(frames, kept, at, 0)
-            return (x_prev, frames), None
+            return (x_prev, x0, frames), None
 
-        (x, frames), _ = jax.lax.scan(body, (x, frames), (keys, idx, t_model, slots))
+        (x, _, frames), _ = jax.lax.scan(body, (x, jnp.zeros_like(x), frames), (keys, idx, t_model, slots))
         return x, frames
 
     def run(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
@@ -185,16 +189,17 @@ class Sampler:
             slots[start - int(s)] = n
         keys = jnp.swapaxes(step_keys[:, : idx.size], 0, 1)
         return self._scan(params, x_init, keys, idx, t_model, slots, _labels(labels),
-                          num_frames=len(frame_steps))
+                          num_frames=len(frame_steps), start=start)
 
     def run_loop(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
                  start: int | None = None, labels: Any = None) -> jax.Array:
         """The same chain as :meth:`run` as a Python loop calling a jitted step."""
         start = self.num_steps - 1 if start is None else int(start)
         idx, t_model = self._indices(start)
-        x = x_init
+        x, x0 = x_init, jnp.zeros_like(x_init)
         for s in range(idx.size):
-            x = self._step(params, x, step_keys, np.int32(s), idx[s], t_model[s], _labels(labels))
+            x, x0 = self._step(params, x, x0, step_keys, np.int32(s), idx[s], t_model[s], _labels(labels),
+                               start=start)
         return x
 
     # ------------------------------------------------------------------ images

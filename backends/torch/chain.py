@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core import reverse_step, sample_loop
+from ddpm_core import needs_noise, reverse_step, sample_loop
 from ddpm_core.app.run.integrity import check_finite, verify_file
 from ddpm_core.app.run.rundir import RunPaths
 from ddpm_core.app.sampling.protocol import ChainSpec, GuideSpec
@@ -96,8 +96,9 @@ class StaticChain:
     """The reverse chain as one step on fixed buffers, run K times; optionally a CUDA graph.
 
     The step (model call, then the core's ``reverse_step`` with a tensor step index) reads
-    ``x``, ``i``, ``t_model`` and ``noise`` and writes ``x`` and ``x0``, so a captured graph
-    replays it for every step after the host has refilled ``i``, ``t_model`` and ``noise``.
+    ``x``, ``x0`` (the previous step's x0_hat, a multistep sampler's state), ``i``,
+    ``t_model`` and ``noise`` and writes ``x`` and ``x0``, so a captured graph replays it for
+    every step after the host has refilled ``i``, ``t_model`` and ``noise``.
     Without ``capture`` the same step runs eagerly (the CPU-testable path). Every tensor is
     made and used under ``torch.inference_mode``.
     """
@@ -105,7 +106,7 @@ class StaticChain:
     def __init__(self, fn: Callable[[Any, Any], Any], spec: ChainSpec, shape: tuple[int, ...],
                  device: torch.device, *, capture: bool) -> None:
         self.fn, self.spec, self.sched = fn, spec, spec.schedule
-        self.needs_noise = spec.sampler == "ddpm" or spec.eta > 0
+        self.needs_noise = needs_noise(spec.sampler, spec.eta)
         self.x, self.x0, self.noise = (torch.zeros(shape, device=device) for _ in range(3))
         self.i, self.t_model = (torch.zeros(shape[0], dtype=torch.int64, device=device) for _ in range(2))
         self.graph = self._capture() if capture else None
@@ -116,9 +117,8 @@ class StaticChain:
 
     def step(self) -> None:
         """One denoising step at the index in ``self.i``, in place on ``self.x``."""
-        s = self.spec
         res = reverse_step(self.sched, self.fn(self.x, self.t_model), self.x, self.i, self.noise,
-                           sampler=s.sampler, eta=s.eta, prediction=s.prediction, variance=s.variance, clip=s.clip)
+                           **self.spec.step_kwargs(), x0_prev=self.x0, start=self.sched.num_timesteps - 1)
         self.x0.copy_(res.x0_hat)
         self.x.copy_(res.x_prev)
 
@@ -149,6 +149,7 @@ class StaticChain:
             ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The chain from ``x_T``: the x0_hat of the steps ``keep(i)`` and x_0."""
         self.x.copy_(x_T)
+        self.x0.zero_()  # no previous x0_hat: the first step is first order (start)
         frames = []
         for i in range(self.sched.num_timesteps - 1, -1, -1):
             self._set_step(i)
@@ -205,8 +206,7 @@ class TorchChain:
         call, extra = self._guided(labels)
         s = self.spec
         frames = []
-        for st in sample_loop(s.schedule, call, x, noise, sampler=s.sampler, eta=s.eta, prediction=s.prediction,
-                              variance=s.variance, clip=s.clip, start=start, **extra):
+        for st in sample_loop(s.schedule, call, x, noise, **s.step_kwargs(), start=start, **extra):
             x = st.x
             if st.step in wanted:
                 frames.append(st.x0_hat)

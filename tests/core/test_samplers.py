@@ -134,6 +134,49 @@ def test_ddim_matches_song_et_al_eq_12(xp, dtype, betas, shape, data, eta):
     assert_close(got.x0_hat, x0, **kw)
 
 
+@given(betas=schedule_betas(), shape=batch_shapes(), data=st.data(),
+       prediction=st.sampled_from(["eps", "v"]), ddim_eps=st.sampled_from(["clipped", "network"]))
+def test_ddim_clipping_conventions(xp, dtype, betas, shape, data, prediction, ddim_eps):
+    """x0_hat clipped to [-1, 1]; eps re-derived from it ("clipped", improved-diffusion) or
+    the network's own ("network", diffusers' use_clipped_model_output=False), eq. 12, eta 0."""
+    t, out, x_t, _ = _inputs(data, betas, shape, dtype)
+    out, x_t = 3.0 * out, 3.0 * x_t  # far enough out that the clipping changes x0_hat
+    t_prev = np.asarray([data.draw(st.integers(-1, ti - 1)) for ti in t])
+    ref, n = Ref(betas), len(shape)
+    abar = ref.at("abar", t, n)
+    abar_prev = np.where(np.reshape(t_prev, abar.shape) < 0, 1.0, ref.at("abar", np.maximum(t_prev, 0), n))
+    if prediction == "eps":
+        eps = out
+    else:  # v = sqrt(abar) eps - sqrt(1 - abar) x0, x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+        eps = np.sqrt(abar) * out + np.sqrt(1 - abar) * x_t
+    x0 = np.clip((x_t - np.sqrt(1 - abar) * eps) / np.sqrt(abar), -1.0, 1.0)
+    if ddim_eps == "clipped":
+        eps = (x_t - np.sqrt(abar) * x0) / np.sqrt(1 - abar)
+    expected = np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev) * eps
+    s = Schedule.from_betas(betas)
+    got = ddim_step(s, asarray(out, xp, dtype), asarray(x_t, xp, dtype), as_t(t, xp), as_t(t_prev, xp),
+                    prediction=prediction, clip=True, ddim_eps=ddim_eps)
+    # the re-derived eps divides by sqrt(1 - abar): its rounding grows by 1 / sqrt(1 - abar)
+    grow = float(np.max(1.0 / np.sqrt(1 - abar)))
+    kw = dict(xp=xp, dtype=dtype, scale=_scale(ref, t, eps, x_t, x_t) * grow, factor=table_factor(betas, dtype))
+    assert_close(got.x_prev, expected, **kw)
+    assert_close(got.x0_hat, x0, **kw)
+
+
+def test_ddim_conventions_differ_only_where_clipping_changes_x0(xp):
+    s = Schedule.linear(50, 1e-3, 0.1)
+    rng = np.random.default_rng(3)
+    eps, x_t = asarray(rng.standard_normal((4, 2)), xp), asarray(4.0 * rng.standard_normal((4, 2)), xp)
+    t, t_prev = as_t([49, 30, 10, 1], xp), as_t([40, 20, 0, -1], xp)
+    a, b = (ddim_step(s, eps, x_t, t, t_prev, clip=True, ddim_eps=e) for e in ("clipped", "network"))
+    assert_close(a.x0_hat, to_numpy(b.x0_hat), xp=xp, dtype="float64", factor=0)
+    assert not np.allclose(to_numpy(a.x_prev), to_numpy(b.x_prev))
+    c, d = (ddim_step(s, eps, x_t, t, t_prev, ddim_eps=e) for e in ("clipped", "network"))  # no clip
+    assert_close(c.x_prev, to_numpy(d.x_prev), xp=xp, dtype="float64", factor=0)
+    with pytest.raises(ValueError, match="ddim_eps must be one of 'clipped', 'network'; got ddim_eps='raw'"):
+        ddim_step(s, eps, x_t, t, t_prev, clip=True, ddim_eps="raw")
+
+
 def test_ddim_eta_0_is_deterministic_and_uses_the_parameterisations_x0(xp, dtype):
     s = Schedule.linear(50, 1e-3, 0.1)
     rng = np.random.default_rng(13)

@@ -70,6 +70,8 @@ def _torch_chain(root, run, sampler, steps, g, x_T, keys):
 @pytest.mark.parametrize("run,sampler,g", [
     ("cond", "ddpm", Guidance(np.array([2, 0, 1]), 3.0, 0.5, 2.0)),
     ("uncond", "ddim", Guidance(np.array([1, 1, 0]), 1.0, 0.0, 3.0)),
+    ("cond", "dpmpp-2m", Guidance(np.array([2, 0, 1]), 3.0, 0.5, 2.0)),
+    ("uncond", "dpmpp-2m-sde", Guidance(np.array([1, 1, 0]), 1.0, 0.0, 3.0)),
 ])
 def test_torch_and_jax_sample_the_same_guided_chain(runs, run, sampler, g):
     """Same weights, same noise: the guided chains agree to float32 tolerance."""

@@ -56,7 +56,7 @@ def _sampler(net, sampler="ddpm", steps=None, eta=0.0, variance="fixed_small"):
     return Sampler(lambda p, x, t: net.apply({"params": p}, x, t), chain, SHAPE)
 
 
-@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5)])
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5), ("dpmpp-2m", 0.0), ("dpmpp-2m-sde", 0.0)])
 def test_compiled_chain_equals_python_loop(tiny, ddpm10, sampler, eta):
     net, params = tiny
     s = ddpm10 if sampler == "ddpm" else _sampler(net, sampler, 10, eta)
@@ -66,10 +66,12 @@ def test_compiled_chain_equals_python_loop(tiny, ddpm10, sampler, eta):
     assert np.isfinite(scan).all() and scan.std() > 0.1
 
 
-def test_compiled_chain_equals_core_sample_loop(tiny, ddpm10):
-    """Same keys -> same image as the core's own loop driving the (jitted) model."""
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp-2m", "dpmpp-2m-sde"])
+def test_compiled_chain_equals_core_sample_loop(tiny, ddpm10, sampler):
+    """Same keys -> same image as the core's own loop driving the (jitted) model; the scan
+    carries a multistep sampler's previous x0_hat."""
     net, params = tiny
-    s = ddpm10
+    s = ddpm10 if sampler == "ddpm" else _sampler(net, sampler, 10)
     keys = sample_keys(7, np.arange(2), s.num_steps)
     draw = jax.vmap(lambda k: jax.random.normal(k, SHAPE, jnp.float32))
     x_T = draw(keys[:, 0])
@@ -77,7 +79,7 @@ def test_compiled_chain_equals_core_sample_loop(tiny, ddpm10):
     K = s.num_steps
     ref = None
     for st in sample_loop(s.chain.schedule, model, x_T, lambda i: draw(keys[:, K - i]),
-                          sampler="ddpm", clip=True):
+                          sampler=sampler, clip=True):
         ref = st.x
     x, _ = s.run(params, x_T, keys[:, 1:])
     np.testing.assert_allclose(np.asarray(x), np.asarray(ref), rtol=0, atol=TOL)

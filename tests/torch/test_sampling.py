@@ -122,6 +122,7 @@ def test_sample_seeds_are_distinct_in_their_low_32_bits():
 @pytest.mark.parametrize(("sampler", "steps", "eta", "variance"), [
     ("ddpm", None, 0.0, "fixed_small"), ("ddpm", 10, 0.0, "fixed_large"),
     ("ddpm", None, 0.0, "learned_range"), ("ddim", 8, 0.5, "fixed_small"), ("ddim", 8, 0.0, "learned"),
+    ("dpmpp-2m", 8, 0.0, "fixed_small"), ("dpmpp-2m-sde", 8, 0.0, "learned_range"),
 ])
 def test_static_chain_matches_the_core_loop(sampler, steps, eta, variance):
     """The CUDA-graph step run eagerly on its fixed buffers (tensor step index) gives the core
