@@ -132,6 +132,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from ddpm_core.samplers import SAMPLERS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="runs/guidance")
     p.add_argument("--cond", help="a class-conditional run (classifier-free guidance sweep)")
@@ -140,7 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg-scales", type=_scales, default=_scales("0,1,2,4,8"))
     p.add_argument("--classifier-scales", type=_scales, default=_scales("0,1,2,4,8"))
     p.add_argument("--per-class", type=int, default=50, help="samples per class (N = K x this)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)

@@ -58,6 +58,9 @@ SAMPLERS: dict[str, tuple[str, int | None, float]] = {  # name: (sampler, steps,
     "ddpm100": ("ddpm", 100, 0.0),
     "ddpm250": ("ddpm", 250, 0.0),
     "ddpm1000": ("ddpm", None, 0.0),
+    "dpmpp-2m10": ("dpmpp-2m", 10, 0.0),
+    "dpmpp-2m20": ("dpmpp-2m", 20, 0.0),
+    "dpmpp-2m-sde20": ("dpmpp-2m-sde", 20, 0.0),
 }
 
 
