@@ -4,7 +4,8 @@
 all come from one backend. ``tests/core/test_host_sync.py`` runs each under PyTorch counting
 host reads (there must be none); ``tests/core/test_compile.py`` runs each under ``jax.jit``
 with ``t`` traced. The list covers every prediction and variance type, clipping, DDIM's
-``t_prev = -1`` and eta > 0, the losses and the timestep sampler.
+``t_prev = -1``, eta > 0 and both clipping conventions, both DPM-Solver++ steps, the losses
+and the timestep sampler.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ddpm_core.guidance import classifier_free_guidance, classifier_guidance_eps
 from ddpm_core.losses import loss_weights, training_losses, training_target, vlb_terms
 from ddpm_core.parameterization import p_mean_variance, predict_eps, predict_mean, predict_v, predict_x0
 from ddpm_core.posterior import q_posterior
+from ddpm_core.dpm_solver import dpmpp_2m_sde_step, dpmpp_2m_step
 from ddpm_core.samplers import ddim_step, ddpm_step
 from ddpm_core.schedules import Schedule
 from ddpm_core.timesteps import sample_timesteps, uniform_weights
@@ -76,6 +78,12 @@ def per_step_calls(s: Schedule) -> dict[str, Call]:
         "ddim_step eta=0": lambda a: ddim_step(s, a.out, a.x, a.t, a.t_prev),
         "ddim_step eta=0.5 x0 clip": lambda a: ddim_step(s, a.out, a.x, a.t, a.t_prev, a.noise, eta=0.5,
                                                          prediction="x0", clip=True),
+        "ddim_step clip network eps": lambda a: ddim_step(s, a.out, a.x, a.t, a.t_prev, clip=True,
+                                                          ddim_eps="network"),
+        "dpmpp_2m_step v clip": lambda a: dpmpp_2m_step(s, a.out, a.x, a.t, a.noise, start=s.num_timesteps - 1,
+                                                        prediction="v", clip=True),
+        "dpmpp_2m_step heun t=0": lambda a: dpmpp_2m_step(s, a.out, a.x, a.t0, a.noise, solver_type="heun"),
+        "dpmpp_2m_sde_step": lambda a: dpmpp_2m_sde_step(s, a.out, a.x, a.t, a.x, a.noise, threshold=0.9),
         "training_losses vlb": lambda a: training_losses(s, a.out, a.x, a.noise, a.t, a.noise, loss="vlb"),
         "training_losses hybrid": lambda a: training_losses(s, a.out2, a.x, a.noise, a.t, a.noise,
                                                             loss="hybrid", variance="learned"),
