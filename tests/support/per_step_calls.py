@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ddpm_core.dpm_solver import dpmpp_2m_sde_step, dpmpp_2m_step
 from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
 from ddpm_core.guidance import classifier_free_guidance, classifier_guidance_eps, classifier_guidance_mean
 from ddpm_core.losses import loss_weights, training_losses, training_target, vlb_terms
 from ddpm_core.parameterization import p_mean_variance, predict_eps, predict_mean, predict_v, predict_x0
 from ddpm_core.posterior import q_posterior
-from ddpm_core.dpm_solver import dpmpp_2m_sde_step, dpmpp_2m_step
 from ddpm_core.samplers import ddim_step, ddpm_step
 from ddpm_core.schedules import Schedule
 from ddpm_core.timesteps import sample_timesteps, uniform_weights
