@@ -33,7 +33,7 @@ from ddpm_core.samplers import (
     SampleStep,
     StepResult,
     _check_step,
-    ddim_step,
+    _ddim_back,
     ddpm_step,
     needs_noise,
 )
@@ -108,8 +108,8 @@ def reverse_step(
     if sampler == "ddpm":
         return ddpm_step(schedule, model_output, x_t, i, noise, prediction=prediction, variance=variance,
                          clip=clip, threshold=threshold)
-    return ddim_step(schedule, prediction_part(model_output, x_t), x_t, i, i - 1, noise if eta > 0 else None,
-                     eta=eta, prediction=prediction, clip=clip, threshold=threshold, ddim_eps=ddim_eps)
+    return _ddim_back(schedule, prediction_part(model_output, x_t), x_t, i, noise if eta > 0 else None,
+                      eta=eta, prediction=prediction, clip=clip, threshold=threshold, ddim_eps=ddim_eps)
 
 
 def classifier_guided_step(schedule: Schedule, model_output: Any, x: Any, i: Any, noise: Any,
@@ -149,8 +149,8 @@ def classifier_guided_step(schedule: Schedule, model_output: Any, x: Any, i: Any
     if sampler == "ddim":
         eps = predict_eps(schedule, model_output[:, :c, ...], x, i, prediction=prediction)
         eps = classifier_guidance_eps(schedule, eps, i, grad, scale=scale)
-        return ddim_step(schedule, eps, x, i, i - 1, noise if eta > 0 else None, eta=eta,
-                         prediction="eps", clip=clip, threshold=threshold, ddim_eps=ddim_eps)
+        return _ddim_back(schedule, eps, x, i, noise if eta > 0 else None, eta=eta,
+                          prediction="eps", clip=clip, threshold=threshold, ddim_eps=ddim_eps)
     pmv = p_mean_variance(schedule, model_output, x, i, prediction=prediction,
                           variance=variance, clip=clip, threshold=threshold)
     mean = classifier_guidance_mean(pmv.mean, pmv.variance, grad, scale=scale)

@@ -200,17 +200,7 @@ def ddim_step(
         and x_t, as in improved-diffusion) or the network's own (``"network"``, diffusers'
         ``use_clipped_model_output=False``). Without clipping the two are the same step.
     """
-    check_choice("prediction", prediction, PREDICTIONS)
-    check_choice("ddim_eps", ddim_eps, DDIM_EPS)
-    check_batch("x_t", x_t)
-    check_same_shape("x_t", x_t, "model_output", model_output)
-    _check_zero_snr(schedule, prediction)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got eta={eta}")
-    if eta > 0:
-        if noise is None:
-            raise ValueError(f"noise is required when eta > 0 (got eta={eta}, noise=None)")
-        check_same_shape("x_t", x_t, "noise", noise)
+    _check_ddim(schedule, model_output, x_t, noise, eta, prediction, ddim_eps)
     T = schedule.num_timesteps
     # Both are gathered (t_prev from tables with index -1 prepended): see as_timesteps.
     t = as_timesteps(t, x_t, T, scalar_ok=True, gathered=True)
@@ -224,6 +214,33 @@ def ddim_step(
                       threshold, xp, ddim_eps)
     _check_order(schedule, t, t_prev, after, xp)  # after the gathers: their errors come first
     return step
+
+
+def _ddim_back(schedule: Schedule, model_output: Any, x_t: Any, i: Any, noise: Any = None, *,
+               eta: float = 0.0, prediction: str = "eps", clip: Any = None, threshold: float | None = None,
+               ddim_eps: str = DEFAULT_DDIM_EPS) -> StepResult:
+    """``ddim_step(schedule, model_output, x_t, i, i - 1, ...)``: one step of a chain, with
+    the same checks but none of the order (i - 1 < i holds), so with no ops beyond the step's
+    own (``ddpm_core.reverse_step``'s DDIM step)."""
+    _check_ddim(schedule, model_output, x_t, noise, eta, prediction, ddim_eps)
+    t = as_timesteps(i, x_t, schedule.num_timesteps, scalar_ok=True, gathered=True)
+    return _ddim_step(schedule, model_output, x_t, t, t, noise, eta, prediction, clip, threshold,
+                      namespace(x_t), ddim_eps)
+
+
+def _check_ddim(schedule: Schedule, model_output: Any, x_t: Any, noise: Any, eta: float,
+                prediction: str, ddim_eps: str) -> None:
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("ddim_eps", ddim_eps, DDIM_EPS)
+    check_batch("x_t", x_t)
+    check_same_shape("x_t", x_t, "model_output", model_output)
+    _check_zero_snr(schedule, prediction)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got eta={eta}")
+    if eta > 0:
+        if noise is None:
+            raise ValueError(f"noise is required when eta > 0 (got eta={eta}, noise=None)")
+        check_same_shape("x_t", x_t, "noise", noise)
 
 
 def _check_order(schedule: Schedule, t: Any, t_prev: Any, after: Any, xp: Any) -> None:
