@@ -14,6 +14,10 @@ Where diffusers is installed, its ``UNet2DModel`` built with the paper's CIFAR10
 configuration is timed against our cifar10 U-Net in the same minimal loop (q_sample, MSE on
 eps, backward, Adam), same batch, precision and device.
 
+Last, the host work of one cifar10 step at batch 128 outside the device step (the shared
+loop's batch, flips, timesteps and learning rate; :func:`host_work_ms`): with the training
+set on the device (CUDA) and with its rows gathered on the host, against a NumPy floor.
+
     python benchmarks/bench_train.py [--presets tiny,mnist,cifar10] [--backends torch,jax]
                                      [--batch N] [--steps 6] [--warmup 2] [--json out.json]
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -160,6 +165,44 @@ def _minimal_loop_images_per_s(net: Any, call: Any, batch: int, steps: int, devi
     return batch / statistics.median(times)
 
 
+def host_work_ms(preset: str = "cifar10", batch: int = 128, n: int = 50_000, reps: int = 200
+                 ) -> dict[str, float]:
+    """Median milliseconds of one step's host work outside the device step, for ``preset``'s
+    image shape with ``n`` training images (CIFAR-10: 50,000) at ``batch``.
+
+    ``gathered``: the shared loop's ``host_batch`` (rows, flips, timesteps and weights from
+    the ``(seed, step)`` streams, the rows gathered and flipped on the host) plus the
+    learning rate of the step; ``held``: the same with the rows left to the device
+    (``TorchTrainer.hold_data``, the CUDA default: only indices and flips are made); and
+    ``floor``: a hand-written floor, NumPy's draw of ``batch`` random rows and timesteps.
+    """
+    from ddpm_core.app.training.batches import host_batch
+    from ddpm_core.app.training.protocol import lr_at
+    from ddpm_core.models import get_preset
+
+    p = get_preset(preset)
+    c, tc = p.unet, p.train
+    data = np.random.default_rng(0).integers(0, 256, (n, c.image_size, c.image_size, c.in_channels),
+                                              dtype=np.uint8)
+    tc = dataclasses.replace(tc, batch_size=batch)
+    rng = np.random.default_rng(1)
+
+    def timed(fn: Any) -> float:
+        fn(0)
+        times = []
+        for step in range(1, reps + 1):
+            t0 = time.perf_counter()
+            fn(step)
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+
+    def loop(gather: bool) -> Any:
+        return lambda step: (host_batch(data, 0, step, tc, None, gather=gather), lr_at(tc, step))
+
+    return {"gathered": timed(loop(True)), "held": timed(loop(False)),
+            "floor": timed(lambda step: (data[rng.integers(0, n, batch)], rng.integers(0, 1000, batch)))}
+
+
 def _batch(args: argparse.Namespace, preset: str, device: str, flops: float, ceiling: float) -> int:
     """--batch, else the preset's batch size, on a CPU capped to --step-budget s per step."""
     from ddpm_core.models import get_preset
@@ -214,6 +257,10 @@ def main() -> None:
                   f"({cmp['ours_params']:,} parameters), diffusers UNet2DModel "
                   f"{cmp['diffusers']:.1f} images/s ({cmp['diffusers_params']:,} parameters): "
                   f"ours/diffusers {cmp['ours'] / cmp['diffusers']:.2f}x")
+    host = raw["host_work_ms"] = host_work_ms()
+    print(f"\nhost work per cifar10 step at batch 128 (50,000 images): {host['gathered']:.3f} ms with the "
+          f"rows gathered on the host, {host['held']:.3f} ms with the training set on the device "
+          f"(the CUDA default), floor {host['floor']:.3f} ms (NumPy's draw of the rows and t)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(raw, f, indent=1)

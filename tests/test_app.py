@@ -3,6 +3,7 @@ images (NumPy only), and the ddpm_core.runs compatibility names."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from ddpm_testing import load_benchmark
 
 from ddpm_core import runs
 from ddpm_core.app.run import atomic, images, options, rundir
@@ -449,3 +451,28 @@ def test_chain_schedule_keeps_each_samplers_steps_and_a_given_spacing():
         chain_schedule(s, "ddim", 7, "karras")
     with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 100\]; got 0"):
         chain_schedule(s, "ddim", 0, "linspace")
+
+
+def test_a_batch_without_images_carries_the_rows_and_flips_of_the_gathered_one():
+    from ddpm_core.app.training import batches
+
+    train = options.resolve_options(TrainOptions(preset="tiny", out="x", random_flip=True))[2]
+    data = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(50, dtype=np.int64) % 10
+    for step in range(4):
+        full = batches.host_batch(data, 3, step, train, None, labels=labels, num_classes=10)
+        bare = batches.host_batch(data, 3, step, train, None, labels=labels, num_classes=10, gather=False)
+        assert bare.images is None and bare.flips is not None
+        rows = data[bare.indices]
+        want = np.where(bare.flips[:, None, None, None], rows[:, :, ::-1], rows)
+        np.testing.assert_array_equal(full.images, want)
+        for name in ("t", "weights", "t_global", "labels", "indices", "flips"):
+            np.testing.assert_array_equal(getattr(full, name), getattr(bare, name))
+    assert batches.host_batch(data, 3, 0, dataclasses.replace(train, random_flip=False), None).flips is None
+
+
+def test_bench_train_times_the_host_work_of_both_data_paths():
+    bench = load_benchmark("bench_train")
+    ms = bench.host_work_ms("tiny", batch=16, n=100, reps=3)
+    assert set(ms) == {"gathered", "held", "floor"}
+    assert all(np.isfinite(v) and v > 0 for v in ms.values())

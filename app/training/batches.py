@@ -31,21 +31,22 @@ def loss_weight_table(schedule: Any, train: Any) -> np.ndarray | None:
 def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.ndarray | None,
                *, rank: int = 0, world_size: int = 1, labels: np.ndarray | None = None,
                num_classes: int = 0, label_dropout: float = 0.0,
-               loss_weights: np.ndarray | None = None) -> HostBatch:
+               loss_weights: np.ndarray | None = None, gather: bool = True) -> HostBatch:
     """This process's images, timesteps, importance weights (and labels) of ``step``.
 
     ``data`` uint8 (N, H, W, C); ``weights`` p_t (T,) or None for uniform; ``labels``
     int64 (N,) in [0, K) or None, each replaced by the null label ``num_classes`` (K) with
     probability ``label_dropout`` (:func:`ddpm_core.app.training.seeding.label_drop_mask`);
     ``loss_weights`` (T,) from :func:`loss_weight_table` multiply the importance weights.
-    Depends only on ``(seed, step, rank, world_size)`` and the data.
+    ``gather=False`` leaves ``images`` None (the backend gathers ``indices`` and ``flips``
+    from its own copy of ``data``). Depends only on ``(seed, step, rank, world_size)`` and the data.
     """
     B, T = train.batch_size, train.num_timesteps
     idx = batch_indices(seed, step, data.shape[0], B, rank=rank, world_size=world_size)
-    x = data[idx]
-    if train.random_flip:
-        flip = flip_mask(seed, step, B, rank=rank, world_size=world_size)
-        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    flip = flip_mask(seed, step, B, rank=rank, world_size=world_size) if train.random_flip else None
+    x = data[idx] if gather else None
+    if gather and flip is not None:
+        x = np.ascontiguousarray(np.where(flip[:, None, None, None], x[:, :, ::-1], x))
     t, w = sample_timesteps(uniform_weights(T) if weights is None else weights,
                             timestep_draws(seed, step, B))
     if loss_weights is not None:
@@ -59,8 +60,8 @@ def host_batch(data: np.ndarray, seed: int, step: int, train: Any, weights: np.n
             drop = label_drop_mask(seed, step, B, label_dropout, rank=rank,
                                    world_size=world_size)
             y = np.where(drop, np.int64(num_classes), y)
-    return HostBatch(np.ascontiguousarray(x), np.asarray(t[part], np.int64),
-                     np.asarray(w[part], np.float32), np.asarray(t, np.int64), y)
+    return HostBatch(x, np.asarray(t[part], np.int64), np.asarray(w[part], np.float32),
+                     np.asarray(t, np.int64), y, np.asarray(idx, np.int64), flip)
 
 
 def grid_labels(n: int, num_classes: int) -> np.ndarray:

@@ -36,14 +36,19 @@ class HostBatch:
     weights of a weighted L_simple (min-SNR); ``t_global`` int64 (B,) the whole batch's
     steps (for the timestep sampler); ``labels`` int64 (b,) the images' classes in [0, K]
     (K, the null label, where the label was dropped), or None for a run without labels.
-    ``b = B / world_size``.
+    ``b = B / world_size``. ``indices`` int64 (b,) the images' rows in the training set and
+    ``flips`` bool (b,) their horizontal flips (None without ``random_flip``): for a backend
+    that holds the training set on its device (``TrainBackend.hold_data``), ``images`` is
+    None and it gathers ``indices`` and flips there.
     """
 
-    images: np.ndarray
+    images: np.ndarray | None
     t: np.ndarray
     weights: np.ndarray
     t_global: np.ndarray
     labels: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    flips: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,9 @@ class TrainBackend(Protocol):
     ``rank`` / ``world_size``: this process's data slice among the processes that feed
     data; ``shards``: how many parts the global batch is split into (processes or
     devices), which must divide it; ``main``: whether this process writes files.
+    Optional: ``hold_data(images) -> bool``, called once with the training set uint8
+    (N, H, W, C) before the first step; True when the backend keeps it on its device, and
+    its batches then carry indices and flips instead of images (``HostBatch``).
     """
 
     name: str

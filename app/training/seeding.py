@@ -8,6 +8,8 @@ fixed slice of the same global batch.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ddpm_core.checks import check_int
@@ -68,8 +70,11 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int, *,
     return out
 
 
+@functools.lru_cache(maxsize=2)  # an epoch's steps share it (a batch can straddle two)
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n)
+    perm = np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n)
+    perm.flags.writeable = False
+    return perm
 
 
 def flip_mask(seed: int, step: int, batch_size: int, *, rank: int = 0,

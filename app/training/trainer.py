@@ -158,6 +158,7 @@ class _Loop:
             self.tsampler = dataclasses.replace(self.tsampler, losses=arrays["tsampler/losses"],
                                                 counts=arrays["tsampler/counts"])
         self.last_loss = float("nan")
+        self.gather = not getattr(backend, "hold_data", lambda images: False)(data.images)
 
     def _start(self) -> tuple[int, dict[str, np.ndarray]]:
         """Fresh state, or the checked checkpoint of a resumed run (hash and step)."""
@@ -204,7 +205,7 @@ class _Loop:
                            labels=None if self.label_dropout is None else self.data.labels,
                            num_classes=self.data.num_classes,
                            label_dropout=self.label_dropout or 0.0,
-                           loss_weights=self.loss_weights)
+                           loss_weights=self.loss_weights, gather=self.gather)
         handle = self.b.train_step(step, batch)
         if self.tsampler is not None:
             self.tsampler = self.tsampler.update(batch.t_global, self.b.global_losses(handle))

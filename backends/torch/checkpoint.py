@@ -86,8 +86,8 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
         for key, value in pstate.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"{idx}/{key}"] = t
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-              for g in sd["param_groups"]]
+    groups = [{k: (list(v) if isinstance(v, tuple) else float(v) if torch.is_tensor(v) else v)
+               for k, v in g.items()} for g in sd["param_groups"]]  # a compiled run's lr is a tensor
     return tensors, groups
 
 
@@ -136,6 +136,22 @@ def _optimizer_state_dict(opt: Mapping[str, torch.Tensor],
     return {"state": state, "param_groups": param_groups}
 
 
+@torch.no_grad()
+def _restride_state(optimizer: torch.optim.Optimizer) -> None:
+    """Lay each per-parameter state tensor (Adam's moments) out as its parameter is.
+
+    The file holds them contiguous; a channels_last parameter (CUDA, or DDP on 1-channel
+    data) needs them channels_last too: the fused Adam kernel walks the parameter, its
+    gradient and its moments as flat memory, so other strides would pair wrong elements.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for key, value in st.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def load_state(run_dir: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module,
                optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, EMA, optimizer and the CPU RNG from ``state-torch.safetensors``.
@@ -156,6 +172,7 @@ def load_state(run_dir: str | os.PathLike, *, model: torch.nn.Module, ema: torch
         model.load_state_dict({k: v.to(device) for k, v in part("model/").items()})
         ema.load_state_dict({k: v.to(device) for k, v in part("ema/").items()})
         optimizer.load_state_dict(_optimizer_state_dict(part("opt/"), state.header["param_groups"]))
+        _restride_state(optimizer)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ValueError(f"{state.path}: does not match this model/optimizer ({e})") from e
     torch.set_rng_state(torch.from_numpy(state.tensors["rng/torch"]))

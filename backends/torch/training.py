@@ -104,6 +104,10 @@ class TorchTrainer:
 
     name = "torch"
     network: Any = UNet  # built from the model config by start()
+    device_data: bool | None = None  # hold the training set on the device (None: on CUDA)
+    DEVICE_DATA_BYTES = 4 << 30
+    # ``compile``: torch.compile's backend, and whether it applies on the CPU too (tests)
+    compile_backend, compile_on_cpu = "inductor", False
 
     def __init__(self, options: TrainOptions, unet_cfg: Any, train_cfg: Any) -> None:
         self.o, self.cfg, self.tc = options, unet_cfg, train_cfg
@@ -138,9 +142,7 @@ class TorchTrainer:
             # DDP's gradient buckets take the parameters' strides; single-channel data runs
             # the convolutions channels_last (see train_step), so do their gradients.
             self.model.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr,
-                                    fused=True if self.cuda else None,
-                                    foreach=None if self.cuda else True)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, fused=True)
         step, arrays = 0, {}
         if run_dir is not None:
             info = ckpt.load_state(run_dir, model=self.model, ema=self.ema, optimizer=self.opt)
@@ -149,13 +151,25 @@ class TorchTrainer:
         self.model.train()
         return step, arrays
 
+    @property
+    def compiled(self) -> bool:
+        return bool(self.o.compile) and (self.cuda or self.compile_on_cpu)
+
     def _wrap(self) -> Any:
+        """The model as the step calls it (DDP, compiled), and the update (compiled)."""
         net: Any = self.model
         if self.distributed:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.cuda else None)
-        if self.o.compile and self.cuda:
-            net = torch.compile(net)
+        self.update = self._update
+        self.lr = None
+        if self.compiled:
+            net = torch.compile(net, backend=self.compile_backend)
+            # the update's graph takes the learning rate as a tensor: no recompilation as
+            # it warms up; PyTorch breaks the graph around optimizer.step on purpose, so
+            # forward + backward and the update are two compiled graphs (pytorch#104053)
+            self.update = torch.compile(self._update, backend=self.compile_backend)
+            self.lr = torch.zeros((), device=self.device)
         return net
 
     def save(self, run_dir: str | Path, step: int, arrays: dict[str, np.ndarray]) -> None:
@@ -173,32 +187,67 @@ class TorchTrainer:
                             device=self.device)
         return noise[self.rank * shape[0]:(self.rank + 1) * shape[0]]
 
-    def _inputs(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
-        """``(x0, x_t, t, w, eps)`` of a step on the device; sets the step's learning rate."""
+    def hold_data(self, images: np.ndarray) -> bool:
+        """Keep the training set (uint8 (N, H, W, C)) on the device: by default on CUDA when
+        it takes at most ``DEVICE_DATA_BYTES``; ``device_data`` True or False forces it."""
+        keep = self.device_data
+        if keep is None:
+            keep = self.cuda and images.nbytes <= self.DEVICE_DATA_BYTES
+        self.data = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if keep else None
+        return bool(keep)
+
+    def _images(self, batch: HostBatch) -> torch.Tensor:
+        """The batch's uint8 images (b, C, H, W) on the device: gathered from the held
+        training set, or uploaded from the host batch."""
+        if batch.images is None:
+            x = self.data.index_select(0, self._upload(batch.indices))
+            if batch.flips is not None:
+                x = torch.where(self._upload(batch.flips)[:, None, None, None], x.flip(2), x)
+            return x.permute(0, 3, 1, 2).contiguous()
         # NCHW rows as np.ascontiguousarray lays them out (for C = 1 it keeps the NHWC
         # strides, so single-channel data runs the convolutions channels_last)
-        images = torch.from_numpy(np.ascontiguousarray(batch.images.transpose(0, 3, 1, 2)))
-        if self.cuda:
-            images = images.pin_memory()
-        x0 = images.to(self.device, non_blocking=True).float() / 127.5 - 1.0
+        return self._upload(batch.images.transpose(0, 3, 1, 2))
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the device, copied without waiting (pinned memory on CUDA)."""
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        return host.pin_memory().to(self.device, non_blocking=True) if self.cuda else host
+
+    def _inputs(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+        """``(x0, x_t, t, w, eps)`` of a step on the device; sets the step's learning rate."""
+        x0 = self._images(batch).float() / 127.5 - 1.0
         t = torch.as_tensor(batch.t, device=self.device)
         w = torch.as_tensor(batch.weights, device=self.device)
         noise = self._noise(step, tuple(x0.shape))
         x_t = ddpm_core.q_sample(self.schedule, x0, t, noise, validate=False)  # t drawn here
         if self.cuda:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
+        lr = trainer.lr_at(self.tc, step)
+        if self.lr is not None:
+            self.lr.fill_(lr)  # a device write, no host read
+            lr = self.lr
         for group in self.opt.param_groups:
-            group["lr"] = trainer.lr_at(self.tc, step)
+            group["lr"] = lr
         return x0, x_t, t, w, noise
 
-    def _optimize(self, loss: torch.Tensor) -> torch.Tensor:
-        """Backward, clip the global gradient norm, one Adam step; returns the norm."""
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+    def _clip_and_step(self) -> torch.Tensor:
+        """Clip the global gradient norm, one Adam step; returns the norm."""
         clip = self.tc.grad_clip if self.tc.grad_clip is not None else math.inf
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
         self.opt.step()
         return grad_norm
+
+    def _update(self) -> torch.Tensor:
+        """The step after backward: clip, Adam, the EMA; returns the gradient norm."""
+        grad_norm = self._clip_and_step()
+        _ema_update(self.ema, self.model, self.tc.ema_decay)
+        return grad_norm
+
+    def _optimize(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip, one Adam step (no EMA: the classifier's step); returns the norm."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return self._clip_and_step()
 
     def train_step(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
         x0, x_t, t, w, noise = self._inputs(step, batch)
@@ -209,8 +258,9 @@ class TorchTrainer:
                                            loss=self.tc.loss, prediction=self.tc.prediction,
                                            variance=self.tc.variance, validate=False)
         loss = (losses * w).mean()
-        grad_norm = self._optimize(loss)
-        _ema_update(self.ema, self.model, self.tc.ema_decay)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = self.update()
         return loss.detach(), grad_norm.detach(), losses.detach()
 
     def _autocast(self) -> Any:

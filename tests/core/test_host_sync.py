@@ -11,7 +11,6 @@ the CPU, as the last tests show.
 
 from __future__ import annotations
 
-import collections
 import operator
 
 import numpy as np
@@ -24,33 +23,10 @@ from ddpm_core.schedules import Schedule
 from ddpm_core.timesteps import sample_timesteps, uniform_weights
 
 torch = pytest.importorskip("torch")
-from torch.overrides import TorchFunctionMode  # noqa: E402
+from host_reads import HostReads  # noqa: E402
 
 S = Schedule.linear(50, 1e-3, 0.2)
 CALLS = per_step_calls(S)
-# Methods that read a tensor's values on the host (a device synchronisation on CUDA).
-HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
-              "__complex__", "__array__", "__repr__", "__format__", "__str__", "__len__"}
-
-
-class HostReads(TorchFunctionMode):
-    """Counts the host reads of the tensor calls made inside ``with HostReads() as reads:``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", str(func))
-        if name in HOST_READS or (name == "to" and _to_cpu(args[1:], kwargs)):
-            self.counts[name] += 1
-        return func(*args, **kwargs)
-
-
-def _to_cpu(args, kwargs) -> bool:  # noqa: ANN001
-    targets = [*args, kwargs.get("device")]
-    return any(str(a) == "cpu" for a in targets if isinstance(a, (str, torch.device)))
 
 
 def _inputs(device: str = "cpu") -> Inputs:

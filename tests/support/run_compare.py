@@ -39,7 +39,9 @@ def assert_matches_one_process(one: Path, runs: Iterable[Path], steps: int) -> N
     for run in runs:
         two = losses(run)
         assert two.shape == ref.shape == (steps,)
-        assert np.all(np.abs(two - ref) <= unit), (two, ref)
+        # one unit of the last logged digit, measured in units (0.709786 - 0.709785 is
+        # 1.0000000000287557e-06 in binary)
+        assert np.all(np.abs(two - ref) / unit <= 1 + 1e-6), (two, ref)
         b = weights(run)
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)

@@ -139,13 +139,13 @@ def test_classifier_sees_original_chain_timesteps_under_respacing(runs, sampler)
 def test_ddim_guidance_moves_eps_by_exactly_the_scaled_gradient(runs, monkeypatch):
     sched = chain_schedule(runs["schedule"], "ddim", 5)
     seen = {}
-    real = guided_steps.ddim_step
+    real = guided_steps._ddim_back
 
-    def spy(schedule, eps, x, i, i_prev, noise, **kw):
+    def spy(schedule, eps, x, i, noise, **kw):
         seen.update(eps=eps, i=i, kw=kw)
-        return real(schedule, eps, x, i, i_prev, noise, **kw)
+        return real(schedule, eps, x, i, noise, **kw)
 
-    monkeypatch.setattr(guided_steps, "ddim_step", spy)
+    monkeypatch.setattr(guided_steps, "_ddim_back", spy)
     rng = np.random.default_rng(1)
     x, out, grad = (torch.as_tensor(rng.standard_normal((2, 1, 8, 8)), dtype=torch.float32)
                     for _ in range(3))
