@@ -13,10 +13,13 @@ default 450 s, so that ``timeout 480`` never cuts the report):
     Our cifar10 U-Net with the GroupNorm that keeps bf16 under autocast against plain
     ``nn.GroupNorm`` (which autocast runs in float32), NCHW against channels_last: training
     images/s in ``bench_train``'s minimal loop and forward images/s at the sampling batch.
-``train_torch_eager``, ``train_jax``, ``train_torch_compiled``
+``train_torch_eager``, ``train_torch_compiled``, ``train_torch_graph``, ``train_jax``
     cifar10 training images/s of the real trainers (``ddpm_core.backends.<b>.api.train``,
     EMA, clipping and logging included) on random images, the median of the logged windows
-    after the warm-up; MFU = images/s x FLOPs per image / the measured ceiling.
+    after the warm-up; MFU = images/s x FLOPs per image / the measured ceiling. PyTorch
+    eager, compiled (``--compile``: the network and the update, clip + Adam + EMA, each a
+    ``torch.compile`` graph) and compiled with mode "reduce-overhead" (each graph replayed
+    as a CUDA graph); the training set is held on the device (the CUDA default).
 ``train_diffusers``
     diffusers' ``UNet2DModel`` (the paper's CIFAR10 configuration) against our cifar10
     U-Net in ``bench_train``'s minimal loop, if diffusers imports.
@@ -72,460 +75,49 @@ Usage, from the repository root::
 from __future__ import annotations
 
 import argparse
-import atexit
-import csv
 import importlib.util
 import json
 import os
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
-import zipfile
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULT = "GPUCHECK_RESULT "  # a part's stdout line carrying its (partial or final) result
-STAGE_ENV = "GPUCHECK_STAGE"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the parts' modules beside this file
+from gpu_common import RESULT, SMOKE, Part, Settings, _emit  # noqa: E402
+from gpu_sample_parts import (  # noqa: E402
+    part_sample_jax_scan,
+    part_sample_torch_compiled,
+    part_sample_torch_eager,
+    part_sample_torch_graph,
+)
+from gpu_stage import ROOT, STAGE_ENV, bootstrap, package_dirs, stage_packages, unpack_wheels  # noqa: E402
+from gpu_train_parts import (  # noqa: E402
+    VARIANTS,
+    part_ceiling,
+    part_cuda_tests,
+    part_train_diffusers,
+    part_train_jax,
+    part_train_torch_compiled,
+    part_train_torch_eager,
+    part_train_torch_graph,
+    part_variants,
+)
+
+__all__ = ["PARTS", "ROOT", "SMOKE", "TARGETS", "Settings", "derive", "drive", "package_dirs",
+           "stage_packages", "table", "unpack_wheels"]
+
 TARGETS = {"train_mfu_min": 0.25, "jax_over_torch_max": 1.2, "sample_seconds_max": 13.0}
 SMOKE_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Sizes of every part; :data:`SMOKE` shrinks them for a CPU."""
-
-    smoke: bool = False
-    preset: str = "cifar10"
-    batch: int = 128
-    matmul_n: int = 8192
-    matmul_reps: int = 30
-    train_warmup: int = 10  # untimed steps (compilation happens here)
-    train_steps: int = 30
-    train_window: int = 10  # logged windows of this many steps; images/s is their median
-    minimal_batch: int = 128  # bench_train's minimal loop (always cifar10 networks)
-    minimal_steps: int = 10
-    sample_n: int = 256
-    sample_steps: int = 1000  # chain length; fewer is a respaced chain of T = 1000
-    probe_steps: int = 20
-
-
-SMOKE = Settings(smoke=True, preset="tiny", batch=8, matmul_n=256, matmul_reps=3, train_warmup=1,
-                 train_steps=2, train_window=1, minimal_batch=1, minimal_steps=1, sample_n=4, sample_steps=10,
-                 probe_steps=5)
-
-
-# ----------------------------------------------------------------------------- the checkout
-
-
-def package_dirs(root: Path) -> dict[str, Path]:
-    """``[tool.setuptools] package-dir`` of ``root/pyproject.toml``: package -> absolute folder."""
-    try:
-        import tomllib
-    except ImportError as e:  # Python 3.10
-        raise RuntimeError("gpu_check reads pyproject.toml with tomllib: it needs Python >= 3.11") from e
-
-    path = root / "pyproject.toml"
-    with open(path, "rb") as f:
-        mapping = tomllib.load(f).get("tool", {}).get("setuptools", {}).get("package-dir", {})
-    if not mapping:
-        raise ValueError(f"{path}: no [tool.setuptools] package-dir mapping to stage")
-    out = {}
-    for name, folder in mapping.items():
-        src = (root / folder).resolve()
-        if not name or not (src / "__init__.py").is_file():
-            raise ValueError(f"{path}: package-dir maps {name!r} to {folder!r}, which is not a "
-                             f"package folder of {root} (a non-empty name and an __init__.py needed)")
-        out[name] = src
-    return out
-
-
-def stage_packages(mapping: dict[str, Path], stage: Path) -> None:
-    """Lay the mapped packages out under ``stage`` (parents first) as symlinks to their files.
-
-    ``ddpm_core.backends -> backends/`` becomes ``stage/ddpm_core/backends/<each entry>``.
-    A folder of a parent that a mapping also names is replaced by the mapped one.
-    """
-    for name in sorted(mapping, key=lambda n: n.count(".")):
-        dest = stage.joinpath(*name.split("."))
-        if dest.is_symlink():
-            dest.unlink()
-        dest.mkdir(parents=True, exist_ok=True)
-        for entry in mapping[name].iterdir():
-            link = dest / entry.name
-            if entry.name != "__pycache__" and not os.path.lexists(link):
-                link.symlink_to(entry)
-
-
-def unpack_wheels(folder: Path, target: Path) -> list[str]:
-    """Unpack every pure-Python wheel (``*-none-any.whl``) of ``folder`` into ``target``."""
-    names = []
-    for wheel in sorted(folder.glob("*.whl")):
-        if not wheel.name.endswith("-none-any.whl"):
-            print(f"gpu_check: {wheel} is not a pure-Python wheel; left out", file=sys.stderr)
-            continue
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(target)
-        names.append(wheel.name)
-    return names
-
-
-def bootstrap() -> dict[str, str]:
-    """Make the checkout (and ``.whl/``) importable here and in the parts; their environment.
-
-    The first call stages into a new temporary folder (removed at exit) and records it in
-    ``$GPUCHECK_STAGE``; a part finds it there and only fixes the order of ``sys.path``.
-    """
-    stage = os.environ.get(STAGE_ENV)
-    if stage is None:
-        stage = tempfile.mkdtemp(prefix="gpu_check-")
-        atexit.register(shutil.rmtree, stage, ignore_errors=True)
-        stage_packages(package_dirs(ROOT), Path(stage, "src"))
-        if (ROOT / ".whl").is_dir():
-            unpack_wheels(ROOT / ".whl", Path(stage, "wheels"))
-        src, wheels = str(Path(stage, "src")), str(Path(stage, "wheels"))
-        os.environ[STAGE_ENV] = stage
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (src, os.environ.get("PYTHONPATH"), wheels) if p)
-    src, wheels = str(Path(stage, "src")), str(Path(stage, "wheels"))
-    sys.path[:] = [src] + [p for p in sys.path if p not in (src, wheels)] + [wheels]
-    importlib.invalidate_caches()
-    return dict(os.environ)
-
-
-# ----------------------------------------------------------------------------- parts (subprocess side)
-
-
-def _median_seconds(fn: Callable[[], Any], reps: int, cuda: bool) -> float:
-    """Median time of ``fn()`` over ``reps`` runs after 3 warm-ups (CUDA events on a GPU)."""
-    import torch
-    from bench_steps import _median_call
-
-    for _ in range(3):
-        fn()
-    if not cuda:
-        return _median_call(fn, reps)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events) / 1e3
-
-
-def part_ceiling(st: Settings, limit_s: float) -> dict[str, Any]:
-    """The matmul ceiling (bf16 on CUDA, float32 on a CPU), FLOPs per training image, versions."""
-    import torch
-    from bench_train import train_flops_per_image
-
-    import ddpm_core
-
-    cuda = torch.cuda.is_available()
-    dev, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    g = torch.Generator(device=dev).manual_seed(0)
-    a, b = (torch.randn(st.matmul_n, st.matmul_n, device=dev, dtype=dtype, generator=g)
-            for _ in range(2))
-    seconds = _median_seconds(lambda: a @ b, st.matmul_reps, cuda)
-    return {"flops": 2 * st.matmul_n**3 / seconds, "median_s": seconds, "n": st.matmul_n,
-            "reps": st.matmul_reps, "dtype": str(dtype).removeprefix("torch."),
-            "flops_per_image": train_flops_per_image(st.preset), "preset": st.preset,
-            "ddpm_core": str(Path(ddpm_core.__file__).parent), "device": _torch_device(cuda)}
-
-
-def _torch_device(cuda: bool) -> dict[str, Any]:
-    import torch
-
-    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": cuda,
-                           "cpu_threads": torch.get_num_threads()}
-    if cuda:
-        p = torch.cuda.get_device_properties(0)
-        out |= {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                "capability": f"{p.major}.{p.minor}"}
-    else:
-        out["name"] = f"CPU, {torch.get_num_threads()} threads"
-    return out
-
-
-class _Outcomes:
-    """pytest plugin: counts outcomes and keeps each failure's last line."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.failures: list[dict[str, str]] = []
-
-    def pytest_runtest_logreport(self, report: Any) -> None:
-        if report.when == "call":
-            kind = report.outcome
-        elif report.outcome != "passed":
-            kind = "error" if report.outcome == "failed" else report.outcome
-        else:
-            return
-        self.counts[kind] += 1
-        if kind in ("failed", "error") and len(self.failures) < 20:
-            lines = [ln for ln in str(report.longreprtext).splitlines() if ln.strip()]
-            self.failures.append({"test": report.nodeid, "message": (lines or [""])[-1][:300]})
-
-
-def part_cuda_tests(st: Settings, limit_s: float) -> dict[str, Any]:
-    """``pytest -m cuda tests/cuda`` in this process; every test skips without CUDA."""
-    import pytest
-
-    os.environ.setdefault("DDPM_TEST_BACKENDS", "torch")
-    counter = _Outcomes()
-    code = pytest.main(["-m", "cuda", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "cuda")],
-                       plugins=[counter])
-    return {"exit_code": int(code), **{k: counter.counts[k] for k in ("passed", "failed", "error", "skipped")},
-            "failures": counter.failures}
-
-
-def _trainer_images_per_s(st: Settings, backend: str, compile: bool) -> dict[str, Any]:
-    """Median images/s of the real trainer's logged windows after the warm-up steps."""
-    from bench_train import _random_data
-
-    from ddpm_core.runs import TrainOptions
-
-    api = importlib.import_module(f"ddpm_core.backends.{backend}.api")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp, "run")
-        api.train(TrainOptions(preset=st.preset, out=str(out), backend=backend, batch_size=st.batch,
-                               steps=st.train_warmup + st.train_steps, data=_random_data(st.preset, Path(tmp)),
-                               log_every=st.train_window, ckpt_every=0, sample_every=0, sample_n=1,
-                               progress=False, compile=compile))
-        with open(out / "log.csv", encoding="utf-8") as f:
-            rates = [float(r["images_per_s"]) for r in csv.DictReader(f) if int(r["step"]) > st.train_warmup]
-    return {"images_per_s": statistics.median(rates), "windows": len(rates), "batch": st.batch}
-
-
-def part_train_torch_eager(st: Settings, limit_s: float) -> dict[str, Any]:
-    return _trainer_images_per_s(st, "torch", compile=False)
-
-
-def part_train_torch_compiled(st: Settings, limit_s: float) -> dict[str, Any]:
-    return _trainer_images_per_s(st, "torch", compile=True)
-
-
-def part_train_jax(st: Settings, limit_s: float) -> dict[str, Any]:
-    import jax
-
-    return _trainer_images_per_s(st, "jax", compile=False) | {"jax": _jax_device(jax)}
-
-
-def _jax_device(jax: Any) -> dict[str, Any]:
-    return {"jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()]}
-
-
-def part_train_diffusers(st: Settings, limit_s: float) -> dict[str, Any]:
-    """Ours and diffusers' UNet2DModel in ``bench_train``'s minimal loop (cifar10 shapes)."""
-    import torch
-    from bench_train import unet2d_comparison
-
-    got = unet2d_comparison(st.minimal_batch, st.minimal_steps, "cuda" if torch.cuda.is_available() else "cpu")
-    if got is None:
-        raise ImportError("diffusers' UNet2DModel does not import")
-    return {"images_per_s": got["diffusers"], "ours_images_per_s": got["ours"],
-            "params": int(got["diffusers_params"]), "ours_params": int(got["ours_params"]),
-            "batch": st.minimal_batch}
-
-
-VARIANTS = ("bf16_gn-nchw", "bf16_gn-channels_last", "float32_gn-nchw", "float32_gn-channels_last",
-            "bf16_gn-nchw-cudnn_benchmark", "bf16_gn-channels_last-cudnn_benchmark")
-
-
-def part_variants(st: Settings, limit_s: float) -> dict[str, Any]:
-    """Our U-Net's layout and GroupNorm precision, side by side (bf16 autocast on CUDA).
-
-    For each of ``VARIANTS`` (the U-Net's bf16-keeping ``GroupNorm`` or plain
-    ``nn.GroupNorm``, which autocast runs in float32; NCHW or channels_last weights and
-    inputs; the last two with ``torch.backends.cudnn.benchmark``): training images/s in
-    ``bench_train``'s minimal loop (batch ``minimal_batch``) and forward images/s without
-    gradients (batch ``sample_n``, a sampling step's call).
-    """
-    import torch
-    from bench_train import _minimal_loop_images_per_s
-    from torch import nn
-
-    from ddpm_core.backends.torch.unet import GroupNorm, build_unet
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    out: dict[str, Any] = {"train_batch": st.minimal_batch, "forward_batch": st.sample_n}
-    # an untimed loop first, so that no variant pays for the process's first use of cuDNN
-    # (without it, the first variant measured 1,407 images/s on an H100 against 1,952-2,191
-    # for the others; whether that was warm-up or the variant is for the next run to say)
-    warm = build_unet(st.preset)
-    _minimal_loop_images_per_s(warm.to(device), lambda n, x, t: n(x, t), st.minimal_batch, 3, device,
-                               _image_shape(warm))
-    for name in VARIANTS:
-        norm, layout, *rest = name.split("-")
-        torch.backends.cudnn.benchmark = rest == ["cudnn_benchmark"]
-        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        torch.manual_seed(0)
-        net = build_unet(st.preset)
-        if norm == "float32_gn":
-            for m in net.modules():
-                if isinstance(m, GroupNorm):
-                    m.__class__ = nn.GroupNorm
-        net = net.to(device, memory_format=fmt)
-        out[f"train_{name}"] = _minimal_loop_images_per_s(
-            net, lambda n, x, t, fmt=fmt: n(x.contiguous(memory_format=fmt), t),
-            st.minimal_batch, st.minimal_steps, device, _image_shape(net))
-        out[f"forward_{name}"] = _forward_images_per_s(net, fmt, st.sample_n, device)
-        _emit({"status": "partial"} | out)
-    return out
-
-
-def _image_shape(net: Any) -> tuple[int, int, int]:
-    c = net.config
-    return c.in_channels, c.image_size, c.image_size
-
-
-def _forward_images_per_s(net: Any, fmt: Any, n: int, device: str, reps: int = 5) -> float:
-    """Median images/s of one no-grad forward call of a batch of ``n`` (bf16 autocast on CUDA)."""
-    import torch
-
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(n, *_image_shape(net), generator=g, device=device)
-    x = x.contiguous(memory_format=fmt)
-    t = torch.randint(0, 1000, (n,), generator=g, device=device)
-    net.eval()
-    times = []
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-        for i in range(reps + 2):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            net(x, t)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    return n / statistics.median(times)
-
-
-def _chain_steps(st: Settings, steps: int) -> int | None:
-    """``steps`` for ``chain_schedule``: None is the full T = 1000 chain."""
-    return None if steps == 1000 else steps
-
-
-def _check_finite(images: Any) -> None:
-    import numpy as np
-
-    if not np.isfinite(np.asarray(images)).all():
-        raise FloatingPointError("the sampled images are not all finite")
-
-
-def _timed_chain(st: Settings, limit_s: float, run: Callable[[int | None], Any]) -> dict[str, Any]:
-    """Seconds of ``run`` (one chain of ``sample_n`` images) at full length, probed first.
-
-    Two probe chains of ``probe_steps`` steps warm up (allocation, autotuning, capture) and
-    time a step; the full chain runs if the time left allows it, else it is extrapolated.
-    """
-    start = time.perf_counter()
-    for _ in range(2):
-        t0 = time.perf_counter()
-        run(_chain_steps(st, st.probe_steps))
-        probe = time.perf_counter() - t0
-    estimate = probe * st.sample_steps / st.probe_steps
-    out = {"n": st.sample_n, "steps": st.sample_steps, "step_s": probe / st.probe_steps}
-    _emit({"status": "partial", "seconds": estimate, "extrapolated": True} | out)
-    if estimate > 0.9 * (limit_s - (time.perf_counter() - start)):
-        return out | {"seconds": estimate, "extrapolated": True}
-    t0 = time.perf_counter()
-    _check_finite(run(_chain_steps(st, st.sample_steps)))
-    seconds = time.perf_counter() - t0
-    return out | {"seconds": seconds, "extrapolated": False, "step_s": seconds / st.sample_steps}
-
-
-def _sample_torch(st: Settings, limit_s: float, cuda_graph: bool, compile: bool = False) -> dict[str, Any]:
-    import torch
-
-    import ddpm_core as dc
-    from ddpm_core.backends.torch.sampling import generate
-    from ddpm_core.backends.torch.unet import build_unet
-
-    torch.manual_seed(0)
-    net = build_unet(st.preset).to("cuda" if torch.cuda.is_available() else "cpu")
-    schedule = dc.Schedule.linear(1000)
-    return _timed_chain(st, limit_s, lambda steps: generate(
-        net, schedule, n=st.sample_n, steps=steps, seed=0, cuda_graph=cuda_graph, compile=compile))
-
-
-def part_sample_torch_eager(st: Settings, limit_s: float) -> dict[str, Any]:
-    return _sample_torch(st, limit_s, cuda_graph=False)
-
-
-def part_sample_torch_graph(st: Settings, limit_s: float) -> dict[str, Any]:
-    return _sample_torch(st, limit_s, cuda_graph=True)
-
-
-def part_sample_torch_compiled(st: Settings, limit_s: float) -> dict[str, Any]:
-    return _sample_torch(st, limit_s, cuda_graph=False, compile=True)
-
-
-def part_sample_jax_scan(st: Settings, limit_s: float) -> dict[str, Any]:
-    """The JAX ``Sampler``: one ``lax.scan`` per chain length, compiled on its first call."""
-    import jax
-    import jax.numpy as jnp
-
-    import ddpm_core as dc
-    from ddpm_core.backends.jax.sampling import Chain, Sampler
-    from ddpm_core.backends.jax.unet import build_unet, init_params
-    from ddpm_core.runs import chain_schedule
-
-    dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    net = build_unet(st.preset, dtype=dtype)
-    params = init_params(net, jax.random.key(0))
-    c = net.config
-    samplers: dict[int | None, Sampler] = {}
-
-    def run(steps: int | None) -> Any:
-        if steps not in samplers:
-            chain = Chain(chain_schedule(dc.Schedule.linear(1000), "ddpm", steps), clip=True)
-            samplers[steps] = Sampler(lambda p, x, t: net.apply({"params": p}, x, t), chain,
-                                      (c.in_channels, c.image_size, c.image_size))
-        return samplers[steps].generate(params, n=st.sample_n, seed=0)[0]
-
-    start = time.perf_counter()
-    steps = _chain_steps(st, st.sample_steps)
-    out = {"n": st.sample_n, "steps": st.sample_steps, "jax": _jax_device(jax)}
-    run(steps)  # compiles the chain's scan and runs it once
-    first = time.perf_counter() - start
-    _emit({"status": "partial", "seconds": first, "includes_compile": True} | out)
-    if first > 0.9 * (limit_s - first):
-        return out | {"seconds": first, "includes_compile": True}
-    t0 = time.perf_counter()
-    _check_finite(run(steps))
-    seconds = time.perf_counter() - t0
-    return out | {"seconds": seconds, "includes_compile": False, "compile_s": max(first - seconds, 0.0),
-                  "step_s": seconds / st.sample_steps}
-
-
-@dataclass(frozen=True)
-class Part:
-    """A part: its function ``(settings, seconds allowed) -> measured fields`` and limits."""
-
-    run: Callable[[Settings, float], dict[str, Any]]
-    title: str
-    cap_s: float  # at most this many seconds, whatever the budget left
-    needs: tuple[str, ...] = ()  # modules that must be importable, else the part is skipped
-    cuda_only: str = ""  # why the part cannot run without CUDA ("" if it can)
-    not_smoke: str = ""  # why --smoke leaves the part out ("" if it runs)
-
-
-# In the order they run, within the budget: the ceiling (MFU needs it) and the tests first,
 # diffusers' reference last. Typical H100 seconds, compilation included: 10, 60-90, 25, 20,
-# 100-150, 60-80, 20, 20, 60, 30, 90.
+# 100-150, (not yet measured), 60-80, 20, 20, 60, 30, 90.
 PARTS: dict[str, Part] = {
     "ceiling": Part(part_ceiling, "matmul ceiling", 60, ("torch",)),
     "cuda_tests": Part(part_cuda_tests, "CUDA tests (pytest -m cuda)", 150, ("torch", "pytest", "hypothesis")),
@@ -534,6 +126,8 @@ PARTS: dict[str, Part] = {
                      ("torch",)),
     "train_torch_compiled": Part(part_train_torch_compiled, "train, PyTorch compiled", 180, ("torch",),
                                  "the trainer compiles only on CUDA (on a CPU this would time eager again)"),
+    "train_torch_graph": Part(part_train_torch_graph, "train, PyTorch compiled + CUDA graphs", 150, ("torch",),
+                              "CUDA graphs need a CUDA device"),
     "train_jax": Part(part_train_jax, "train, JAX jit", 150, ("jax", "flax", "optax")),
     "sample_torch_eager": Part(part_sample_torch_eager, "sample, PyTorch eager", 90, ("torch",)),
     "sample_torch_graph": Part(part_sample_torch_graph, "sample, PyTorch CUDA graph", 90, ("torch",),
@@ -545,12 +139,9 @@ PARTS: dict[str, Part] = {
     "sample_torch_compiled": Part(part_sample_torch_compiled, "sample, PyTorch torch.compile", 120, ("torch",),
                                   "generate compiles only on CUDA (on a CPU this would time eager again)"),
 }
-TRAIN_PARTS = ("train_torch_eager", "train_torch_compiled", "train_jax")
+TORCH_TRAIN_PARTS = ("train_torch_eager", "train_torch_compiled", "train_torch_graph")
+TRAIN_PARTS = (*TORCH_TRAIN_PARTS, "train_jax")
 SAMPLE_PARTS = ("sample_torch_eager", "sample_torch_graph", "sample_jax_scan", "sample_torch_compiled")
-
-
-def _emit(result: dict[str, Any]) -> None:
-    print(RESULT + json.dumps(result), flush=True)
 
 
 def run_part(name: str, st: Settings, limit_s: float) -> int:
@@ -564,6 +155,7 @@ def run_part(name: str, st: Settings, limit_s: float) -> int:
         _emit({"status": "failed", "reason": f"{type(e).__name__}: {first}"[:300]})
         return 1
     return 0
+
 
 
 # ----------------------------------------------------------------------------- driver
@@ -648,7 +240,7 @@ def derive(report: dict[str, Any]) -> None:
     for name in TRAIN_PARTS:
         if _ok(parts, name) and ceiling:
             parts[name]["mfu"] = parts[name]["images_per_s"] * ceiling["flops_per_image"] / ceiling["flops"]
-    torch_best = max((_ok(parts, n).get("images_per_s", 0.0) for n in TRAIN_PARTS[:2]), default=0.0)
+    torch_best = max((_ok(parts, n).get("images_per_s", 0.0) for n in TORCH_TRAIN_PARTS), default=0.0)
     jax_ips = _ok(parts, "train_jax").get("images_per_s")
     report["jax_over_torch"] = torch_best / jax_ips if jax_ips and torch_best else None
 

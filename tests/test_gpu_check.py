@@ -24,6 +24,7 @@ FIELDS = {
     "cuda_tests": {"exit_code", "passed", "failed", "error", "skipped", "failures"},
     "train_torch_eager": {"images_per_s", "windows", "batch", "mfu"},
     "train_torch_compiled": {"images_per_s", "windows", "batch", "mfu"},
+    "train_torch_graph": {"images_per_s", "windows", "batch", "mfu", "mode"},
     "train_jax": {"images_per_s", "windows", "batch", "mfu", "jax"},
     "train_diffusers": {"images_per_s", "ours_images_per_s", "params", "ours_params", "batch"},
     "sample_torch_eager": {"seconds", "n", "steps", "step_s", "extrapolated"},
@@ -47,7 +48,7 @@ def _gpu_check():
 
 
 TORCH_PARTS = ("ceiling,cuda_tests,train_torch_eager,variants,sample_torch_eager,sample_torch_graph,"
-               "train_torch_compiled,sample_torch_compiled")
+               "train_torch_compiled,train_torch_graph,sample_torch_compiled")
 
 
 def _smoke(tmp_path: Path, only: str) -> tuple[dict, str]:

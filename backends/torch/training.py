@@ -108,6 +108,7 @@ class TorchTrainer:
     DEVICE_DATA_BYTES = 4 << 30
     # ``compile``: torch.compile's backend, and whether it applies on the CPU too (tests)
     compile_backend, compile_on_cpu = "inductor", False
+    compile_mode: str | None = None  # torch.compile's mode ("reduce-overhead": CUDA graphs)
 
     def __init__(self, options: TrainOptions, unet_cfg: Any, train_cfg: Any) -> None:
         self.o, self.cfg, self.tc = options, unet_cfg, train_cfg
@@ -164,11 +165,11 @@ class TorchTrainer:
         self.update = self._update
         self.lr = None
         if self.compiled:
-            net = torch.compile(net, backend=self.compile_backend)
+            net = torch.compile(net, backend=self.compile_backend, mode=self.compile_mode)
             # the update's graph takes the learning rate as a tensor: no recompilation as
             # it warms up; PyTorch breaks the graph around optimizer.step on purpose, so
             # forward + backward and the update are two compiled graphs (pytorch#104053)
-            self.update = torch.compile(self._update, backend=self.compile_backend)
+            self.update = torch.compile(self._update, backend=self.compile_backend, mode=self.compile_mode)
             self.lr = torch.zeros((), device=self.device)
         return net
 
@@ -250,6 +251,9 @@ class TorchTrainer:
         return self._clip_and_step()
 
     def train_step(self, step: int, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+        graphs = self.compiled and self.compile_mode == "reduce-overhead"
+        if graphs:  # CUDA graph replays may now reuse the previous step's graph memory
+            torch.compiler.cudagraph_mark_step_begin()
         x0, x_t, t, w, noise = self._inputs(step, batch)
         cond = () if batch.labels is None else (torch.as_tensor(batch.labels, device=self.device),)
         with _step_rng(self.o.seed, step, self.rank, self.device), self._autocast():
@@ -261,6 +265,8 @@ class TorchTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = self.update()
+        if graphs:  # the handles outlive the step until the next log boundary reads them
+            grad_norm = grad_norm.clone()
         return loss.detach(), grad_norm.detach(), losses.detach()
 
     def _autocast(self) -> Any:
