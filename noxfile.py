@@ -1,4 +1,4 @@
-"""Test, lint and benchmark sessions. README's test command: ``nox -s tests-numpy tests-torch tests-jax``."""
+"""Test, docs, lint and benchmark sessions. README's test command: ``nox -s tests-numpy tests-torch tests-jax docs``."""
 
 from __future__ import annotations
 
@@ -33,25 +33,26 @@ def tests_numpy(session: nox.Session) -> None:
     _install(session, None)
     _pytest(session, "numpy,array_api_strict", "tests/core", "tests/test_app.py",
             "tests/test_data.py", "tests/test_metrics.py", "tests/test_benchmarks.py",
-            "tests/test_reliability.py", "tests/test_layout.py")
+            "tests/test_reliability.py", "tests/test_layout.py", "tests/test_docs_pages.py")
 
 
 @nox.session(name="tests-torch")
 def tests_torch(session: nox.Session) -> None:
     """The core on PyTorch, the PyTorch backend, the data and the command line."""
-    _install(session, "torch,eval")
+    _install(session, "torch,eval,tensorboard")  # tensorboard: tests/torch/test_tensorboard.py
     session.install("diffusers~=0.42.0")  # import/export and scheduler checks against diffusers
     _pytest(session, "torch", "tests/core", "tests/torch", "tests/test_data.py", "tests/test_cli.py",
-            "tests/test_eval.py", "tests/test_benchmarks.py", "tests/test_gpu_check.py",
-            "tests/test_state_file.py")
+            "tests/test_plot.py", "tests/test_eval.py", "tests/test_benchmarks.py", "tests/test_gpu_check.py",
+            "tests/test_state_file.py", "tests/test_progress.py", "tests/test_docs_pages.py")
 
 
 @nox.session(name="tests-jax")
 def tests_jax(session: nox.Session) -> None:
     """The core on JAX (x64 on), the JAX backend and torch <-> JAX weight conversion."""
     session.install(TORCH)  # conversion parity tests compare against the PyTorch U-Net
-    _install(session, "jax")
-    _pytest(session, "jax", "tests/core", "tests/jax", "tests/test_eval.py", "tests/test_benchmarks.py")
+    _install(session, "jax,tensorboard")
+    _pytest(session, "jax", "tests/core", "tests/jax", "tests/test_eval.py", "tests/test_benchmarks.py",
+            "tests/test_progress.py", "tests/test_docs_pages.py")
 
 
 @nox.session(name="lint")
@@ -112,3 +113,25 @@ def guidance(session: nox.Session) -> None:
     session.install(TORCH)
     session.install(".[torch,eval]")
     session.run("python", "benchmarks/guidance.py", *session.posargs)
+
+
+def _group(name: str) -> list[str]:
+    """A ``[dependency-groups]`` list of pyproject.toml (read here: pip < 25.1 has no --group)."""
+    import tomllib
+
+    with open("pyproject.toml", "rb") as f:
+        return tomllib.load(f)["dependency-groups"][name]
+
+
+@nox.session(name="docs")
+def docs(session: nox.Session) -> None:
+    """The documentation site (MkDocs + Material + mkdocstrings), built with ``--strict``: a
+    broken link, a missing page or an unresolvable reference fails it. ``nox -s docs -- serve``
+    serves it at http://127.0.0.1:8000 instead."""
+    session.install(*_group("docs"))
+    session.install(".")  # the hook that writes the ddpm command's reference imports its parser
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:], env=env)
+    else:
+        session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env=env)

@@ -27,6 +27,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,6 @@ def _diffusers(s: dc.Schedule, x, eps, z, tv) -> dict[str, Fn]:  # noqa: ANN001
         import diffusers.schedulers.scheduling_ddpm as ddpm_mod
     except ImportError:
         return {}
-    ddpm_mod.randn_tensor = lambda *a, **k: z  # the same noise, no RNG: like-for-like
     kw = {"num_train_timesteps": s.num_timesteps, "beta_schedule": "linear"}
     ddpm = diffusers.DDPMScheduler(clip_sample=False, **kw)
     ddpm_clip = diffusers.DDPMScheduler(clip_sample=True, **kw)
@@ -165,7 +165,7 @@ def _diffusers(s: dc.Schedule, x, eps, z, tv) -> dict[str, Fn]:  # noqa: ANN001
     ddim.set_timesteps(s.num_timesteps)
     t0d = ddim.timesteps[s.num_timesteps - 1 - STEP]  # a 0-d tensor, as a diffusers loop has it
     assert int(t0d) == STEP
-    return {
+    rows = {
         "ddpm_step": lambda: ddpm.step(eps, STEP, x),
         "ddpm_step clip": lambda: ddpm_clip.step(eps, STEP, x),
         "ddim_step eta=0": lambda: ddim.step(eps, STEP, x, eta=0.0),
@@ -173,6 +173,19 @@ def _diffusers(s: dc.Schedule, x, eps, z, tv) -> dict[str, Fn]:  # noqa: ANN001
         "ddim_step eta=0 tensor t": lambda: ddim.step(eps, t0d, x, eta=0.0),
         "q_sample tensor t": lambda: ddpm.add_noise(x, eps, tv),
     }
+    return {name: _same_noise(ddpm_mod, fn, z) for name, fn in rows.items()}
+
+
+def _same_noise(module: Any, fn: Fn, z: Any) -> Fn:
+    """``fn`` with diffusers' ``randn_tensor`` returning ``z`` (the same noise, no RNG: like
+    for like) during the call only, so nothing else in the process sees the patch."""
+    def call() -> Any:
+        real, module.randn_tensor = module.randn_tensor, lambda *a, **k: z
+        try:
+            return fn()
+        finally:
+            module.randn_tensor = real
+    return call
 
 
 def numpy_rows(s: dc.Schedule) -> Rows:

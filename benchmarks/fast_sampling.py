@@ -3,7 +3,7 @@
 For each ``--chains`` entry (``CHAINS``: a sampler and its options, as ``ddpm sample`` flags
 would give them) and each ``--calls`` count K, ``--fid-n`` samples of the run (the same
 seeds for every chain) are graded by FID and KID against the same reference and held-out
-floor as README's Results (``ddpm eval fid``), and the wall time of ``--time-n`` samples
+floor as docs/results.md (``ddpm eval fid``), and the wall time of ``--time-n`` samples
 is measured alone. The ancestral chain at K calls is the respaced one (improved DDPM).
 
     python benchmarks/fast_sampling.py --run runs/mnist --out runs/fast-sampling \\
@@ -65,8 +65,10 @@ def measure(args: argparse.Namespace, chain: str, calls: int) -> dict[str, Any]:
         if previous.get("eval") == wanted:
             return previous["row"]
     api = load_backend(backend)
-    images = api.sample(args.run, n=args.fid_n, seed=args.seed, batch_size=args.batch_size, **kw)
-    fid = fid_report(args.run, images, reference_n=args.reference_n, cache_dir=args.cache_dir)
+    images = api.sample(args.run, n=args.fid_n, seed=args.seed, batch_size=args.batch_size,
+                        progress=True, **kw)
+    fid = fid_report(args.run, images, reference_n=args.reference_n, cache_dir=args.cache_dir,
+                     progress=True)
     api.sample(args.run, n=min(args.time_n, 8), seed=args.seed, **kw)  # warm-up (compilation)
     start = time.perf_counter()
     api.sample(args.run, n=args.time_n, seed=args.seed, batch_size=args.batch_size, **kw)

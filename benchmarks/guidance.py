@@ -1,4 +1,4 @@
-"""Guidance against class accuracy and sample quality: the tables of README's Results.
+"""Guidance against class accuracy and sample quality: the tables of docs/results.md.
 
 Two sweeps, each row sampled ``--per-class`` images of every class (N = per_class K,
 drawn class by class from the same seed) and graded three ways:
@@ -54,7 +54,7 @@ def sample_row(run: str, kind: str, scale: float, args: argparse.Namespace,
         "classifier": args.classifier, "classifier_scale": scale}
     images = api.sample(run, n=args.per_class, classes="all", sampler=args.sampler,
                         steps=args.steps, eta=args.eta, seed=args.seed,
-                        batch_size=args.batch_size, **guide)
+                        batch_size=args.batch_size, progress=True, **guide)
     k = images.shape[0] // args.per_class
     return images, np.repeat(np.arange(k), args.per_class)
 
@@ -76,7 +76,8 @@ def grade(run: str, images: np.ndarray, intended: np.ndarray,
            "confusion": None if r["confusion"] is None else r["confusion"].tolist(),
            "eval_accuracy": scorer.heldout_accuracy}
     if args.fid:
-        fid = fid_report(run, images, reference_n=args.reference_n, cache_dir=args.cache_dir)
+        fid = fid_report(run, images, reference_n=args.reference_n, cache_dir=args.cache_dir,
+                         progress=True)
         row.update({key: fid[key] for key in ("fid", "kid", "kid_std", "floor_fid",
                                               "floor_kid", "n", "reference_n")})
     return row

@@ -7,7 +7,7 @@ steps of the baseline recipe. A recipe that changes the work per step (width, de
 ``budget_steps * cost(baseline) / cost(recipe)`` steps, with the costs measured side by
 side in this process at the start (``calibration.json``, kept). Each (recipe, seed,
 backend) run is then sampled with every ``--samplers`` entry and graded by FID and KID
-against the same reference and floor as README's Results (``ddpm eval fid``).
+against the same reference and floor as docs/results.md (``ddpm eval fid``).
 
     python benchmarks/quality.py --root runs/quality --configs baseline,min-snr,cosine \\
         [--seeds 0,1] [--backends torch,jax] [--samplers ddim100,ddpm1000] [--fid-n 500]
@@ -177,10 +177,10 @@ def evaluate(args: argparse.Namespace, run: Path, sampler: str, tag: dict[str, A
     start = time.perf_counter()
     images = load_backend(info["backend"]).sample(
         run, n=args.fid_n, sampler=kind, steps=steps, eta=eta, seed=args.eval_seed,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, progress=True)
     sample_s = time.perf_counter() - start
-    fid = fid_report(run, images, reference_n=args.reference_n,
-                                cache_dir=args.cache_dir)
+    fid = fid_report(run, images, reference_n=args.reference_n, cache_dir=args.cache_dir,
+                     progress=True)
     row = {**tag, "steps": info["step"], "sampler": sampler, "sample_s": round(sample_s, 1),
            "train_s": round(train_seconds(run) or 0.0, 1),
            **{k: fid[k] for k in ("fid", "kid", "kid_std", "floor_fid", "floor_kid", "n")},

@@ -1,6 +1,6 @@
 """Where a CPU training step's time goes, PyTorch against JAX, part by part.
 
-README's training table has JAX at about half PyTorch's images/s on the mnist preset. This
+docs/performance.md's training table has JAX at about half PyTorch's images/s on the mnist preset. This
 splits one step of each backend into what it is made of and times every part of both
 side by side, in one process, round by round (medians), each backend on one thread:
 

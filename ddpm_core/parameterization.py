@@ -10,7 +10,8 @@ mu~ directly. All conversions are exact identities of eq. (4):
                  \epsilon_\theta\Big) = \tilde\mu_t(x_t, \hat x_0)   \quad (11)
 
 The reverse variance sigma_t^2 (eq. 1) is ``fixed_small`` (beta~_t), ``fixed_large``
-(beta_t; beta~ at index 0, as in Ho et al.'s code, for a better decoder likelihood),
+(beta_t, and at index 0 the clipped beta~, its value at index 1, as in Ho et al.'s code,
+for a better decoder likelihood),
 ``learned`` (the network outputs log sigma^2) or ``learned_range`` (Nichol & Dhariwal: the
 network outputs v in [-1, 1] and log sigma^2 = f log beta_t + (1 - f) log beta~_t with
 f = (v + 1) / 2). Learned variances take a model output with 2C channels on axis 1: the

@@ -2,9 +2,10 @@ r"""The reverse chain: the one step every chain calls, and the chain as a Python
 
 :func:`reverse_step` is the sampling counterpart of ``training_losses``: given one network
 output it picks the step function of the sampler (Algorithm 2 for ``"ddpm"``, DDIM for
-``"ddim"``), splits the prediction from a learned-variance head (DDIM ignores the head) and
-applies classifier guidance (G3 for the ancestral step, G4 for DDIM) when it is given the
-classifier's gradient. Every chain of the library calls it: :func:`sample_loop` here, the
+``"ddim"``, DPM-Solver++(2M) and its SDE variant for ``"dpmpp-2m"`` and ``"dpmpp-2m-sde"``),
+splits the prediction from a learned-variance head (the deterministic samplers ignore the
+head) and applies classifier guidance (G3 for the ancestral step, G4 for the others) when it
+is given the classifier's gradient. Every chain of the library calls it: :func:`sample_loop` here, the
 PyTorch backend's CUDA-graph chain and the JAX backend's ``lax.scan``. A new sampler is one
 change here (plus, where a backend compiles the chain, the state it carries).
 
@@ -189,7 +190,8 @@ def sample_loop(
     For each step index i = start..0 (default start = T - 1) the model is called as
     ``model(x, t_model)`` with ``t_model`` the integer vector of the original-chain index
     ``schedule.timesteps[i]``; ``noise_fn(i)`` supplies the standard normal draws of step i
-    (never called for i == 0, nor for DDIM with eta == 0, where it may be None). Each step is
+    (never called for i == 0, nor for DDIM with eta == 0 or ``"dpmpp-2m"``, where it may be
+    None). Each step is
     :func:`reverse_step`; with ``classifier_grad(x, t_model)`` (the classifier's gradient at
     the model's step) it is classifier-guided with ``classifier_scale``. For a respaced
     ``schedule``, the DDPM sampler is exact on the shorter chain (its betas are re-derived)

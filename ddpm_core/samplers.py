@@ -55,7 +55,7 @@ MULTISTEP = ("dpmpp-2m", "dpmpp-2m-sde")  # the samplers whose step reads the pr
 # DDIM's eps once x0_hat is clipped: re-derived from the clipped x0_hat (improved-diffusion),
 # or the network's own (diffusers' use_clipped_model_output=False)
 DDIM_EPS = ("clipped", "network")
-DEFAULT_DDIM_EPS = "network"  # it measures better on the demo model (README, "Fast sampling")
+DEFAULT_DDIM_EPS = "network"  # it measures better on the demo model (docs/results.md, "Fast sampling")
 
 
 def needs_noise(sampler: str, eta: float = 0.0) -> bool:

@@ -83,7 +83,8 @@ def _derive_tables(betas: np.ndarray) -> dict[str, np.ndarray]:
     # beta~ at index 0 is 0; its log is clipped to the value at index 1 (improved DDPM).
     first = post_var[1] if len(betas) > 1 else betas[0]
     post_logvar = np.log(np.append(first, post_var[1:]))
-    # "fixed large" uses beta_t, with beta~ at index 0 for a better decoder likelihood (Ho et al.).
+    # "fixed large" uses beta_t, with the clipped beta~ (its value at index 1) at index 0 for a
+    # better decoder likelihood (Ho et al.'s code).
     large_var = np.append(first, betas[1:])
     with np.errstate(divide="ignore"):
         return {

@@ -134,7 +134,8 @@ def _check_attention_width(c: Mapping[str, Any], widths: list[int]) -> None:
 def _class_fields(c: Mapping[str, Any]) -> None:
     """Hook for class-conditional U-Nets: ``num_class_embeds`` <-> ``UNetConfig.num_classes``.
 
-    This UNetConfig has no class embedding, so a diffusers class embedding is refused.
+    The mapping of a class embedding (and of ddpm-core's null label) is not written yet, so
+    a diffusers class embedding is refused on import as a class-conditional run is on export.
     """
     if c["num_class_embeds"] is not None:
         raise _fail("num_class_embeds", c["num_class_embeds"], "ddpm-core's U-Net has no class embedding")
@@ -195,6 +196,10 @@ def unet_to_diffusers_config(config: UNetConfig) -> dict[str, Any]:
     if not config.resamp_with_conv:
         raise ValueError("resamp_with_conv=False has no UNet2DModel config: diffusers' blocks always "
                          "resample with a convolution")
+    if config.num_classes:
+        raise ValueError(f"num_classes={config.num_classes}: a class-conditional U-Net is not exported "
+                         "(its label embedding and null label have no UNet2DModel mapping yet); export "
+                         "an unconditional run")
     attn = [r in config.attn_resolutions for r in config.resolutions]
     return {
         **UNET_DEFAULTS, **UNET_REQUIRED, "_class_name": "UNet2DModel",

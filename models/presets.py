@@ -59,10 +59,12 @@ class Preset:
 
     @property
     def image_size(self) -> int:
+        """The side of the square images the preset's U-Net takes, in pixels."""
         return self.unet.image_size
 
     @property
     def channels(self) -> int:
+        """The images' channels (1 for MNIST, 3 for CIFAR-10)."""
         return self.unet.in_channels
 
     def to_dict(self) -> dict[str, Any]:

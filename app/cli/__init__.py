@@ -4,10 +4,12 @@ Subcommands::
 
     ddpm train --backend torch --preset mnist --out runs/mnist [--steps N] [--resume] ...
     ddpm train --preset mnist --out runs/cond --class-conditional [--label-dropout 0.1]
+    ddpm train --preset mnist --out runs/mnist --tensorboard      (events in runs/mnist/tensorboard)
     ddpm train-classifier --data mnist --out runs/clf [--steps N] [--backend jax]
     ddpm sample --run runs/mnist --n 64 [--sampler ddpm|ddim --steps K --eta E] --out s.png
     ddpm progressive --run runs/mnist --n 8 --frames 10 --out progressive.png   (Figure 6)
     ddpm interpolate --run runs/mnist --pair 0 1 --t 500 --out interp.png       (Figure 8)
+    ddpm plot --run runs/mnist [--out loss.png] [--json]          (the loss curve of log.csv)
     ddpm presets [--json]
     ddpm eval bpd --run runs/mnist --n 100 [--json]               (the bound, bits/dim)
     ddpm eval rate-distortion --run runs/mnist --n 100 --out rd   (Figure 5: rd.csv, rd.png)
@@ -29,6 +31,7 @@ from ddpm_core.app.cli.commands import (
     cmd_export,
     cmd_import,
     cmd_interpolate,
+    cmd_plot,
     cmd_presets,
     cmd_progressive,
     cmd_sample,
@@ -42,7 +45,7 @@ from ddpm_core.app.run.lock import RunLockedError
 __all__ = ["BackendUnavailable", "build_parser", "load_backend", "main"]
 
 _COMMANDS = {"sample": cmd_sample, "progressive": cmd_progressive,
-             "interpolate": cmd_interpolate, "presets": cmd_presets, "eval": cmd_eval,
+             "interpolate": cmd_interpolate, "plot": cmd_plot, "presets": cmd_presets, "eval": cmd_eval,
              "import": cmd_import, "export": cmd_export,
              "train-classifier": cmd_train_classifier}
 

@@ -4,9 +4,11 @@ library function and prints."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ from ddpm_core.app.run.images import image_grid, save_npz, save_png
 from ddpm_core.app.run.options import BACKENDS, TrainOptions, resolve_options
 from ddpm_core.app.run.outputs import check_output
 from ddpm_core.app.run.rundir import read_run_json
+from ddpm_core.app.training.tensorboard import TensorBoardUnavailable, require_tensorboard
 
-__all__ = ["cmd_export", "cmd_import", "cmd_interpolate", "cmd_presets", "cmd_progressive", "cmd_sample", "cmd_train",
-           "cmd_train_classifier", "write_grid"]
+__all__ = ["cmd_export", "cmd_import", "cmd_interpolate", "cmd_plot", "cmd_presets", "cmd_progressive", "cmd_sample",
+           "cmd_train", "cmd_train_classifier", "write_grid"]
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -44,11 +47,14 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             progress=False if args.quiet else None, class_conditional=args.class_conditional,
             label_dropout=args.label_dropout, schedule=args.schedule,
             weighting=None if args.weighting is None else args.weighting.replace("-", "_"),
-            min_snr_gamma=args.min_snr_gamma, ch=args.ch, num_res_blocks=args.num_res_blocks)
+            min_snr_gamma=args.min_snr_gamma, ch=args.ch, num_res_blocks=args.num_res_blocks,
+            tensorboard=args.tensorboard)
         resolve_options(options)
     except ValueError as e:
         parser.error(str(e))
-    summary = load_backend(backend).train(options)
+    _check_tensorboard(args)
+    with _tensorboard_error():
+        summary = load_backend(backend).train(options)
     if not summary["main"]:
         return 0
     print(f"trained {summary['steps_run']} steps (now at step {summary['steps']}) in "
@@ -69,10 +75,13 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         preset=preset, out=args.out, backend=backend, steps=args.steps, resume=args.resume,
         seed=args.seed, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         grad_clip=args.grad_clip, data=args.data, log_every=args.log_every,
-        ckpt_every=args.ckpt_every, device=args.device, progress=False if args.quiet else None)
+        ckpt_every=args.ckpt_every, device=args.device, progress=False if args.quiet else None,
+        tensorboard=args.tensorboard)
+    _check_tensorboard(args)
     load_backend(backend)
     module = importlib.import_module(f"ddpm_core.backends.{backend}.classifier_training")
-    s = module.train_classifier(options)
+    with _tensorboard_error():
+        s = module.train_classifier(options)
     acc = (f"; held-out accuracy {s['heldout_accuracy']:.4f} at uniform t, "
            f"{s['heldout_accuracy_t0']:.4f} at t = 0 ({s['heldout_n']} images)"
            if "heldout_accuracy" in s else "")
@@ -80,6 +89,24 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
           f"{s['seconds']:.1f} s, final loss {s['final_loss']:.4f}{acc}; run directory "
           f"{s['run_dir']}")
     return 0
+
+
+def _check_tensorboard(args: argparse.Namespace) -> None:
+    """Before any work: --tensorboard needs tensorboardX (a resumed run that writes events
+    without the flag is checked by the loop, before it writes anything; the commands turn
+    its error into the same one line with :func:`_tensorboard_error`)."""
+    if args.tensorboard:
+        with _tensorboard_error():
+            require_tensorboard()
+
+
+@contextlib.contextmanager
+def _tensorboard_error() -> Iterator[None]:
+    """A missing tensorboardX as the one-line error of a missing extra."""
+    try:
+        yield
+    except TensorBoardUnavailable as e:
+        raise BackendUnavailable(str(e)) from e
 
 
 def _run_backend_of(run_dir: str) -> str | None:
@@ -134,7 +161,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_output(args.out, "grid")
     n, guide, labels = _guided_args(args, 64)
     api = load_backend(run_backend(args.run, args.backend))
-    images = api.sample(args.run, n=n, **chain_args(args), seed=args.seed, batch_size=args.batch_size,
+    images = api.sample(args.run, progress=not args.no_progress, n=n, **chain_args(args), seed=args.seed,
+                        batch_size=args.batch_size,
                         use_ema=not args.no_ema, device=args.device, compile=args.compile, **guide)
     write_grid(args.out, images, _with_labels({"images": images}, labels),
                ncols=n if args.classes == "all" else None)
@@ -145,7 +173,8 @@ def cmd_progressive(args: argparse.Namespace) -> int:
     check_output(args.out, "grid")
     n, guide, labels = _guided_args(args, 8)
     api = load_backend(run_backend(args.run, args.backend))
-    frames = api.progressive(args.run, n=n, seed=args.seed, frames=args.frames, **chain_args(args),
+    frames = api.progressive(args.run, progress=not args.no_progress, n=n, seed=args.seed, frames=args.frames,
+                             **chain_args(args),
                              use_ema=not args.no_ema,
                              device=args.device, **guide)
     rows = frames.transpose(1, 0, 2, 3, 4).reshape(-1, *frames.shape[2:])
@@ -174,7 +203,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         held = load_dataset(info["data"], "train")
     rows, mixes = [], []
     for i, j in pairs:
-        mixed = api.interpolate(args.run, seed=args.seed, t=args.t, lambdas=args.lambdas,
+        mixed = api.interpolate(args.run, progress=not args.no_progress, seed=args.seed, t=args.t, lambdas=args.lambdas,
                                 pair=(i, j), use_ema=not args.no_ema, device=args.device, **guide)
         rows += [held[i], *mixed, held[j]]
         mixes.append(mixed)
@@ -183,6 +212,21 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if labels is not None:  # the one label of every decode (K: the null label)
         arrays["label"] = labels[0]
     write_grid(args.out, np.stack(rows), arrays, ncols=len(args.lambdas) + 2)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ddpm_core.app.run.plot import plot_loss
+
+    try:
+        r = plot_loss(args.run, args.out)
+    except ImportError as e:
+        raise BackendUnavailable(str(e)) from e
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"wrote {r['out']} ({r['points']} points, last at step {r['last_step']}: loss "
+          f"{r['last_loss']:.4f})")
     return 0
 
 

@@ -22,7 +22,8 @@ def _eval_bpd(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     result = load_backend(backend).bpd(args.run, n=args.n, batch_size=args.batch_size,
                                            seed=args.seed, use_ema=not args.no_ema,
-                                           device=args.device, clip=args.clip)
+                                           device=args.device, clip=args.clip,
+                                           progress=not args.no_progress)
     result.update(backend=backend, T=int(len(result["terms_per_t"])),
                   seconds=round(time.perf_counter() - start, 3))
     return result
@@ -64,10 +65,11 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise BackendUnavailable(str(e)) from e
     api = load_backend(run_backend(args.run, args.backend))
-    images = api.sample(args.run, n=args.n, **chain_args(args), seed=args.seed, batch_size=args.batch_size,
+    images = api.sample(args.run, progress=not args.no_progress, n=args.n, **chain_args(args), seed=args.seed,
+                        batch_size=args.batch_size,
                         use_ema=not args.no_ema, device=args.device)
     try:
-        r = fid_report(args.run, images, reference_n=args.reference_n,
+        r = fid_report(args.run, images, progress=not args.no_progress, reference_n=args.reference_n,
                        cache_dir=args.cache_dir, kid_subsets=args.kid_subsets,
                        kid_subset_size=args.kid_subset_size)
     except ImportError as e:
@@ -107,7 +109,8 @@ def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | 
     g, clf_config, _ = guided_request(info, args.n, **guide)  # checked before sampling
     api = load_backend(run_backend(args.run, args.backend))
     extra = {k: v for k, v in guide.items() if v is not None}
-    images = api.sample(args.run, n=args.n, **chain_args(args), seed=args.seed, batch_size=args.batch_size,
+    images = api.sample(args.run, progress=not args.no_progress, n=args.n, **chain_args(args), seed=args.seed,
+                        batch_size=args.batch_size,
                         use_ema=not args.no_ema, device=args.device, **extra)
     k = run_k or (clf_config.num_classes if clf_config is not None else None)
     return images, g.labels, k

@@ -86,13 +86,15 @@ def _presets() -> list[str]:
 # --------------------------------------------------------------------------- shared options
 
 def _add_run_options(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
-    """--run, --backend, --seed, --no-ema, --device: every subcommand that reads a run."""
+    """--run, --backend, --seed, --no-ema, --device, --no-progress: every subcommand that reads a run."""
     p.add_argument("--run", required=True, help="run directory written by `ddpm train`")
     if backend:
         p.add_argument("--backend", choices=BACKENDS, help="default: the run's backend")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (a bar on a terminal, else a line every 10%%)")
 
 
 def _add_chain_options(p: argparse.ArgumentParser, *, eta: bool) -> None:
@@ -143,6 +145,14 @@ def _add_json(p: argparse.ArgumentParser, fields: str) -> None:
     p.add_argument("--json", action="store_true", help=f"print one JSON object ({fields})")
 
 
+def _add_tensorboard(p: argparse.ArgumentParser) -> None:
+    """--tensorboard / --no-tensorboard of ``train`` and ``train-classifier``."""
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard event files under OUT/tensorboard (needs "
+                        'pip install "ddpm-core[tensorboard]"; default: off, or the '
+                        "resumed run's choice)")
+
+
 # --------------------------------------------------------------------------- subcommands
 
 def _add_train(sub: Any) -> None:
@@ -155,7 +165,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--steps", type=int_at_least(1), help="total optimizer steps")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its stored options (only --steps, "
-                        "the cadence, --sample-n, --device, --quiet and --compile may change)")
+                        "the cadence, --sample-n, --device, --quiet, --compile and "
+                        "--tensorboard may change)")
     p.add_argument("--seed", type=int_at_least(0), help="default 0")
     p.add_argument("--batch-size", type=int_at_least(1), help="global batch size")
     p.add_argument("--lr", type=float_in(0.0, 1.0))
@@ -195,7 +206,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--sample-n", type=int_at_least(1), help="default 64")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile on CUDA")
     p.add_argument("--device", choices=DEVICES, help="default auto")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress on stderr (a bar on a terminal, else a line every 5%%)")
+    _add_tensorboard(p)
 
 
 def _add_train_classifier(sub: Any) -> None:
@@ -222,7 +235,9 @@ def _add_train_classifier(sub: Any) -> None:
     p.add_argument("--log-every", type=int_at_least(0), help="default 50")
     p.add_argument("--ckpt-every", type=int_at_least(0), help="default 1000")
     p.add_argument("--device", choices=DEVICES, help="default auto")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress on stderr (a bar on a terminal, else a line every 5%%)")
+    _add_tensorboard(p)
 
 
 def _add_sample(sub: Any) -> None:
@@ -270,6 +285,17 @@ def _add_interpolate(sub: Any) -> None:
                    help="comma-separated mixing weights in [0, 1]")
     p.add_argument("--out", default="interpolate.png")
     _add_guidance_options(p, interpolation=True)
+
+
+def _add_plot(sub: Any) -> None:
+    p = sub.add_parser("plot", help="the loss curve of a run as a PNG",
+                       description="Plots log.csv's loss against the step for "
+                                   "those who do not run TensorBoard. Needs matplotlib: "
+                                   'pip install "ddpm-core[eval]".')
+    p.add_argument("--run", required=True, help="run directory written by `ddpm train` or "
+                                                "`ddpm train-classifier`")
+    p.add_argument("--out", help="PNG to write (default: RUN/loss.png)")
+    _add_json(p, "out, points, last_step, last_loss")
 
 
 def _add_presets(sub: Any) -> None:
@@ -411,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm", description="Denoising Diffusion "
                                      "Probabilistic Models (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_train_classifier, _add_sample, _add_progressive, _add_interpolate, _add_presets,
-                _add_eval, _add_import, _add_export):
+    for add in (_add_train, _add_train_classifier, _add_sample, _add_progressive, _add_interpolate, _add_plot,
+                _add_presets, _add_eval, _add_import, _add_export):
         add(sub)
     return parser

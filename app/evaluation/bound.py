@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.app.run.atomic import atomic_write_bytes
+from ddpm_core.app.run.progress import Progress
 from ddpm_core.app.run.splits import heldout_images
 from ddpm_core.checks import check_int
 
@@ -47,7 +48,7 @@ def batch_noise_fn(seed: int, start: int, shape: tuple[int, ...],
 
 
 def bpd(backend: Any, run_dir: str | os.PathLike, *, n: int, batch_size: int | None = None, seed: int = 0,
-        use_ema: bool = True, device: str = "auto", clip: bool = False) -> dict[str, Any]:
+        use_ema: bool = True, device: str = "auto", clip: bool = False, progress: bool = False) -> dict[str, Any]:
     """The bound of eq. (5) in bits/dim on the first ``n`` held-out images of a run.
 
     Every one of the T terms is the core's :func:`ddpm_core.bits_per_dim` (T network calls
@@ -65,6 +66,7 @@ def bpd(backend: Any, run_dir: str | os.PathLike, *, n: int, batch_size: int | N
     use_ema : bool, the EMA weights (default) or the raw ones
     clip : bool, clip x0_hat to [-1, 1] before the posterior mean (the model is then the
         clipped one; still a valid bound) and in the distortion; default False
+    progress : bool, show the terms done (network calls, T per batch) on stderr
 
     Returns
     -------
@@ -81,6 +83,9 @@ def bpd(backend: Any, run_dir: str | os.PathLike, *, n: int, batch_size: int | N
     fn = backend.float32_model(network)
     x_all = to_model_range(heldout_images(info, n)).transpose(0, 3, 1, 2)
     parts: list[list[np.ndarray]] = [[], [], [], []]
+    bar = Progress(schedule.num_timesteps * -(-n // bs), "bits/dim terms", unit="term", enabled=progress)
+    if progress:
+        fn = _ticking(fn, bar)
     for start in range(0, n, bs):
         x0 = backend.asarray(network, np.ascontiguousarray(x_all[start:start + bs]))
         noise = batch_noise_fn(seed, start, tuple(x0.shape), lambda a: backend.asarray(network, a))
@@ -89,9 +94,19 @@ def bpd(backend: Any, run_dir: str | os.PathLike, *, n: int, batch_size: int | N
                              variance=info["variance"], clip=True if clip else None)
         for k, a in enumerate((r.total, r.prior, r.terms, r.mse)):
             parts[k].append(np.asarray(backend.numpy(a), np.float64))
+    bar.close()
     total, prior = np.concatenate(parts[0]), np.concatenate(parts[1])
     terms, mse = np.concatenate(parts[2], axis=1), np.concatenate(parts[3], axis=1)
     return summarize_bpd(total, prior, terms, mse)
+
+
+def _ticking(fn: Any, bar: Progress) -> Any:
+    """``fn`` (the network) counting its calls on ``bar``: one call per term of the bound."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        bar.update()
+        return out
+    return call
 
 
 def summarize_bpd(total: np.ndarray, prior: np.ndarray, terms: np.ndarray,

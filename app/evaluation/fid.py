@@ -35,14 +35,14 @@ def require_fid_network() -> None:
 def fid_report(run_dir: str | os.PathLike, samples: np.ndarray, *,
                reference_n: int | None = None, cache_dir: str | os.PathLike | None = None,
                kid_subsets: int = 100, kid_subset_size: int = 1000,
-               extractor: Any = None) -> dict[str, Any]:
+               extractor: Any = None, progress: bool = False) -> dict[str, Any]:
     """FID and KID of ``samples`` against the run's training split, and the floor.
 
     The floor is the same metrics for the first ``min(len(samples), heldout size)``
     held-out images against the same reference: what a perfect model reaches at that N.
     Features come from the FID Inception-v3 (``ddpm_core.backends.torch.inception``);
     those of the reference and held-out sets are cached in ``cache_dir`` (default
-    ``<run>/fid-cache``).
+    ``<run>/fid-cache``). ``progress`` shows the images whose features are computed.
 
     Parameters
     ----------
@@ -73,7 +73,7 @@ def fid_report(run_dir: str | os.PathLike, samples: np.ndarray, *,
         raise ValueError(f"reference_n must be an integer >= 2; got {reference_n!r}")
     info = rundir.read_run_json(run_dir)
     cache = Path(cache_dir) if cache_dir is not None else Path(run_dir) / "fid-cache"
-    extract = extractor if extractor is not None else inception.InceptionFeatures()
+    extract = extractor if extractor is not None else inception.InceptionFeatures(progress=progress)
     data = str(info["data"])
     train = load_dataset(data, "train")
     ref_n = train.shape[0] if reference_n is None else min(int(reference_n), train.shape[0])

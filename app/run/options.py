@@ -43,7 +43,7 @@ DEVICES = ("auto", "cpu", "cuda", "gpu", "tpu")
 RUN_DEFAULTS: dict[str, Any] = {"seed": 0, "timestep_sampler": "uniform", "log_every": 50,
                                 "sample_every": 0, "ckpt_every": 1000, "sample_n": 64,
                                 "compile": False, "device": "auto", "progress": True,
-                                "class_conditional": False}
+                                "tensorboard": False, "class_conditional": False}
 # The label dropout of a class-conditional run when --label-dropout is not given (Ho &
 # Salimans 2022 train with 0.1 or 0.2); an unconditional run has none.
 DEFAULT_LABEL_DROPOUT = 0.1
@@ -108,6 +108,10 @@ class TrainOptions:
     device : {"auto", "cpu", "cuda", "gpu", "tpu"}
     progress : bool
         Print a progress line to stderr.
+    tensorboard : bool
+        Write TensorBoard event files under ``out/tensorboard`` (needs tensorboardX, the
+        ``tensorboard`` extra; ``ddpm_core.app.training.tensorboard``); only the main process
+        of a distributed run writes them.
     schedule : str, optional
         Beta schedule (``ddpm_core.Schedule`` names: linear, cosine, ...).
     weighting : {"none", "min_snr"}, optional
@@ -151,6 +155,7 @@ class TrainOptions:
     compile: bool | None = None
     device: str | None = None
     progress: bool | None = None
+    tensorboard: bool | None = None
     class_conditional: bool | None = None
     label_dropout: float | None = None
     schedule: str | None = None
@@ -179,7 +184,8 @@ class TrainOptions:
                               ("schedule", SCHEDULES), ("weighting", WEIGHTINGS)):
             if getattr(self, name) is not None:
                 check_choice(name, getattr(self, name), allowed)
-        for name in ("resume", "random_flip", "compile", "progress", "class_conditional"):
+        for name in ("resume", "random_flip", "compile", "progress", "tensorboard",
+                     "class_conditional"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False; got {value!r}")

@@ -2,8 +2,8 @@
 
 Only the options in :data:`SAFE_ON_RESUME` may be given again with a new value (the step
 count upwards, the cadence of logs, checkpoints and grids, the grid size, the device, the
-progress line, compilation). Any other option given with a value that differs from the
-stored one is refused, naming the option and both values.
+progress line, compilation, the TensorBoard events). Any other option given with a value
+that differs from the stored one is refused, naming the option and both values.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ddpm_core.app.run.options import RUN_DEFAULTS, TrainOptions, with_defaults
 __all__ = ["SAFE_ON_RESUME", "resume_options", "stored_option", "stored_options"]
 
 SAFE_ON_RESUME = ("steps", "log_every", "sample_every", "ckpt_every", "sample_n", "device",
-                  "progress", "compile")
+                  "progress", "compile", "tensorboard")
 
 # option -> its stored value in a run.json (format 1 keeps them in "train" and "unet")
 _STORED: dict[str, Callable[[Mapping[str, Any]], Any]] = {

@@ -18,6 +18,7 @@ import numpy as np
 
 from ddpm_core.app.run.images import to_uint8
 from ddpm_core.app.run.integrity import check_finite_samples
+from ddpm_core.app.run.progress import Progress
 from ddpm_core.app.run.rundir import make_schedule, read_run_json
 from ddpm_core.app.run.splits import interpolation_sources
 from ddpm_core.app.sampling.chains import (
@@ -90,24 +91,34 @@ def run_guide(backend: SampleBackend, network: Any, info: dict[str, Any], n: int
 
 
 def draw_chain(backend: SampleBackend, chain: Any, *, n: int, seed: int = 0, batch_size: int | None = None,
-               labels: np.ndarray | None = None, frame_steps: Sequence[int] = ()
-               ) -> tuple[np.ndarray, np.ndarray]:
+               labels: np.ndarray | None = None, frame_steps: Sequence[int] = (), progress: bool = False,
+               desc: str = "sampling") -> tuple[np.ndarray, np.ndarray]:
     """``n`` samples of a built chain, float32 (n, C, H, W) in [-1, 1], and the x0_hat of
     the steps ``frame_steps`` (respaced indices), float32 (F, n, C, H, W) (empty if none).
 
     Sample j uses the noise of global index j; ``labels`` int (n,): sample j's class.
+    ``progress`` shows the chain steps of every batch, and the samples done, on stderr
+    (:class:`~ddpm_core.app.run.progress.Progress`).
     """
     if labels is not None and np.shape(labels) != (n,):
         raise ValueError(f"labels must have shape ({n},), one per sample; got {np.shape(labels)}")
     xs: list[np.ndarray] = []
     fs: list[np.ndarray] = []
-    for lo, hi, keep in batch_bounds(n, batch_size, padded=backend.pads_batches):
+    bounds = batch_bounds(n, batch_size, padded=backend.pads_batches)
+    steps = chain.spec.schedule.num_timesteps
+    bar = Progress(steps * len(bounds), desc, unit="step", enabled=progress)
+    done = 0
+    for lo, hi, keep in bounds:
         x_T, noise = backend.draw(chain, seed, lo, hi)
         y = None if labels is None else np.resize(np.asarray(labels)[lo:hi], hi - lo)
-        x, frames = backend.run(chain, x_T, noise, y, start=None, frame_steps=frame_steps)
+        x, frames = backend.run(chain, x_T, noise, y, start=None, frame_steps=frame_steps,
+                                on_step=(lambda d=done: bar.update(1, samples=f"{d}/{n}")) if progress else None)
         xs.append(backend.numpy(x)[:keep])
+        done += keep
+        bar.update(0, samples=f"{done}/{n}")
         if frame_steps:
             fs.append(backend.numpy(frames)[:, :keep])
+    bar.close()
     kept = np.concatenate(fs, axis=1) if fs else np.zeros((0,), np.float32)
     return np.concatenate(xs), kept
 
@@ -128,7 +139,8 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
            seed: int = 0, batch_size: int | None = None,
            use_ema: bool = True, device: str = "auto", compile: bool = False, classes: Any = None,
            guidance: float | None = None, guidance_rescale: float | None = None,
-           classifier: str | os.PathLike | None = None, classifier_scale: float | None = None) -> np.ndarray:
+           classifier: str | os.PathLike | None = None, classifier_scale: float | None = None,
+           progress: bool = False) -> np.ndarray:
     """``n`` samples of the run's (EMA) model, uint8 (N, H, W, C).
 
     ``sampler="ddpm"`` runs Algorithm 2 on the full chain (or ``steps`` respaced steps);
@@ -145,14 +157,15 @@ def sample(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, sample
     run; ``guidance`` is the classifier-free scale s (default 1: the conditional model,
     0: the unconditional one) and ``guidance_rescale`` Lin et al.'s phi (default 0);
     ``classifier`` a classifier run directory guiding with ``classifier_scale``
-    (default 1; 0 is the unguided sampler). Otherwise N = n.
+    (default 1; 0 is the unguided sampler). Otherwise N = n. ``progress`` shows the chain's
+    steps on stderr (:func:`draw_chain`).
     """
     guide_kw = {"classes": classes, "guidance": guidance, "guidance_rescale": guidance_rescale,
                 "classifier": classifier, "classifier_scale": classifier_scale}
     chain_kw = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing, "ddim_eps": ddim_eps}
     chain, count, guide = _request(backend, run_dir, n, chain_kw, use_ema, device, compile, guide_kw)
     x, _ = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,
-                      labels=None if guide is None else guide.labels)
+                      labels=None if guide is None else guide.labels, progress=progress)
     check_finite_samples(x)
     return to_images(x)
 
@@ -162,7 +175,7 @@ def progressive(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, s
                 ddim_eps: str | None = None, batch_size: int | None = None,
                 use_ema: bool = True, device: str = "auto", classes: Any = None, guidance: float | None = None,
                 guidance_rescale: float | None = None, classifier: str | os.PathLike | None = None,
-                classifier_scale: float | None = None) -> np.ndarray:
+                classifier_scale: float | None = None, progress: bool = False) -> np.ndarray:
     """x0_hat at ``frames`` evenly spaced steps, uint8 (frames, N, H, W, C) (Figure 6).
 
     The other keywords are :func:`sample`'s (N = n, or n K with ``classes="all"``), and the
@@ -175,13 +188,13 @@ def progressive(backend: SampleBackend, run_dir: str | os.PathLike, *, n: int, s
     chain, count, guide = _request(backend, run_dir, n, chain_kw, use_ema, device, False, guide_kw)
     keep = progressive_steps(chain.spec.schedule.num_timesteps, frames)
     _, f = draw_chain(backend, chain, n=count, seed=seed, batch_size=batch_size,
-                      labels=None if guide is None else guide.labels, frame_steps=keep)
+                      labels=None if guide is None else guide.labels, frame_steps=keep, progress=progress)
     return to_images(f)
 
 
 def interpolate_images(backend: SampleBackend, chain: Any, x0_a: np.ndarray, x0_b: np.ndarray, *,
-                       lambdas: Sequence[float], t: int, seed: int = 0, labels: np.ndarray | None = None
-                       ) -> np.ndarray:
+                       lambdas: Sequence[float], t: int, seed: int = 0, labels: np.ndarray | None = None,
+                       progress: bool = False) -> np.ndarray:
     """Encode two images to step ``t``, mix ``(1 - lam) x_t^a + lam x_t^b``, decode (Figure 8).
 
     Parameters
@@ -205,14 +218,17 @@ def interpolate_images(backend: SampleBackend, chain: Any, x0_a: np.ndarray, x0_
     a, b = (backend.asarray(chain, np.ascontiguousarray(np.broadcast_to(v, (L, *v.shape)))) for v in (x0_a, x0_b))
     noise_a, noise_b, noise = backend.interpolation_noise(chain, seed, L)
     mixed = mix_latents(schedule, a, b, backend.asarray(chain, lam), t, noise_a, noise_b)
-    x, _ = backend.run(chain, mixed, noise, labels, start=t, frame_steps=())
-    return backend.numpy(x)
+    with Progress(t + 1, "decoding", unit="step", enabled=progress) as bar:
+        x, _ = backend.run(chain, mixed, noise, labels, start=t, frame_steps=(),
+                           on_step=bar.update if progress else None)
+        return backend.numpy(x)
 
 
 def interpolate(backend: SampleBackend, run_dir: str | os.PathLike, *, seed: int = 0, t: int = 500,
                 lambdas: Sequence[float] = tuple(np.linspace(0, 1, 9)), pair: Sequence[int] = (0, 1),
                 use_ema: bool = True, device: str = "auto", classes: int | None = None,
-                guidance: float | None = None, guidance_rescale: float | None = None) -> np.ndarray:
+                guidance: float | None = None, guidance_rescale: float | None = None,
+                progress: bool = False) -> np.ndarray:
     """Interpolate two held-out images through x_t (Figure 8), uint8 (len(lambdas), H, W, C).
 
     A class-conditional run decodes every mixture with one label: ``classes`` (an int in
@@ -228,5 +244,6 @@ def interpolate(backend: SampleBackend, run_dir: str | os.PathLike, *, seed: int
     guide = None if g.labels is None else GuideSpec(int(info["unet"].get("num_classes", 0) or 0), g.scale, g.rescale)
     chain = backend.chain(network, chain_spec(schedule, info), guide, compile=False)
     labels = None if g.labels is None else np.repeat(g.labels, len(lambdas))
-    x = interpolate_images(backend, chain, src[0], src[1], lambdas=lambdas, t=t, seed=seed, labels=labels)
+    x = interpolate_images(backend, chain, src[0], src[1], lambdas=lambdas, t=t, seed=seed, labels=labels,
+                           progress=progress)
     return to_images(x)

@@ -90,9 +90,10 @@ class SampleBackend(Protocol):
         """``(noise_a, noise_b, step noise)`` of ``count`` mixtures that share one stream."""
 
     def run(self, chain: Any, x: Any, noise: Any, labels: np.ndarray | None, *, start: int | None,
-            frame_steps: Sequence[int]) -> tuple[Any, Any]:
+            frame_steps: Sequence[int], on_step: Callable[[], None] | None = None) -> tuple[Any, Any]:
         """The chain from ``x`` at step ``start`` (default K - 1) to x_0: ``(x_0, frames)``,
-        ``frames`` (len(frame_steps), B, C, H, W) the x0_hat of the kept steps."""
+        ``frames`` (len(frame_steps), B, C, H, W) the x0_hat of the kept steps. ``on_step``
+        is called on the host once per chain step, as it finishes (progress)."""
 
     def asarray(self, chain_or_network: Any, x: np.ndarray) -> Any:
         """A host array on the network's device."""

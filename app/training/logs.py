@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ddpm_core.app.run import progress as run_progress
 from ddpm_core.app.run.atomic import atomic_write_bytes
 
 __all__ = ["LOG_FIELDS", "CsvLog", "Progress"]
@@ -69,31 +68,19 @@ def _row_step(row: Mapping[str, str]) -> int | None:
 
 
 class Progress:
-    """A one-line stderr progress display: step, loss, images/s, ETA."""
+    """The training progress on stderr: step, loss, images/s and ETA, at each log boundary
+    (a tqdm bar on a terminal, a plain line every few percent elsewhere;
+    :class:`ddpm_core.app.run.progress.Progress`). ``initial``: the step a resumed run starts at."""
 
-    def __init__(self, total: int, batch_size: int, *, enabled: bool) -> None:
+    def __init__(self, total: int, batch_size: int, *, enabled: bool, initial: int = 0) -> None:
         self.total, self.batch_size, self.enabled = total, batch_size, enabled
-        self.tty = enabled and sys.stderr.isatty()
+        self.bar = run_progress.Progress(total, "training", unit="step", enabled=enabled, every=5.0,
+                                         initial=initial)
 
     def update(self, step: int, loss: float, ips: float) -> None:
         """Show step ``step`` with its loss and throughput."""
-        if not self.enabled:
-            return
-        eta = _fmt_seconds((self.total - step) * self.batch_size / ips if ips > 0 else 0.0)
-        line = (f"step {step}/{self.total} ({100.0 * step / self.total:3.0f}%) | "
-                f"loss {loss:.4f} | {ips:,.0f} img/s | ETA {eta}")
-        sys.stderr.write("\r" + line.ljust(78) if self.tty else line + "\n")
-        sys.stderr.flush()
+        self.bar.update(step - self.bar.n, loss=f"{loss:.4f}", img_s=f"{ips:,.0f}")
 
     def close(self) -> None:
-        """End the line on a terminal."""
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds)) if math.isfinite(seconds) else 0
-    h, rem = divmod(seconds, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+        """End the bar on a terminal."""
+        self.bar.close()

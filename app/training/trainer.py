@@ -4,7 +4,8 @@ The loop owns everything that is not framework code: resolving the options again
 preset, checking the run directory, resuming, the data order, flips, timesteps and dropped
 labels of every step (``ddpm_core.app.training.seeding``), the timestep sampler's state, the cadence
 of logs, checkpoints and sample grids, the guard against a non-finite loss, the progress
-line and the end of a distributed run. A backend (``ddpm_core.backends.{torch,jax}.training``)
+line, the TensorBoard events (``ddpm_core.app.training.tensorboard``) and the end of a
+distributed run. A backend (``ddpm_core.backends.{torch,jax}.training``)
 supplies a :class:`TrainBackend`: it builds or restores its state, runs one optimizer step
 on a :class:`HostBatch`, reads metrics back, saves, and samples a grid.
 
@@ -56,6 +57,7 @@ from ddpm_core.app.training.protocol import (
     lr_at,
 )
 from ddpm_core.app.training.tasks import DiffusionTask, load_init_weights, load_train_data
+from ddpm_core.app.training.tensorboard import NullBoard, open_board
 from ddpm_core.timesteps import LossSecondMoment
 
 # The loop's parts are importable from here too (the backends' one import).
@@ -158,6 +160,7 @@ class _Loop:
             self.tsampler = dataclasses.replace(self.tsampler, losses=arrays["tsampler/losses"],
                                                 counts=arrays["tsampler/counts"])
         self.last_loss = float("nan")
+        self.board: NullBoard = NullBoard()  # run() opens the TensorBoard writer
         self.gather = not getattr(backend, "hold_data", lambda images: False)(data.images)
 
     def _start(self) -> tuple[int, dict[str, np.ndarray]]:
@@ -176,12 +179,27 @@ class _Loop:
     # ---------------------------------------------------------------- the loop
 
     def run(self) -> dict[str, Any]:
-        o, total, start_step = self.o, self.tc.num_steps, self.step
+        o, start_step = self.o, self.step
         t0 = time.perf_counter()
+        # first: without tensorboardX nothing is written
+        self.board = open_board(o.out, start_step, enabled=bool(o.tensorboard) and self.b.main)
+        try:
+            self._run_steps(start_step)
+        finally:
+            self.board.close()
+        seconds = time.perf_counter() - t0
+        done = self.step - start_step
+        return {"run_dir": str(o.out), "steps": self.step, "steps_run": done,
+                "seconds": seconds, "images_per_s": done * self.tc.batch_size / max(seconds, 1e-9),
+                "final_loss": self.last_loss, **self.b.summary(), "main": self.b.main,
+                **self.task.report(o, self.b, self.data)}
+
+    def _run_steps(self, start_step: int) -> None:
+        o, total = self.o, self.tc.num_steps
         log = self._open_log()
         if self.b.main:
             self._write_info(self.step, files=self.files)
-        progress = Progress(total, self.tc.batch_size, enabled=o.progress and self.b.main)
+        progress = Progress(total, self.tc.batch_size, enabled=o.progress and self.b.main, initial=start_step)
         window = _Window(start=time.perf_counter())
         while self.step < total:
             window.handles.append(self._train_step(self.step))
@@ -191,12 +209,6 @@ class _Loop:
             self._save()
             self._sample_grid()
         progress.close()
-        seconds = time.perf_counter() - t0
-        done = self.step - start_step
-        return {"run_dir": str(o.out), "steps": self.step, "steps_run": done,
-                "seconds": seconds, "images_per_s": done * self.tc.batch_size / max(seconds, 1e-9),
-                "final_loss": self.last_loss, **self.b.summary(), "main": self.b.main,
-                **self.task.report(o, self.b, self.data)}
 
     def _train_step(self, step: int) -> Any:
         weights = None if self.tsampler is None else self.tsampler.weights()
@@ -241,6 +253,7 @@ class _Loop:
                "lr": lr_at(self.tc, self.step - 1), "images_per_s": ips, "seconds": seconds}
         if log is not None:
             log.append(row)
+        self.board.scalars(row)
         progress.update(self.step, mean_loss, ips)
         window.handles.clear()
         window.start = now
@@ -288,5 +301,6 @@ class _Loop:
     def _sample_grid(self) -> None:
         if not (self.b.main and self.task.grids):
             return
-        images = self.b.sample_grid(self.o.sample_n, self.o.seed)
-        save_png(self.paths.sample_png(self.step), image_grid(images))
+        grid = image_grid(self.b.sample_grid(self.o.sample_n, self.o.seed))
+        save_png(self.paths.sample_png(self.step), grid)
+        self.board.image(self.step, grid)

@@ -103,12 +103,14 @@ class JaxSampling:
         return noise_a, noise_b, jnp.broadcast_to(keys[:, 2:], (count, s.num_steps))
 
     def run(self, chain: JaxChain, x: Any, noise: Any, labels: np.ndarray | None, *, start: int | None,
-            frame_steps: Sequence[int]) -> tuple[jax.Array, jax.Array | None]:
+            frame_steps: Sequence[int], on_step: Callable[[], None] | None = None
+            ) -> tuple[jax.Array, jax.Array | None]:
         if chain.loop:
             if frame_steps:
                 raise ValueError("loop=True keeps no frames; leave frame_steps empty")
             return chain.sampler.run_loop(chain.params, x, noise, start=start, labels=labels), None
-        return chain.sampler.run(chain.params, x, noise, start=start, frame_steps=frame_steps, labels=labels)
+        return chain.sampler.run(chain.params, x, noise, start=start, frame_steps=frame_steps, labels=labels,
+                                 on_step=on_step)
 
     def asarray(self, chain_or_network: Any, x: np.ndarray) -> jax.Array:
         return jax.device_put(x, _device(chain_or_network.params))

@@ -127,7 +127,8 @@ class Sampler:
         self.model, self.chain, self.shape = model, chain, tuple(int(s) for s in shape)
         self.classifier, self.classifier_scale = classifier, float(classifier_scale)
         self.num_steps = chain.schedule.num_timesteps
-        self._scan = jax.jit(self._chain, static_argnames=("num_frames", "start"))
+        self._scan = jax.jit(self._chain, static_argnames=("num_frames", "start", "progress"))
+        self._on_step: Callable[[], None] | None = None  # the running chain's host callback
         self._step = jax.jit(self._loop_step, static_argnames=("start",))
 
     # ------------------------------------------------------------------ tables
@@ -146,11 +147,11 @@ class Sampler:
     # ------------------------------------------------------------------ compiled chain
 
     def _chain(self, params: Any, x: jax.Array, keys: jax.Array, idx: jax.Array,
-               t_model: jax.Array, slots: jax.Array, y: jax.Array | None, num_frames: int, start: int
-               ) -> tuple[jax.Array, jax.Array]:
+               t_model: jax.Array, slots: jax.Array, y: jax.Array | None, num_frames: int, start: int,
+               progress: bool = False) -> tuple[jax.Array, jax.Array]:
         """``lax.scan`` over the steps; keys (S, B), idx/t_model/slots (S,), labels y (B,).
         The carry holds x, the previous step's x0_hat (a multistep sampler's state) and the
-        kept frames."""
+        kept frames. ``progress`` adds a host callback per step (``run``'s ``on_step``)."""
         frames = jnp.zeros((max(num_frames, 1), *x.shape), jnp.float32)
 
         def body(carry: tuple[jax.Array, jax.Array, jax.Array], xs: Any) -> tuple[Any, None]:
@@ -161,6 +162,8 @@ class Sampler:
                 at = jnp.maximum(slot, 0)
                 kept = jnp.where(slot >= 0, x0, frames[at])
                 frames = jax.lax.dynamic_update_index_in_dim(frames, kept, at, 0)
+            if progress:
+                jax.debug.callback(self._tick, i)
             return (x_prev, x0, frames), None
 
         (x, _, frames), _ = jax.lax.scan(body, (x, jnp.zeros_like(x), frames), (keys, idx, t_model, slots))
@@ -168,8 +171,10 @@ class Sampler:
 
     def run(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
             start: int | None = None, frame_steps: Sequence[int] = (),
-            labels: Any = None) -> tuple[jax.Array, jax.Array]:
-        """Run the chain from ``x_init`` at respaced step ``start`` (default K - 1) to x_0.
+            labels: Any = None, on_step: Callable[[], None] | None = None) -> tuple[jax.Array, jax.Array]:
+        """Run the chain from ``x_init`` at respaced step ``start`` (default K - 1) to x_0;
+        ``on_step`` is called on the host as each step finishes (a ``jax.debug.callback``
+        inside the scan, compiled in only when it is given).
 
         Parameters
         ----------
@@ -188,8 +193,16 @@ class Sampler:
         for n, s in enumerate(frame_steps):
             slots[start - int(s)] = n
         keys = jnp.swapaxes(step_keys[:, : idx.size], 0, 1)
-        return self._scan(params, x_init, keys, idx, t_model, slots, _labels(labels),
-                          num_frames=len(frame_steps), start=start)
+        self._on_step = on_step
+        out = self._scan(params, x_init, keys, idx, t_model, slots, _labels(labels),
+                         num_frames=len(frame_steps), start=start, progress=on_step is not None)
+        if on_step is not None:
+            jax.effects_barrier()  # every step's callback has run before the bar moves on
+        return out
+
+    def _tick(self, i: Any) -> None:
+        if self._on_step is not None:
+            self._on_step()
 
     def run_loop(self, params: Any, x_init: jax.Array, step_keys: jax.Array, *,
                  start: int | None = None, labels: Any = None) -> jax.Array:

@@ -33,3 +33,12 @@ __all__ += [
     "save_weights",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    """``DiffusersScheduler`` is imported on first use: importing this package never imports diffusers."""
+    if name == "DiffusersScheduler":
+        from ddpm_core.backends.torch.diffusers_scheduler import DiffusersScheduler
+
+        return DiffusersScheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -145,8 +145,8 @@ class StaticChain:
             self.step()
         return graph
 
-    def run(self, x_T: torch.Tensor, streams: SampleStreams, keep: Callable[[int], bool]
-            ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def run(self, x_T: torch.Tensor, streams: SampleStreams, keep: Callable[[int], bool],
+            on_step: Callable[[], None] = lambda: None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The chain from ``x_T``: the x0_hat of the steps ``keep(i)`` and x_0."""
         self.x.copy_(x_T)
         self.x0.zero_()  # no previous x0_hat: the first step is first order (start)
@@ -161,6 +161,7 @@ class StaticChain:
                 self.graph.replay()
             if keep(i):
                 frames.append(self.x0.clone())
+            on_step()
         return frames, self.x.clone()
 
 
@@ -193,15 +194,17 @@ class TorchChain:
         return call, {"classifier_grad": grad, "classifier_scale": g.classifier_scale}
 
     def run(self, x: torch.Tensor, noise: Any, labels: np.ndarray | None, *, start: int | None,
-            frame_steps: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            frame_steps: Sequence[int], on_step: Callable[[], None] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         wanted = set(frame_steps)
+        on_step = on_step or (lambda: None)
         if self.static:
             with torch.inference_mode():
                 chain = self._static.get(x.shape[0])
                 if chain is None:
                     chain = self._static[x.shape[0]] = StaticChain(self.fn, self.spec, tuple(x.shape), self.device,
                                                                    capture=self.capture)
-                frames, x = chain.run(x, noise, lambda i: i in wanted)
+                frames, x = chain.run(x, noise, lambda i: i in wanted, on_step)
             return x, _stack(frames, x)
         call, extra = self._guided(labels)
         s = self.spec
@@ -210,6 +213,7 @@ class TorchChain:
             x = st.x
             if st.step in wanted:
                 frames.append(st.x0_hat)
+            on_step()
         return x, _stack(frames, x)
 
 
@@ -261,8 +265,9 @@ class TorchSampling:
         return interpolation_streams(seed, count, chain.image, chain.device)
 
     def run(self, chain: TorchChain, x: Any, noise: Any, labels: np.ndarray | None, *, start: int | None,
-            frame_steps: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return chain.run(x, noise, labels, start=start, frame_steps=frame_steps)
+            frame_steps: Sequence[int], on_step: Callable[[], None] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        return chain.run(x, noise, labels, start=start, frame_steps=frame_steps, on_step=on_step)
 
     def asarray(self, chain_or_network: Any, x: np.ndarray) -> torch.Tensor:
         net = chain_or_network.net if isinstance(chain_or_network, TorchChain) else chain_or_network

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm_core.app.run.progress import Progress
+
 __all__ = [
     "FEATURE_DIM",
     "INPUT_SIZE",
@@ -172,8 +174,9 @@ class InceptionFeatures:
     (2, 2048)
     """
 
-    def __init__(self, device: str | torch.device | None = None) -> None:
+    def __init__(self, device: str | torch.device | None = None, *, progress: bool = False) -> None:
         path = network_path()
+        self.progress = progress  # show the images done on stderr
         self.network_path = path
         self.network_sha1 = network_sha1(path)
         self.preprocessing = PREPROCESSING
@@ -202,9 +205,11 @@ class InceptionFeatures:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size=}")
         a = _as_nhwc_uint8(images)
         out = np.empty((a.shape[0], FEATURE_DIM), dtype=np.float64)
-        with torch.inference_mode():
+        bar = Progress(a.shape[0], "Inception features", unit="image", enabled=self.progress)
+        with torch.inference_mode(), bar:
             for start in range(0, a.shape[0], batch_size):
                 out[start : start + batch_size] = self._forward(a[start : start + batch_size])
+                bar.update(min(batch_size, a.shape[0] - start))
         return out
 
 

@@ -353,6 +353,10 @@ class UNet(Encoder):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int,
                 y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The network's output for ``x`` (B, C, H, W) at 0-based steps ``t`` (B,) or an int,
+        with class labels ``y`` (B,) or an int for a class-conditional U-Net (the null label
+        ``num_classes`` for classifier-free guidance's unconditional pass); (B, C_out, H, W),
+        C_out = 2C for a learned variance."""
         t = self._check_inputs(x, t)
         temb = self.embed(t, self._check_labels(y, x))
         h, hs = self.encode(x, temb)

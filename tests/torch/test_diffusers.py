@@ -368,6 +368,8 @@ def test_absent_fields_take_diffusers_defaults():
     (dataclasses.replace(get_preset("tiny").unet, resamp_with_conv=False), {}, "resamp_with_conv"),
     (unet_config("tiny", prediction="mean"), {"prediction": "mean"}, "prediction='mean'"),
     (unet_config("tiny", variance="learned"), {"variance": "learned"}, "variance='learned'"),
+    (dataclasses.replace(get_preset("tiny").unet, num_classes=10),
+     {"classes": {"num_classes": 10, "names": [str(k) for k in range(10)]}}, "num_classes=10: a class-conditional"),
 ])
 def test_unexportable_runs_are_named(tmp_path, config, info, match):
     run = _write_run(tmp_path / "run", config, **info)

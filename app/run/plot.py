@@ -1,0 +1,135 @@
+"""The loss curve of a run as a PNG (``ddpm plot``), for those who do not run TensorBoard.
+
+The curve is ``log.csv``'s ``loss`` column (the mean loss of each log window, at the
+window's last step; docs/run-directory.md) against ``step``, on a log scale where the loss
+falls by more than a decade. The PNG (default ``RUN/loss.png``) is written atomically
+(:mod:`ddpm_core.app.run.atomic`); matplotlib comes with the ``eval`` extra.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_core.app.run.atomic import atomic_write_bytes
+from ddpm_core.app.run.rundir import RunPaths
+
+__all__ = ["PLOT_NAME", "plot_loss", "read_loss_curve", "render_loss_png"]
+
+PLOT_NAME = "loss.png"  # the default output, in the run directory
+_EXTRA = 'pip install "ddpm-core[eval]"'
+
+
+def read_loss_curve(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, losses)`` of ``run_dir/log.csv``: int64 (n,) and float64 (n,), n >= 1.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such run directory, or it holds no ``log.csv``.
+    ValueError
+        ``log.csv`` has no ``step``/``loss`` columns, a value that is not a number (naming
+        the line), or no rows yet.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such run directory")
+    path = RunPaths.of(root).log
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; the run has no training log (is "
+                                f"{root} a run directory written by `ddpm train`?)")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("step", "loss") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a training log (no {missing[0]!r} column)")
+        points = [_point(path, reader.line_num, row) for row in reader]
+    if not points:
+        raise ValueError(f"{path}: the log is empty (its first row is written after "
+                         "--log-every steps); nothing to plot")
+    steps, losses = zip(*points, strict=True)
+    return np.asarray(steps, np.int64), np.asarray(losses, np.float64)
+
+
+def _point(path: Path, line: int, row: dict[str, str]) -> tuple[int, float]:
+    try:
+        return int(row["step"]), float(row["loss"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: line {line}: step {row.get('step')!r}, loss "
+                         f"{row.get('loss')!r} is not a step and a loss") from None
+
+
+def render_loss_png(steps: np.ndarray, losses: np.ndarray, title: str) -> bytes:
+    """The loss against the step as PNG bytes (matplotlib's Agg canvas; no pyplot state).
+
+    Raises
+    ------
+    ImportError
+        matplotlib is missing (the message names the ``eval`` extra).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError(f"ddpm plot needs matplotlib ({e}): {_EXTRA}") from e
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, losses, marker="o" if len(steps) <= 50 else None, markersize=3, lw=1.2)
+    finite = losses[np.isfinite(losses)]
+    if finite.size and finite.min() > 0 and finite.max() >= 10 * finite.min():
+        ax.set_yscale("log")  # a long run's loss falls by more than a decade
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean of each log window)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100)
+    return out.getvalue()
+
+
+def _check_png_out(out: Path) -> None:
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: the plot is written as PNG, so --out must end in .png; "
+                         f"got {out.suffix or 'no extension'!r}")
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give a file name")
+    if out.parent.name == "samples" and (out.parent.parent / "run.json").is_file():
+        raise ValueError(f"--out {out}: would replace a sample grid of the run in "
+                         f"{out.parent.parent}; write the plot elsewhere")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {parent} does not exist; create it "
+                                "first")
+
+
+def plot_loss(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
+              ) -> dict[str, Any]:
+    """Plot ``run_dir/log.csv``'s loss curve to ``out`` (default ``run_dir/loss.png``).
+
+    Returns
+    -------
+    dict
+        ``{"out": str, "points": int, "last_step": int, "last_loss": float}``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        From :func:`read_loss_curve`, or an ``out`` that is not a ``.png`` in an existing
+        folder.
+    ImportError
+        matplotlib is missing.
+    """
+    steps, losses = read_loss_curve(run_dir)
+    target = Path(out) if out is not None else RunPaths.of(run_dir).root / PLOT_NAME
+    _check_png_out(target)
+    title = f"{Path(run_dir).resolve().name}: loss over {int(steps[-1])} steps"
+    atomic_write_bytes(target, render_loss_png(steps, losses, title))
+    return {"out": str(target), "points": int(steps.size), "last_step": int(steps[-1]),
+            "last_loss": float(losses[-1])}

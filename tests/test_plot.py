@@ -1,0 +1,89 @@
+"""``ddpm plot``: the loss curve of a run's log.csv as a PNG, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from ddpm_core.app import cli
+from ddpm_core.app.run.plot import read_loss_curve
+
+HEADER = "step,loss,grad_norm,lr,images_per_s,seconds\n"
+
+
+def _run(tmp_path, rows=((50, 0.9), (100, 0.31), (150, 0.052))):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = "".join(f"{s},{loss},1.0,0.0002,100.0,0.5\n" for s, loss in rows)
+    (run / "log.csv").write_text(HEADER + lines)
+    return run
+
+
+def test_read_loss_curve_returns_the_logged_steps_and_losses(tmp_path):
+    steps, losses = read_loss_curve(_run(tmp_path))
+    assert steps.tolist() == [50, 100, 150] and steps.dtype == np.int64
+    np.testing.assert_array_equal(losses, [0.9, 0.31, 0.052])
+
+
+def test_plot_writes_the_png_into_the_run_and_prints_one_json_object(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    run = _run(tmp_path)
+    assert cli.main(["plot", "--run", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"out": str(run / "loss.png"), "points": 3, "last_step": 150,
+                   "last_loss": 0.052}
+    with Image.open(run / "loss.png") as png:
+        assert png.format == "PNG" and png.size == (640, 400)
+    assert sorted(p.name for p in run.iterdir()) == ["log.csv", "loss.png"]  # no temporaries
+    other = tmp_path / "curve.png"
+    assert cli.main(["plot", "--run", str(run), "--out", str(other)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {other} (3 points")
+    assert other.is_file()
+
+
+def test_one_point_plots_too(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert cli.main(["plot", "--run", str(_run(tmp_path, rows=[(1, 1.2)])), "--json"]) == 0
+
+
+def _error(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddpm plot: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    assert "nope: no such run directory" in _error(["plot", "--run", str(tmp_path / "nope")], capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"{empty / 'log.csv'}: no such file" in _error(["plot", "--run", str(empty)], capsys)
+    (empty / "log.csv").write_text(HEADER)
+    assert f"{empty / 'log.csv'}: the log is empty" in _error(["plot", "--run", str(empty)], capsys)
+    (empty / "log.csv").write_text("a,b\n1,2\n")
+    assert "not a training log (no 'step' column)" in _error(["plot", "--run", str(empty)], capsys)
+    (empty / "log.csv").write_text(HEADER + "5,0.5,1,1,1,1\n7,nan?,1,1,1,1\n")
+    assert "log.csv: line 3:" in _error(["plot", "--run", str(empty)], capsys)
+    run = _run(tmp_path)
+    assert "must end in .png" in _error(["plot", "--run", str(run), "--out", "x.jpg"], capsys)
+    missing = tmp_path / "no" / "x.png"
+    assert "does not exist" in _error(["plot", "--run", str(run), "--out", str(missing)], capsys)
+
+
+def test_a_missing_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    run = _run(tmp_path)
+    for name in ["matplotlib", *(m for m in sys.modules if m.startswith("matplotlib."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # every import of it fails
+    assert 'pip install "ddpm-core[eval]"' in _error(["plot", "--run", str(run)], capsys)
+    assert not (run / "loss.png").exists()
+
+
+def test_plot_has_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["plot", "--help"])
+    assert info.value.code == 0 and "usage: ddpm plot" in capsys.readouterr().out
