@@ -355,9 +355,9 @@ def test_add_noise_is_diffusers_add_noise():
                                    atol=math.sqrt(T) * EPS32 * want.abs().max().item())
 
 
-def test_importing_the_backend_does_not_import_diffusers():
+def test_importing_the_backend_does_not_import_diffusers(tmp_path):
     code = "import sys, ddpm_core.backends.torch; assert 'diffusers' not in sys.modules, 'diffusers imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)  # not the checkout's ddpm_core/
 
 
 def test_without_diffusers_the_error_names_the_extra(monkeypatch):
