@@ -14,6 +14,7 @@ import pytest
 
 from ddpm_core.app import cli
 from ddpm_core.app.evaluation import bound, fid
+from ddpm_core.app.run.fid_log import read_fid_rows
 
 T_TEST = 20
 
@@ -172,6 +173,9 @@ def test_cli_fid_end_to_end(tiny_run, tmp_path, capsys):
     assert set(fid.FID_KEYS) <= set(out) and out["n"] == 3
     assert all(np.isfinite(out[k]) for k in fid.FID_KEYS)
     assert out["fid"] >= 0 and out["floor_fid"] >= 0
+    row = read_fid_rows(tiny_run)[-1]  # recorded for `ddpm plot`
+    assert (row["sampler"], row["steps"], row["n"], row["reference_n"]) == ("ddim", 3, 3, 4)
+    assert row["fid"] == pytest.approx(out["fid"], rel=1e-5)
 
 
 def test_cli_shared_latent(tiny_run, tmp_path, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.app import cli
+from ddpm_core.app.run.fid_log import FID_LOG_FIELDS, append_fid_row, read_fid_rows
 from ddpm_core.app.run.plot import read_loss_curve
 
 HEADER = "step,loss,grad_norm,lr,images_per_s,seconds\n"
@@ -36,7 +37,7 @@ def test_plot_writes_the_png_into_the_run_and_prints_one_json_object(tmp_path, c
     assert cli.main(["plot", "--run", str(run), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"out": str(run / "loss.png"), "points": 3, "last_step": 150,
-                   "last_loss": 0.052}
+                   "last_loss": 0.052, "fid_points": 0}
     with Image.open(run / "loss.png") as png:
         assert png.format == "PNG" and png.size == (640, 400)
     assert sorted(p.name for p in run.iterdir()) == ["log.csv", "loss.png"]  # no temporaries
@@ -44,6 +45,38 @@ def test_plot_writes_the_png_into_the_run_and_prints_one_json_object(tmp_path, c
     assert cli.main(["plot", "--run", str(run), "--out", str(other)]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {other} (3 points")
     assert other.is_file()
+
+
+def _fid_row(step, fid, steps=None):
+    return {"step": step, "sampler": "ddpm", "steps": steps, "n": 500, "reference_n": 5000,
+            "fid": fid, "kid": 0.01, "kid_std": 0.001, "floor_fid": 15.1, "floor_kid": 0.0007}
+
+
+def test_fid_rows_append_once_with_a_header_and_read_back(tmp_path):
+    run = _run(tmp_path)
+    assert read_fid_rows(run) == []
+    append_fid_row(run, _fid_row(100, 80.123456789))
+    path = append_fid_row(run, _fid_row(150, 40.5, steps=20))
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(FID_LOG_FIELDS) and len(lines) == 3  # one header
+    rows = read_fid_rows(run)
+    assert rows[0] == {**_fid_row(100, 80.1235), "steps": None}  # 6 significant digits
+    assert rows[1]["steps"] == 20 and rows[1]["step"] == 150 and rows[1]["sampler"] == "ddpm"
+    with pytest.raises(KeyError, match="needs fid"):
+        append_fid_row(run, {k: v for k, v in _fid_row(1, 1.0).items() if k != "fid"})
+
+
+def test_plot_draws_the_evaluated_fids_on_a_second_axis(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = _run(tmp_path)
+    assert cli.main(["plot", "--run", str(run), "--out", str(tmp_path / "a.png")]) == 0
+    append_fid_row(run, _fid_row(100, 80.0))
+    append_fid_row(run, _fid_row(150, 40.0))
+    append_fid_row(run, _fid_row(150, 30.0, steps=20))
+    capsys.readouterr()
+    assert cli.main(["plot", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid_points"] == 3
+    assert (run / "loss.png").read_bytes() != (tmp_path / "a.png").read_bytes()
 
 
 def test_one_point_plots_too(tmp_path):
@@ -70,6 +103,11 @@ def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path, capsys):
     (empty / "log.csv").write_text(HEADER + "5,0.5,1,1,1,1\n7,nan?,1,1,1,1\n")
     assert "log.csv: line 3:" in _error(["plot", "--run", str(empty)], capsys)
     run = _run(tmp_path)
+    (run / "fid.csv").write_text("step,fid\n1,2\n")
+    assert "fid.csv: not an FID log" in _error(["plot", "--run", str(run)], capsys)
+    (run / "fid.csv").write_text(",".join(FID_LOG_FIELDS) + "\n" + "x," * 9 + "x\n")
+    assert "fid.csv: line 2:" in _error(["plot", "--run", str(run)], capsys)
+    (run / "fid.csv").unlink()
     assert "must end in .png" in _error(["plot", "--run", str(run), "--out", "x.jpg"], capsys)
     missing = tmp_path / "no" / "x.png"
     assert "does not exist" in _error(["plot", "--run", str(run), "--out", str(missing)], capsys)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,14 +75,26 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
                        kid_subset_size=args.kid_subset_size)
     except ImportError as e:
         raise BackendUnavailable(str(e)) from e
+    log = _record_fid(args, r)
     if args.json:
         print(json.dumps(public(r, FID_KEYS)))
         return 0
-    print(f"{r['n']} samples ({args.sampler}) against {r['reference_n']} training images:")
+    print(f"{r['n']} samples ({args.sampler}) against {r['reference_n']} training images "
+          f"(recorded in {log}):")
     print(f"  model   FID {r['fid']:.4f}   KID {r['kid']:.6f} +- {r['kid_std']:.6f}")
     print(f"  floor   FID {r['floor_fid']:.4f}   KID {r['floor_kid']:.6f} +- "
           f"{r['floor_kid_std']:.6f}   ({r['floor_n']} held-out images)")
     return 0
+
+
+def _record_fid(args: argparse.Namespace, report: dict[str, Any]) -> Path:
+    """Append the evaluation to ``RUN/fid.csv`` (``ddpm plot`` draws it)."""
+    from ddpm_core.app.run.fid_log import append_fid_row
+    from ddpm_core.app.run.rundir import read_run_json
+
+    step = int(read_run_json(args.run)["step"])
+    return append_fid_row(args.run, {**report, "step": step, "sampler": args.sampler,
+                                     "steps": args.steps})
 
 
 def _cmd_eval_shared_latent(args: argparse.Namespace) -> int:
@@ -117,8 +130,6 @@ def _classify_samples(args: argparse.Namespace) -> tuple[np.ndarray, Any, int | 
 
 
 def _cmd_eval_classify(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ddpm_core.app.evaluation.classify import CLASSIFY_KEYS, IS_NOTE, classify_report, format_report
     from ddpm_core.app.run.rundir import read_run_json
 

@@ -90,7 +90,8 @@ def check_train_out(out: str | os.PathLike, *, resume: bool) -> None:
     if p.is_dir():
         foreign = sorted(e.name for e in p.iterdir()
                          if not (e.name in RUN_FILES or e.name.startswith(("state-", "."))
-                                 or e.name in ("samples", "tensorboard")))
+                                 or e.name in ("samples", "tensorboard", "fid-cache", "fid.csv",
+                                               "loss.png")))
         if foreign and not resume:
             raise FileExistsError(f"--out {p}: is a folder that is not a run directory (it "
                                   f"holds {', '.join(foreign[:3])}); choose a new or empty "

@@ -2,7 +2,9 @@
 
 The curve is ``log.csv``'s ``loss`` column (the mean loss of each log window, at the
 window's last step; docs/run-directory.md) against ``step``, on a log scale where the loss
-falls by more than a decade. The PNG (default ``RUN/loss.png``) is written atomically
+falls by more than a decade. Where the run has been evaluated (``RUN/fid.csv``, one row per
+``ddpm eval fid``), the FIDs are drawn at their steps on a second axis, one marker series
+per chain. The PNG (default ``RUN/loss.png``) is written atomically
 (:mod:`ddpm_core.app.run.atomic`); matplotlib comes with the ``eval`` extra.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.app.run.atomic import atomic_write_bytes
+from ddpm_core.app.run.fid_log import read_fid_rows
 from ddpm_core.app.run.rundir import RunPaths
 
 __all__ = ["PLOT_NAME", "plot_loss", "read_loss_curve", "render_loss_png"]
@@ -64,8 +67,10 @@ def _point(path: Path, line: int, row: dict[str, str]) -> tuple[int, float]:
                          f"{row.get('loss')!r} is not a step and a loss") from None
 
 
-def render_loss_png(steps: np.ndarray, losses: np.ndarray, title: str) -> bytes:
-    """The loss against the step as PNG bytes (matplotlib's Agg canvas; no pyplot state).
+def render_loss_png(steps: np.ndarray, losses: np.ndarray, title: str,
+                    fid_rows: list[dict[str, Any]] | None = None) -> bytes:
+    """The loss against the step as PNG bytes (matplotlib's Agg canvas; no pyplot state),
+    with ``fid_rows`` (:func:`~ddpm_core.app.run.fid_log.read_fid_rows`) on a second axis.
 
     Raises
     ------
@@ -88,10 +93,24 @@ def render_loss_png(steps: np.ndarray, losses: np.ndarray, title: str) -> bytes:
     ax.set_ylabel("training loss (mean of each log window)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    if fid_rows:
+        _draw_fid(ax.twinx(), fid_rows)
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100)
     return out.getvalue()
+
+
+def _draw_fid(ax: Any, rows: list[dict[str, Any]]) -> None:
+    chains: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        name = f"{r['sampler']}-{r['steps']}" if r["steps"] is not None else r["sampler"]
+        chains.setdefault(f"FID, {name} (N={r['n']})", []).append((r["step"], r["fid"]))
+    for (label, points), marker in zip(sorted(chains.items()), "s^vDo<>", strict=False):
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, marker=marker, ls="--", lw=1, color="tab:red", label=label)
+    ax.set_ylabel("FID (ddpm eval fid)", color="tab:red")
+    ax.legend(loc="upper right", fontsize="small")
 
 
 def _check_png_out(out: Path) -> None:
@@ -116,20 +135,22 @@ def plot_loss(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     Returns
     -------
     dict
-        ``{"out": str, "points": int, "last_step": int, "last_loss": float}``.
+        ``{"out": str, "points": int, "last_step": int, "last_loss": float,
+        "fid_points": int}`` (``fid_points``: the rows of ``RUN/fid.csv`` drawn).
 
     Raises
     ------
     FileNotFoundError, ValueError
-        From :func:`read_loss_curve`, or an ``out`` that is not a ``.png`` in an existing
-        folder.
+        From :func:`read_loss_curve` or :func:`~ddpm_core.app.run.fid_log.read_fid_rows`,
+        or an ``out`` that is not a ``.png`` in an existing folder.
     ImportError
         matplotlib is missing.
     """
     steps, losses = read_loss_curve(run_dir)
+    fid_rows = read_fid_rows(run_dir)
     target = Path(out) if out is not None else RunPaths.of(run_dir).root / PLOT_NAME
     _check_png_out(target)
     title = f"{Path(run_dir).resolve().name}: loss over {int(steps[-1])} steps"
-    atomic_write_bytes(target, render_loss_png(steps, losses, title))
+    atomic_write_bytes(target, render_loss_png(steps, losses, title, fid_rows))
     return {"out": str(target), "points": int(steps.size), "last_step": int(steps[-1]),
-            "last_loss": float(losses[-1])}
+            "last_loss": float(losses[-1]), "fid_points": len(fid_rows)}
