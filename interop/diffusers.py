@@ -48,6 +48,7 @@ import numpy as np
 
 from ddpm_core.app.run.atomic import atomic_write_bytes, atomic_write_json
 from ddpm_core.app.run.integrity import file_hashes
+from ddpm_core.app.run.progress import Progress
 from ddpm_core.app.run.rundir import RUN_KEYS, RunPaths, read_run_json, write_run_json
 from ddpm_core.interop.convert import load_safetensors, save_safetensors
 from ddpm_core.interop.diffusers_config import (
@@ -259,7 +260,8 @@ def _new_run_info(root: Path, unet: UNetConfig, settings: SchedulerSettings, pre
 
 
 def import_diffusers(path: str | os.PathLike, out_run_dir: str | os.PathLike, *,
-                     preset: str | None = None, data: str | None = None) -> dict[str, Any]:
+                     preset: str | None = None, data: str | None = None,
+                     progress: bool = False) -> dict[str, Any]:
     """Read a diffusers DDPM folder and write a ddpm-core run directory.
 
     Parameters
@@ -274,6 +276,9 @@ def import_diffusers(path: str | os.PathLike, out_run_dir: str | os.PathLike, *,
         whose U-Net matches, else ``"custom"``.
     data : str, optional
         The run's dataset name. Default: the preset's, else ``""``.
+    progress : bool
+        Show the stages (read, convert, each file written) on stderr
+        (:class:`~ddpm_core.app.run.progress.Progress`).
 
     Returns
     -------
@@ -288,8 +293,13 @@ def import_diffusers(path: str | os.PathLike, out_run_dir: str | os.PathLike, *,
     configs are still those that run exports to, its run.json is restored as it was (so
     ``import_diffusers(export_diffusers(run))`` is the identity).
     """
-    root = Path(path)
+    with Progress(5, "import", unit="stage", enabled=progress, every=20.0) as bar:
+        return _import(Path(path), Path(out_run_dir), preset, data, bar)
+
+
+def _import(root: Path, out: Path, preset: str | None, data: str | None, bar: Progress) -> dict[str, Any]:
     unet_config, weights, scheduler_config = read_diffusers_folder(root)
+    bar.update(1, done="read")
     scheduler_file = root / SCHEDULER_DIR / SCHEDULER_CONFIG
     settings = _with_file(scheduler_file, read_scheduler_config, scheduler_config)
     unet = _with_file(root / UNET_DIR / CONFIG, unet_from_diffusers_config, unet_config)
@@ -298,7 +308,7 @@ def import_diffusers(path: str | os.PathLike, out_run_dir: str | os.PathLike, *,
         raise ValueError(f"{root / UNET_DIR / CONFIG}: out_channels={unet.out_channels} does not fit "
                          f"variance_type={settings.variance!r} in {scheduler_file} (needs {want})")
     state = _float32(_with_file(root / UNET_DIR / WEIGHTS, state_from_diffusers, weights, unet))
-    out = Path(out_run_dir)
+    bar.update(1, done="converted")
     _check_empty(out, "import")
     name = _match_preset(unet, settings.prediction, settings.variance, preset)
     info = _sidecar_run(root, unet_config, scheduler_config) or _new_run_info(root, unet, settings, name)
@@ -310,12 +320,15 @@ def import_diffusers(path: str | os.PathLike, out_run_dir: str | os.PathLike, *,
     blob = _safetensors_bytes(state)  # serialised once for both files
     for file in (paths.model, paths.ema):
         atomic_write_bytes(file, blob)
+        bar.update(1, done=file.name)
     info["files"] = file_hashes([paths.model, paths.ema])  # this run's files, not the exporter's
-    return write_run_json(out, **{k: v for k, v in info.items() if k not in ("format", "pending")})
+    written = write_run_json(out, **{k: v for k, v in info.items() if k not in ("format", "pending")})
+    bar.update(1, done="run.json")
+    return written
 
 
 def export_diffusers(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                     use_ema: bool = True) -> Path:
+                     use_ema: bool = True, progress: bool = False) -> Path:
     """Write a run as a folder that diffusers' ``DDPMPipeline.from_pretrained`` loads.
 
     Parameters
@@ -326,6 +339,8 @@ def export_diffusers(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         The new folder; it must not exist or be empty.
     use_ema : bool
         Export ``ema.safetensors`` (default, what samples) or ``model.safetensors``.
+    progress : bool
+        Show the stages (convert, each file written) on stderr.
 
     Returns
     -------
@@ -341,19 +356,25 @@ def export_diffusers(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         Naming what diffusers cannot express: ``ch_mult[0] != 1``, ``resamp_with_conv=False``,
         ``prediction="mean"``, ``variance="learned"``, a respaced schedule.
     """
-    paths = RunPaths.of(run_dir)
-    info = read_run_json(run_dir)
+    with Progress(3, "export", unit="stage", enabled=progress, every=30.0) as bar:
+        return _export(RunPaths.of(run_dir), Path(out_dir), use_ema, bar)
+
+
+def _export(paths: RunPaths, out: Path, use_ema: bool, bar: Progress) -> Path:
+    info = read_run_json(paths.root)
     unet = UNetConfig.from_dict(info["unet"])
     unet_config, scheduler_config = _with_file(paths.run_json, _folder_configs, info)
     source = paths.ema if use_ema else paths.model
     state = _with_file(source, state_to_diffusers, load_safetensors(source), unet)
-    out = Path(out_dir)
+    bar.update(1, done="converted")
     _check_empty(out, "export")
     save_safetensors(out / UNET_DIR / WEIGHTS, state, metadata={"format": "pt"})
+    bar.update(1, done=WEIGHTS)
     atomic_write_json(out / UNET_DIR / CONFIG, unet_config)
     atomic_write_json(out / SCHEDULER_DIR / SCHEDULER_CONFIG, scheduler_config)
     atomic_write_json(out / SIDECAR, info)
     atomic_write_json(out / MODEL_INDEX, {"_class_name": "DDPMPipeline",
                                           "scheduler": ["diffusers", "DDPMScheduler"],
                                           "unet": ["diffusers", "UNet2DModel"]})
+    bar.update(1, done="configs")
     return out

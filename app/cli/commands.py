@@ -255,7 +255,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from ddpm_core.interop.diffusers import import_diffusers
 
-    info = import_diffusers(args.path, args.out, preset=args.preset, data=args.data)
+    info = import_diffusers(args.path, args.out, preset=args.preset, data=args.data,
+                            progress=not args.no_progress)
     print(f"imported {args.path} as run {args.out} (preset {info['preset']!r}, "
           f"{info['schedule']['num_timesteps']} steps, prediction {info['prediction']!r}, "
           f"variance {info['variance']!r})")
@@ -265,6 +266,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ddpm_core.interop.diffusers import export_diffusers
 
-    out = export_diffusers(args.run, args.out, use_ema=not args.no_ema)
+    out = export_diffusers(args.run, args.out, use_ema=not args.no_ema, progress=not args.no_progress)
     print(f"exported run {args.run} to {out} (DDPMPipeline.from_pretrained reads it)")
     return 0

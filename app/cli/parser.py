@@ -93,8 +93,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, backend: bool = True) -> Non
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    _add_no_progress(p, "progress")
+
+
+def _add_no_progress(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress on stderr (a bar on a terminal, else a line every 10%%)")
+                   help=f"no {what} on stderr (a bar on a terminal, else a plain line every "
+                        "few percent)")
 
 
 def _add_chain_options(p: argparse.ArgumentParser, *, eta: bool) -> None:
@@ -416,6 +421,7 @@ def _add_import(sub: Any) -> None:
     d.add_argument("--preset", help="preset name to record (default: the preset whose U-Net "
                                     "matches, else 'custom')")
     d.add_argument("--data", help="dataset the run refers to (default: the preset's)")
+    _add_no_progress(d, "the stages of the import")
 
 
 def _add_export(sub: Any) -> None:
@@ -430,6 +436,7 @@ def _add_export(sub: Any) -> None:
                                                 "`ddpm import`")
     d.add_argument("--out", required=True, help="folder to write (new or empty)")
     d.add_argument("--no-ema", action="store_true", help="export the raw weights")
+    _add_no_progress(d, "the stages of the export")
 
 
 def build_parser() -> argparse.ArgumentParser:

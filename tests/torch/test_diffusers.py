@@ -277,6 +277,22 @@ def test_import_of_export_is_the_identity(tmp_path):
         assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_import_and_export_show_their_stages_unless_no_progress(tmp_path, capsys):
+    from ddpm_core.app import cli
+
+    run = _write_run(tmp_path / "run", unet_config("tiny"))
+    assert cli.main(["export", "diffusers", "--run", str(run), "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: one plain line per stage
+    assert [ln.split("|")[0].split()[1:3] for ln in lines] == [["33%", "1/3"], ["67%", "2/3"],
+                                                             ["100%", "3/3"]]
+    assert lines[0].startswith("export:") and "done=configs" in lines[-1] and "\r" not in lines[-1]
+    assert cli.main(["import", "diffusers", str(tmp_path / "out"), "--out", str(tmp_path / "back")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 5 and "import: 100% 5/5" in err and "done=run.json" in err
+    argv = ["export", "diffusers", "--run", str(run), "--out", str(tmp_path / "quiet"), "--no-progress"]
+    assert cli.main(argv) == 0 and capsys.readouterr().err == ""
+
+
 def test_export_of_import_is_the_identity(tmp_path):
     scheduler = write_scheduler_config({"name": "betas", "num_timesteps": 50,
                                         "betas": np.linspace(1e-3, 0.1, 50).tolist(),
