@@ -43,10 +43,12 @@ __all__ = [
     "LOSSES",
     "WEIGHTINGS",
     "BitsPerDim",
+    "LossTerms",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
     "prior_bpd",
     "vlb_terms",
+    "training_loss_terms",
     "training_target",
     "loss_weights",
     "training_losses",
@@ -246,6 +248,20 @@ def _check_loss_inputs(schedule, model_output, x0, x_t, t, prediction, variance,
     return xp, upcast(pred, xp), var_values, upcast(x0, xp), upcast(x_t, xp), t
 
 
+class LossTerms(NamedTuple):
+    """The parts of a training loss, each per sample (B,) in the output's dtype.
+
+    ``loss`` is what :func:`training_losses` returns; ``simple`` is eq. (14) (times
+    ``loss_weights(weighting)``) and ``vlb`` is T * L_{t-1} in bits/dim (None for
+    ``loss="simple"``). ``loss`` is ``simple`` for ``"simple"``, ``vlb`` for ``"vlb"`` and
+    ``simple + hybrid_weight * vlb`` for ``"hybrid"``.
+    """
+
+    loss: Any
+    simple: Any
+    vlb: Any
+
+
 def training_losses(
     schedule: Schedule,
     model_output: Any,
@@ -273,6 +289,8 @@ def training_losses(
       stopped in the bound term (Nichol & Dhariwal's L_hybrid, lambda = 0.001): learned
       variances only.
 
+    :func:`training_loss_terms` returns the same loss with its two parts.
+
     Parameters
     ----------
     model_output : (B, C, ...) or (B, 2C, ...) for learned variances
@@ -283,6 +301,42 @@ def training_losses(
         trainer that drew ``t`` itself (``sample_timesteps``) and checked it in ``q_sample``.
         Under PyTorch the check costs no host read either way.
     """
+    return _terms(schedule, model_output, x0, x_t, t, noise, loss, prediction, variance,
+                  weighting, min_snr_gamma, hybrid_weight, validate, parts=False).loss
+
+
+def training_loss_terms(
+    schedule: Schedule,
+    model_output: Any,
+    x0: Any,
+    x_t: Any,
+    t: Any,
+    noise: Any,
+    *,
+    loss: str = "simple",
+    prediction: str = "eps",
+    variance: str = "fixed_small",
+    weighting: Any = None,
+    min_snr_gamma: float = 5.0,
+    hybrid_weight: float = 0.001,
+    validate: bool = True,
+) -> LossTerms:
+    r""":func:`training_losses` and its parts, as :class:`LossTerms` ``(loss, simple, vlb)``.
+
+    ``simple`` (eq. 14) is evaluated for ``"vlb"`` too, where it does not enter the loss (a
+    diagnostic: the regression error of the prediction); ``vlb`` (T * L_{t-1}, bits/dim) is
+    None for ``"simple"``. For ``"hybrid"`` the bound term's value is the same with or
+    without the stopped gradient, so ``loss == simple + hybrid_weight * vlb``. Arguments and
+    shapes as for :func:`training_losses`.
+    """
+    return _terms(schedule, model_output, x0, x_t, t, noise, loss, prediction, variance,
+                  weighting, min_snr_gamma, hybrid_weight, validate, parts=True)
+
+
+def _terms(schedule: Schedule, model_output: Any, x0: Any, x_t: Any, t: Any, noise: Any,
+           loss: str, prediction: str, variance: str, weighting: Any, min_snr_gamma: float,
+           hybrid_weight: float, validate: bool, *, parts: bool) -> LossTerms:
+    """Both entry points; ``parts`` False skips L_simple of a ``"vlb"`` loss."""
     check_choice("loss", loss, LOSSES)
     xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
         schedule, model_output, x0, x_t, t, prediction, variance, check_values=validate)
@@ -293,18 +347,21 @@ def training_losses(
     if loss == "hybrid" and not learned:
         raise ValueError(f"loss='hybrid' needs a learned variance, got variance={variance!r}")
     T = schedule.num_timesteps
-    if loss == "vlb":
-        vb = _vlb(schedule, pred, var_values, x0_c, x, t, prediction, variance, None, xp)[0]
-        return cast_like(T * vb, x_t, xp)
-    target = upcast(_training_target(schedule, x0, x_t, t, noise, prediction), xp)
-    mse = _mean_flat((target - pred) ** 2)
-    if weighting is not None:
-        mse = mse * _loss_weights(schedule, t, x, weighting, prediction, min_snr_gamma)
+    vb = None
+    if loss != "simple":  # the mean's gradient is stopped in hybrid's bound term
+        frozen = pred if loss == "vlb" else stop_gradient(pred)
+        vb = T * _vlb(schedule, frozen, var_values, x0_c, x, t, prediction, variance, None, xp)[0]
+    mse = None
+    if loss != "vlb" or parts:
+        target = upcast(_training_target(schedule, x0, x_t, t, noise, prediction), xp)
+        mse = _mean_flat((target - pred) ** 2)
+        if weighting is not None:
+            mse = mse * _loss_weights(schedule, t, x, weighting, prediction, min_snr_gamma)
     if loss == "hybrid":
-        frozen = stop_gradient(pred)
-        vb = _vlb(schedule, frozen, var_values, x0_c, x, t, prediction, variance, None, xp)[0]
-        mse = mse + hybrid_weight * T * vb
-    return cast_like(mse, x_t, xp)
+        total = mse + hybrid_weight * vb
+    else:
+        total = mse if loss == "simple" else vb
+    return LossTerms(*(None if a is None else cast_like(a, x_t, xp) for a in (total, mse, vb)))
 
 
 class BitsPerDim(NamedTuple):

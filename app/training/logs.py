@@ -12,9 +12,18 @@ from typing import Any
 from ddpm_core.app.run import progress as run_progress
 from ddpm_core.app.run.atomic import atomic_write_bytes
 
-__all__ = ["LOG_FIELDS", "CsvLog", "Progress"]
+__all__ = ["LOG_FIELDS", "TERM_FIELDS", "CsvLog", "Progress", "log_fields"]
 
 LOG_FIELDS = ("step", "loss", "grad_norm", "lr", "images_per_s", "seconds")
+# the loss's parts (``ddpm_core.training_loss_terms``) of a run trained with the bound:
+# L_simple (eq. 14) and T * L_{t-1} in bits/dim, each the step's weighted batch mean
+TERM_FIELDS = ("loss_simple", "loss_vlb")
+
+
+def log_fields(terms: Sequence[str] = ()) -> tuple[str, ...]:
+    """log.csv's columns: :data:`LOG_FIELDS`, then the backend's loss ``terms`` (none, or
+    :data:`TERM_FIELDS` for ``--loss vlb|hybrid``)."""
+    return LOG_FIELDS + tuple(terms)
 
 
 class CsvLog:

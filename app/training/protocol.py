@@ -88,6 +88,9 @@ class TrainBackend(Protocol):
     Optional: ``hold_data(images) -> bool``, called once with the training set uint8
     (N, H, W, C) before the first step; True when the backend keeps it on its device, and
     its batches then carry indices and flips instead of images (``HostBatch``).
+    ``terms``: the names of the loss's parts its :meth:`read_metrics` returns, which
+    become log.csv columns (``ddpm_core.app.training.logs.TERM_FIELDS`` for a diffusion
+    run trained with the bound, else empty).
     """
 
     name: str
@@ -95,6 +98,7 @@ class TrainBackend(Protocol):
     world_size: int
     shards: int
     main: bool
+    terms: tuple[str, ...]
 
     def state_path(self, run_dir: str | Path) -> Path:
         """The backend's checkpoint file in ``run_dir``."""
@@ -107,8 +111,11 @@ class TrainBackend(Protocol):
     def train_step(self, step: int, batch: HostBatch) -> Any:
         """One optimizer step; returns a handle on its metrics (left on the device)."""
 
-    def read_metrics(self, handles: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Global ``(loss, grad_norm)`` float64 (n,) of ``n`` steps (every process calls it)."""
+    def read_metrics(self, handles: list[Any]
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Global ``(loss, grad_norm, parts)`` of ``n`` steps, each float64 (n,), in one
+        device sync (every process calls it); ``parts`` maps each name of ``terms`` to the
+        loss part of each step."""
 
     def global_losses(self, handle: Any) -> np.ndarray:
         """The whole batch's per-sample losses (B,) of one step, on the host."""

@@ -46,7 +46,7 @@ from ddpm_core.app.run.options import TrainOptions
 from ddpm_core.app.run.outputs import check_train_out
 from ddpm_core.app.run.rundir import RunPaths, make_schedule, schedule_dict
 from ddpm_core.app.training.batches import grid_labels, host_batch, loss_weight_table
-from ddpm_core.app.training.logs import LOG_FIELDS, CsvLog, Progress
+from ddpm_core.app.training.logs import CsvLog, Progress, log_fields
 from ddpm_core.app.training.protocol import (
     HostBatch,
     InitWeights,
@@ -240,7 +240,7 @@ class _Loop:
         """Read the window's metrics (one device sync), stop on NaN/inf, log a line."""
         if not window.handles:
             return
-        loss, grad_norm = self.b.read_metrics(window.handles)
+        loss, grad_norm, parts = self.b.read_metrics(window.handles)
         bad = np.flatnonzero(~(np.isfinite(loss) & np.isfinite(grad_norm)))
         if bad.size:
             self._stop(float(loss[bad[0]]), self.step - len(loss) + int(bad[0]) + 1)
@@ -250,7 +250,8 @@ class _Loop:
         self.last_loss = float(loss[-1])
         ips = len(loss) * self.tc.batch_size / max(seconds, 1e-9)
         row = {"step": self.step, "loss": mean_loss, "grad_norm": float(grad_norm[-1]),
-               "lr": lr_at(self.tc, self.step - 1), "images_per_s": ips, "seconds": seconds}
+               "lr": lr_at(self.tc, self.step - 1), "images_per_s": ips, "seconds": seconds,
+               **{name: float(np.mean(values)) for name, values in parts.items()}}
         if log is not None:
             log.append(row)
         self.board.scalars(row)
@@ -279,7 +280,7 @@ class _Loop:
             return None
         self.paths.root.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.paths.root)
-        return CsvLog(self.paths.log, LOG_FIELDS,
+        return CsvLog(self.paths.log, log_fields(self.b.terms),
                       resume_step=self.step if self.o.resume else None)
 
     def _save(self) -> None:

@@ -3,7 +3,8 @@
 :class:`JaxTrainer` runs step ``s`` of Algorithm 1 on the batch the shared loop draws, as
 **one** ``jax.jit`` program: ``eps ~ N(0, I)`` from the key
 ``fold_in(fold_in(seed_key(seed), NOISE), s)``, ``x_t = q_sample(x_0, t, eps)``, the core's
-``training_losses``, one Adam step with the shared linear warm-up (``warmup_lr``)
+``training_loss_terms`` (the loss, and for ``vlb``/``hybrid`` its two parts for the log), one
+Adam step with the shared linear warm-up (``warmup_lr``)
 after clipping the gradient's global norm, and ``ema <- ema + (1 - decay) (theta - ema)``.
 Dropout draws from ``fold_in(fold_in(seed_key(seed), DROPOUT), s)``. Every random number
 of step ``s`` depends only on ``(seed, s)``: a resumed run continues exactly, and any
@@ -33,10 +34,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ddpm_core import q_sample, training_losses
+from ddpm_core import q_sample, training_loss_terms
 from ddpm_core.app.run.options import TrainOptions
 from ddpm_core.app.run.rundir import make_schedule, schedule_dict
 from ddpm_core.app.training import trainer
+from ddpm_core.app.training.logs import TERM_FIELDS
 from ddpm_core.app.training.protocol import warmup_lr
 from ddpm_core.app.training.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE
 from ddpm_core.app.training.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels, lr_at
@@ -147,7 +149,8 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
     ``step`` are replicated. For a :class:`~ddpm_core.backends.jax.classifier.Classifier`
     ``net`` the loss is the cross-entropy of its logits on ``x_t`` for the classes ``y``.
     A step whose loss or gradient is not finite leaves the state unchanged (the loop then
-    stops); ``metrics["finite"]`` says which happened.
+    stops); ``metrics["finite"]`` says which happened. ``metrics["parts"]`` float32 (2,):
+    the weighted batch means of L_simple and T * L_{t-1} (``loss`` ``vlb`` or ``hybrid``).
     """
     batch, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     decay = float(train.ema_decay)
@@ -161,19 +164,21 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
         rngs = {"dropout": _stream_key(key, STREAM_DROPOUT, step)}
         x_t = q_sample(schedule, x0, t, noise, validate=False)  # t drawn by the loop
 
-        def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
             if classify:
                 logits = net.apply({"params": params}, x_t, t, train=True, rngs=rngs)
                 losses = optax.softmax_cross_entropy_with_integer_labels(
                     logits.astype(jnp.float32), y[0])
-                return jnp.mean(losses * w), losses
+                return jnp.mean(losses * w), (losses, None)
             out = jnp.asarray(net.apply({"params": params}, x_t, t, *y, train=True, rngs=rngs))
-            losses = training_losses(schedule, out.astype(jnp.float32), x0, x_t, t, noise,
-                                     loss=train.loss, prediction=train.prediction,
-                                     variance=train.variance, validate=False)
-            return jnp.mean(losses * w), losses
+            terms = training_loss_terms(schedule, out.astype(jnp.float32), x0, x_t, t, noise,
+                                        loss=train.loss, prediction=train.prediction,
+                                        variance=train.variance, validate=False)
+            parts = (None if terms.vlb is None else
+                     jnp.stack([jnp.mean(terms.simple * w), jnp.mean(terms.vlb * w)]))
+            return jnp.mean(terms.loss * w), (terms.loss, parts)
 
-        (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (losses, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -181,7 +186,8 @@ def make_train_step(net: UNet, schedule: Any, train: Any, tx: optax.GradientTran
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = TrainState(params, ema, opt_state)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "losses": losses}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "losses": losses}
+        return new, metrics if parts is None else {**metrics, "parts": parts}
 
     donate = (0,) if mesh.devices.flat[0].platform != "cpu" else ()
     labels = (batch,) if net.config.num_classes or classify else ()
@@ -257,10 +263,19 @@ class JaxTrainer:
         self.state, metrics = self.step_fn(self.state, self.key, np.int32(step), *arrays)
         return metrics
 
-    def read_metrics(self, handles: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        got = jax.device_get([(m["loss"], m["grad_norm"]) for m in handles])
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The loss's parts a step returns: L_simple and T * L_{t-1} for ``vlb``/``hybrid``."""
+        plain = self.tc.loss == "simple" or isinstance(self.cfg, ClassifierConfig)
+        return () if plain else TERM_FIELDS
+
+    def read_metrics(self, handles: list[Any]
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        got = jax.device_get([(m["loss"], m["grad_norm"], m.get("parts")) for m in handles])
+        parts = {name: np.asarray([g[2][i] for g in got], np.float64)
+                 for i, name in enumerate(self.terms)}
         return (np.asarray([g[0] for g in got], np.float64),
-                np.asarray([g[1] for g in got], np.float64))
+                np.asarray([g[1] for g in got], np.float64), parts)
 
     def global_losses(self, handle: Any) -> np.ndarray:
         return _host_all(handle["losses"])

@@ -44,6 +44,7 @@ class TorchClassifierTrainer(TorchTrainer):
     """A :class:`ddpm_core.app.training.trainer.TrainBackend` training the noise-aware classifier."""
 
     network = Classifier
+    terms = ()  # cross-entropy: no parts
 
     def save(self, run_dir: str | Path, step: int, arrays: dict[str, np.ndarray]) -> None:
         ckpt.save_state(run_dir, model=self.model, ema=self.model, optimizer=self.opt,

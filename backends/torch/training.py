@@ -3,7 +3,8 @@
 :class:`TorchTrainer` builds the U-Net, its EMA copy and Adam, and runs one step of
 Algorithm 1 on the batch the shared loop draws (and its labels ``y`` for a class-conditional
 run): ``eps`` from a generator seeded by ``(seed, step)`` (drawn for the global batch, then
-sliced), ``x_t = q_sample(x_0, t, eps)``, the core's ``training_losses``, one Adam step with
+sliced), ``x_t = q_sample(x_0, t, eps)``, the core's ``training_loss_terms`` (the loss, and
+for ``vlb``/``hybrid`` its two parts for the log), one Adam step with
 linear warm-up after clipping the global gradient norm, and the EMA update. Dropout draws
 from the global generator, forked and seeded by ``(seed, step, rank)``.
 
@@ -33,6 +34,7 @@ from ddpm_core.app.run.images import to_uint8
 from ddpm_core.app.run.options import TrainOptions
 from ddpm_core.app.run.rundir import make_schedule, schedule_dict
 from ddpm_core.app.training import trainer
+from ddpm_core.app.training.logs import TERM_FIELDS
 from ddpm_core.app.training.seeding import STREAM_DROPOUT, STREAM_INIT, STREAM_NOISE, step_seed
 from ddpm_core.app.training.trainer import HostBatch, InitWeights, NonFiniteLossError, grid_labels
 from ddpm_core.backends.torch import checkpoint as ckpt
@@ -123,6 +125,11 @@ class TorchTrainer:
 
     def state_path(self, run_dir: str | Path) -> Path:
         return ckpt.state_path(run_dir)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The loss's parts a step returns: L_simple and T * L_{t-1} for ``vlb``/``hybrid``."""
+        return () if self.tc.loss == "simple" else TERM_FIELDS
 
     # ---------------------------------------------------------------- state
 
@@ -258,16 +265,18 @@ class TorchTrainer:
         cond = () if batch.labels is None else (torch.as_tensor(batch.labels, device=self.device),)
         with _step_rng(self.o.seed, step, self.rank, self.device), self._autocast():
             out = self.net(x_t, t, *cond)
-        losses = ddpm_core.training_losses(self.schedule, out.float(), x0, x_t, t, noise,
-                                           loss=self.tc.loss, prediction=self.tc.prediction,
-                                           variance=self.tc.variance, validate=False)
-        loss = (losses * w).mean()
+        terms = ddpm_core.training_loss_terms(self.schedule, out.float(), x0, x_t, t, noise,
+                                              loss=self.tc.loss, prediction=self.tc.prediction,
+                                              variance=self.tc.variance, validate=False)
+        loss = (terms.loss * w).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = self.update()
         if graphs:  # the handles outlive the step until the next log boundary reads them
             grad_norm = grad_norm.clone()
-        return loss.detach(), grad_norm.detach(), losses.detach()
+        parts = (torch.stack([(terms.simple * w).mean(), (terms.vlb * w).mean()]).detach()
+                 if self.terms else None)
+        return loss.detach(), grad_norm.detach(), terms.loss.detach(), parts
 
     def _autocast(self) -> Any:
         if self.cuda:
@@ -276,13 +285,19 @@ class TorchTrainer:
 
     # ---------------------------------------------------------------- metrics
 
-    def read_metrics(self, handles: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        loss = torch.stack([h[0] for h in handles]).double()
+    def read_metrics(self, handles: list[Any]
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        # (n, 1 + parts): the loss, then its parts; one all-reduce and one copy for all
+        losses = torch.stack([h[0] for h in handles]).double()[:, None]
+        if self.terms:
+            losses = torch.cat([losses, torch.stack([h[3] for h in handles]).double()], dim=1)
         grad_norm = torch.stack([h[1] for h in handles]).double()
         if self.distributed:  # the ranks' batches are equal: the global loss is their mean
-            dist.all_reduce(loss)
-            loss /= self.world_size
-        return loss.cpu().numpy(), grad_norm.cpu().numpy()
+            dist.all_reduce(losses)
+            losses /= self.world_size
+        values = losses.cpu().numpy()
+        parts = {name: values[:, 1 + i] for i, name in enumerate(self.terms)}
+        return values[:, 0], grad_norm.cpu().numpy(), parts
 
     def global_losses(self, handle: Any) -> np.ndarray:
         losses = handle[2].float()

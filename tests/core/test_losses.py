@@ -26,6 +26,7 @@ from ddpm_core.losses import (
     discretized_gaussian_log_likelihood,
     normal_kl,
     prior_bpd,
+    training_loss_terms,
     training_losses,
     vlb_terms,
 )
@@ -216,6 +217,52 @@ def test_hybrid_is_simple_plus_lambda_vlb(xp):
     vlb = _ref_vlb_term(ref, x0, x_t, t, mean_model, logvar)
     expected = mean_flat((eps - eps_model) ** 2) + 0.001 * T * vlb
     assert_close(got, expected, xp=xp, dtype="float64", factor=1e5)
+
+
+def _hybrid_case(xp, dtype, T=20):
+    """A learned-range output on a cosine schedule and its float64 reference parts."""
+    s = Schedule.cosine(T)
+    ref = Ref(s.betas)
+    x0, eps, t, rng = _batch(8, T, shape=(2, 3))
+    x0, eps = rounded(x0, dtype), rounded(eps, dtype)
+    abar = ref.at("abar", t, 3)
+    x_t = rounded(np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps, dtype)
+    eps_model = rounded(eps + 0.1 * rng.standard_normal(eps.shape), dtype)
+    v = rounded(rng.uniform(-1, 1, eps.shape), dtype)
+    beta = ref.at("betas", t, 3)
+    mean_model = (x_t - beta / np.sqrt(1 - abar) * eps_model) / np.sqrt(1 - beta)
+    frac = (v + 1) / 2
+    logvar = frac * np.log(beta) + (1 - frac) * ref.at("post_logvar", t, 3)
+    parts = {"simple": mean_flat((eps - eps_model) ** 2),
+             "vlb": T * _ref_vlb_term(ref, x0, x_t, t, mean_model, logvar)}
+    args = (asarray(np.concatenate([eps_model, v], axis=1), xp, dtype), asarray(x0, xp, dtype),
+            asarray(x_t, xp, dtype), as_t(t, xp), asarray(eps, xp, dtype))
+    return s, args, parts
+
+
+@pytest.mark.parametrize("loss", ["hybrid", "vlb"])
+def test_loss_terms_are_the_loss_and_its_parts(xp, dtype, loss):
+    s, args, parts = _hybrid_case(xp, dtype)
+    kw = dict(loss=loss, variance="learned_range")
+    factor = 1e5 if dtype == "float64" else 50  # float64: the KL's cancellation, as above
+    got = training_loss_terms(s, *args, **kw)
+    for name in ("simple", "vlb"):
+        assert_close(getattr(got, name), parts[name], xp=xp, dtype=dtype, factor=factor,
+                     scale=np.max(np.abs(parts[name])))
+    # the loss is the one training_losses gives, and it is made of the parts
+    np.testing.assert_array_equal(to_numpy(got.loss), to_numpy(training_losses(s, *args, **kw)))
+    whole = parts["simple"] + 0.001 * parts["vlb"] if loss == "hybrid" else parts["vlb"]
+    assert_close(got.loss, whole, xp=xp, dtype=dtype, factor=factor, scale=np.max(whole))
+
+
+def test_loss_terms_of_simple_have_no_bound_term(xp):
+    s, args, parts = _hybrid_case(xp, "float64")
+    eps_only = (asarray(to_numpy(args[0])[:, :2], xp),) + args[1:]
+    got = training_loss_terms(s, *eps_only, weighting="min_snr")
+    assert got.vlb is None
+    np.testing.assert_array_equal(to_numpy(got.simple), to_numpy(got.loss))
+    plain = training_loss_terms(s, *eps_only).simple
+    assert not np.allclose(to_numpy(plain), to_numpy(got.simple))  # the weights reach `simple`
 
 
 @pytest.mark.parametrize(

@@ -143,3 +143,19 @@ def test_init_starts_from_another_runs_weights(full_run, tmp_path):
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6, err_msg=k)
     with pytest.raises(ValueError, match="its U-Net differs from this run's"):
         api.train(options(tmp_path / "x", preset="digits", steps=1, init=str(src)))
+
+
+def test_a_run_trained_with_the_bound_logs_its_loss_parts(tmp_path):
+    """Hybrid only (PyTorch's tests take vlb too): each loss compiles its own step."""
+    from loss_parts import check_loss_parts
+
+    out = tmp_path / "hybrid"
+    api.train(options(out, steps=4, log_every=2, loss="hybrid", variance="learned_range"))
+    parts = check_loss_parts(out, "hybrid")
+    assert parts["loss_vlb"].shape == (2,)
+
+
+def test_a_plain_run_logs_no_loss_parts(full_run):
+    from loss_parts import check_loss_parts
+
+    check_loss_parts(full_run[0], "simple")

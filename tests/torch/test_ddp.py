@@ -2,7 +2,8 @@
 
 Two processes (``python -m torch.distributed.run --standalone --nproc_per_node 2 -m
 ddpm_core train ...``) give the losses and weights of one process (``python -m ddpm_core
-train ...``) at the same global batch, exit 0 every time, print one summary line and no
+train ...``) at the same global batch (trained with L_hybrid, so the logged loss parts are
+reduced across ranks too), exit 0 every time, print one summary line and no
 DDP warning; a pair killed with SIGKILL after a checkpoint resumes to the weights of the
 uninterrupted pair, bit for bit. One machine only: several machines are not tested.
 """
@@ -29,7 +30,8 @@ from run_compare import assert_matches_one_process, losses, step, weights  # noq
 STEPS, CKPT = 30, 5
 TRAIN = ["-m", "ddpm_core", "train", "--backend", "torch", "--preset", "tiny", "--data",
          "digits", "--steps", str(STEPS), "--batch-size", "8", "--log-every", "1",
-         "--ckpt-every", str(CKPT), "--sample-n", "1", "--quiet"]
+         "--ckpt-every", str(CKPT), "--sample-n", "1", "--quiet",
+         "--loss", "hybrid", "--variance", "learned_range"]  # the loss and its parts all-reduced
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -98,6 +98,25 @@ def test_events_hold_the_logged_curves_and_the_sample_grids(tmp_path, tbx):
         np.testing.assert_array_equal(image[..., 0], saved)  # grey, stored as RGB
 
 
+@pytest.mark.parametrize("loss", ["hybrid", "vlb"])
+def test_a_run_trained_with_the_bound_draws_its_loss_parts(tmp_path, tbx, monkeypatch, loss):
+    from loss_parts import check_loss_parts
+
+    from ddpm_core.app.training.logs import TERM_FIELDS
+
+    opts = dict(loss=loss, variance="learned_range", log_every=1, ckpt_every=2)
+    _train_interrupted_at(4, monkeypatch, options(tmp_path, **opts))  # logged 1..4, saved at 2
+    api.train(options(tmp_path, steps=5, resume=True, **opts))
+    run = tmp_path / "run"
+    check_loss_parts(run, loss)  # resume kept the header; each loss is made of its parts
+    events = read_events(run / "tensorboard")
+    assert set(events) == {f"train/{c}" for c in (*COLUMNS, *TERM_FIELDS)} | {"samples"}
+    for column in TERM_FIELDS:  # the same rows as log.csv, no duplicate of steps 3, 4
+        assert [s for s, _ in events[f"train/{column}"]] == [1, 2, 3, 4, 5]
+        np.testing.assert_allclose([v for _, v in events[f"train/{column}"]],
+                                   [float(r[column]) for r in _log(run)], rtol=6e-6)
+
+
 def _train_interrupted_at(stop: int, monkeypatch, opts) -> None:
     """Train with ``opts`` until step ``stop`` raises KeyboardInterrupt (after it is logged)."""
     step_once = trainer._Loop._train_step

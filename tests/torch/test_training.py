@@ -66,22 +66,22 @@ def test_overfits_one_batch():
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real = ddpm_core.training_losses
+    real = ddpm_core.training_loss_terms
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         out = real(*args, **kwargs)
-        return out * float("nan") if calls["n"] >= 6 else out
+        return out._replace(loss=out.loss * float("nan")) if calls["n"] >= 6 else out
 
-    monkeypatch.setattr(ddpm_core, "training_losses", poisoned)
+    monkeypatch.setattr(ddpm_core, "training_loss_terms", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 6.*checkpoint \(step 4\)"):
         api.train(options(tmp_path, steps=10, ckpt_every=2))
     run = tmp_path / "run"
     assert read_run_json(run)["step"] == 4
     weights = checkpoint.load_weights(run / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())
-    monkeypatch.setattr(ddpm_core, "training_losses", real)
+    monkeypatch.setattr(ddpm_core, "training_loss_terms", real)
     summary = api.train(options(tmp_path, steps=6, ckpt_every=2, resume=True))
     assert summary["steps"] == 6 and np.isfinite(summary["final_loss"])
 
