@@ -47,8 +47,9 @@ def _counting(monkeypatch, name: str) -> list[dict[str, int]]:
     return calls
 
 
-@pytest.mark.parametrize("extra", [{}, {"timestep_sampler": "loss-second-moment"}, {"grad_clip": 0.5}],
-                         ids=["paper", "importance", "clip"])
+@pytest.mark.parametrize("extra", [{}, {"timestep_sampler": "loss-second-moment"}, {"grad_clip": 0.5},
+                                   {"loss": "hybrid", "variance": "learned_range"}],
+                         ids=["paper", "importance", "clip", "hybrid-parts"])
 def test_no_host_read_in_a_training_step(tmp_path, monkeypatch, extra):
     steps = _counting(monkeypatch, "train_step")
     flushes = _counting(monkeypatch, "read_metrics")
