@@ -117,7 +117,10 @@ def guidance(session: nox.Session) -> None:
 
 def _group(name: str) -> list[str]:
     """A ``[dependency-groups]`` list of pyproject.toml (read here: pip < 25.1 has no --group)."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: nox itself depends on tomli there
+        import tomli as tomllib
 
     with open("pyproject.toml", "rb") as f:
         return tomllib.load(f)["dependency-groups"][name]

@@ -14,8 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from mkdocs.plugins import event_priority
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the docs group installs tomli there
+    import tomli as tomllib
 
 
 def stage(root: Path) -> Path:
