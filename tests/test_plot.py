@@ -10,7 +10,7 @@ import pytest
 
 from ddpm_core.app import cli
 from ddpm_core.app.run.fid_log import FID_LOG_FIELDS, append_fid_row, read_fid_rows
-from ddpm_core.app.run.plot import read_loss_curve
+from ddpm_core.app.run.plot import read_loss_curve, read_loss_parts
 
 HEADER = "step,loss,grad_norm,lr,images_per_s,seconds\n"
 
@@ -37,7 +37,7 @@ def test_plot_writes_the_png_into_the_run_and_prints_one_json_object(tmp_path, c
     assert cli.main(["plot", "--run", str(run), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"out": str(run / "loss.png"), "points": 3, "last_step": 150,
-                   "last_loss": 0.052, "fid_points": 0}
+                   "last_loss": 0.052, "fid_points": 0, "parts": []}
     with Image.open(run / "loss.png") as png:
         assert png.format == "PNG" and png.size == (640, 400)
     assert sorted(p.name for p in run.iterdir()) == ["log.csv", "loss.png"]  # no temporaries
@@ -77,6 +77,38 @@ def test_plot_draws_the_evaluated_fids_on_a_second_axis(tmp_path, capsys):
     assert cli.main(["plot", "--run", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["fid_points"] == 3
     assert (run / "loss.png").read_bytes() != (tmp_path / "a.png").read_bytes()
+
+
+def _hybrid_run(tmp_path, parts=("0.95,9.7", "0.30,4.1", "0.05,2.0")):
+    """A log with the loss parts of ``--loss hybrid`` (the header the trainer writes)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = "".join(f"{s},{loss},1.0,0.0002,100.0,0.5,{p}\n"
+                    for (s, loss), p in zip([(50, 0.96), (100, 0.304), (150, 0.052)], parts, strict=True))
+    (run / "log.csv").write_text(HEADER.strip() + ",loss_simple,loss_vlb\n" + lines)
+    return run
+
+
+def test_a_run_trained_with_the_bound_gets_its_parts_drawn_in_a_second_panel(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    run = _hybrid_run(tmp_path, parts=("0.95,9.7", ",", "0.05,2.0"))  # a row without parts
+    got = read_loss_parts(run)
+    np.testing.assert_array_equal(got["loss_vlb"], [9.7, np.nan, 2.0])
+    np.testing.assert_array_equal(got["loss_simple"], [0.95, np.nan, 0.05])
+    assert cli.main(["plot", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parts"] == ["loss_simple", "loss_vlb"]
+    with Image.open(run / "loss.png") as png:
+        assert png.size == (640, 640)  # the bound's panel below the loss
+    (tmp_path / "plain").mkdir()
+    assert read_loss_parts(_run(tmp_path / "plain")) == {}
+
+
+def test_a_bad_loss_part_is_a_one_line_error_naming_the_line(tmp_path, capsys):
+    run = _hybrid_run(tmp_path, parts=("0.95,9.7", "0.30,many", "0.05,2.0"))
+    err = _error(["plot", "--run", str(run)], capsys)
+    assert "log.csv: line 3: loss_vlb 'many' is not a number" in err
 
 
 def test_one_point_plots_too(tmp_path):

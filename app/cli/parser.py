@@ -169,12 +169,14 @@ def _add_interpolate(sub: Any) -> None:
 def _add_plot(sub: Any) -> None:
     p = sub.add_parser("plot", help="the loss curve of a run as a PNG",
                        description="Plots log.csv's loss against the step for "
-                                   "those who do not run TensorBoard. Needs matplotlib: "
+                                   "those who do not run TensorBoard (with its parts for a "
+                                   "run trained with the bound, and the FIDs of `ddpm eval "
+                                   "fid` on a second axis). Needs matplotlib: "
                                    'pip install "ddpm-core[eval]".')
     p.add_argument("--run", required=True, help="run directory written by `ddpm train` or "
                                                 "`ddpm train-classifier`")
     p.add_argument("--out", help="PNG to write (default: RUN/loss.png)")
-    add_json(p, "out, points, last_step, last_loss")
+    add_json(p, "out, points, last_step, last_loss, fid_points, parts")
 
 
 def _add_presets(sub: Any) -> None:

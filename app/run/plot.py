@@ -4,7 +4,9 @@ The curve is ``log.csv``'s ``loss`` column (the mean loss of each log window, at
 window's last step; docs/run-directory.md) against ``step``, on a log scale where the loss
 falls by more than a decade. Where the run has been evaluated (``RUN/fid.csv``, one row per
 ``ddpm eval fid``), the FIDs are drawn at their steps on a second axis, one marker series
-per chain. The PNG (default ``RUN/loss.png``) is written atomically
+per chain. A run trained with the bound (``--loss vlb|hybrid``) logs the loss's two parts
+(``loss_simple``, ``loss_vlb``): L_simple is drawn beside the loss, and T * L_{t-1} (bits/dim,
+on its own scale) in a second panel below. The PNG (default ``RUN/loss.png``) is written atomically
 (:mod:`ddpm_core.app.run.atomic`); matplotlib comes with the ``eval`` extra.
 """
 
@@ -22,9 +24,10 @@ from ddpm_core.app.run.atomic import atomic_write_bytes
 from ddpm_core.app.run.fid_log import read_fid_rows
 from ddpm_core.app.run.rundir import RunPaths
 
-__all__ = ["PLOT_NAME", "plot_loss", "read_loss_curve", "render_loss_png"]
+__all__ = ["PLOT_NAME", "plot_loss", "read_loss_curve", "read_loss_parts", "render_loss_png"]
 
 PLOT_NAME = "loss.png"  # the default output, in the run directory
+PARTS = ("loss_simple", "loss_vlb")  # ddpm_core.app.training.logs.TERM_FIELDS
 _EXTRA = 'pip install "ddpm-core[eval]"'
 
 
@@ -59,6 +62,33 @@ def read_loss_curve(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(steps, np.int64), np.asarray(losses, np.float64)
 
 
+def read_loss_parts(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The loss's parts ``{"loss_simple", "loss_vlb"}`` of ``run_dir/log.csv``, float64 (n,)
+    each on :func:`read_loss_curve`'s rows (NaN where a row has none, e.g. rows logged before
+    the columns existed); empty for a log without them (``--loss simple``).
+
+    Raises
+    ------
+    ValueError
+        A part that is neither empty nor a number (naming the line).
+    """
+    path = RunPaths.of(run_dir).log
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        names = [c for c in PARTS if c in (reader.fieldnames or [])]
+        rows = [(reader.line_num, row) for row in reader]
+    return {name: np.asarray([_part(path, line, row, name) for line, row in rows], np.float64)
+            for name in names}
+
+
+def _part(path: Path, line: int, row: dict[str, str], name: str) -> float:
+    text = row.get(name) or ""
+    try:
+        return float(text) if text.strip() else float("nan")
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: {name} {text!r} is not a number") from None
+
+
 def _point(path: Path, line: int, row: dict[str, str]) -> tuple[int, float]:
     try:
         return int(row["step"]), float(row["loss"])
@@ -68,9 +98,11 @@ def _point(path: Path, line: int, row: dict[str, str]) -> tuple[int, float]:
 
 
 def render_loss_png(steps: np.ndarray, losses: np.ndarray, title: str,
-                    fid_rows: list[dict[str, Any]] | None = None) -> bytes:
+                    fid_rows: list[dict[str, Any]] | None = None,
+                    parts: dict[str, np.ndarray] | None = None) -> bytes:
     """The loss against the step as PNG bytes (matplotlib's Agg canvas; no pyplot state),
-    with ``fid_rows`` (:func:`~ddpm_core.app.run.fid_log.read_fid_rows`) on a second axis.
+    with ``fid_rows`` (:func:`~ddpm_core.app.run.fid_log.read_fid_rows`) on a second axis
+    and the loss's ``parts`` (:func:`read_loss_parts`; a second panel for ``loss_vlb``).
 
     Raises
     ------
@@ -82,23 +114,37 @@ def render_loss_png(steps: np.ndarray, losses: np.ndarray, title: str,
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(f"ddpm plot needs matplotlib ({e}): {_EXTRA}") from e
-    fig = Figure(figsize=(6.4, 4.0))
+    parts = parts or {}
+    vlb = parts.get("loss_vlb")
+    fig = Figure(figsize=(6.4, 4.0 if vlb is None else 6.4))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(steps, losses, marker="o" if len(steps) <= 50 else None, markersize=3, lw=1.2)
-    finite = losses[np.isfinite(losses)]
-    if finite.size and finite.min() > 0 and finite.max() >= 10 * finite.min():
-        ax.set_yscale("log")  # a long run's loss falls by more than a decade
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (mean of each log window)")
+    ax = fig.add_subplot(1 if vlb is None else 2, 1, 1)
+    marker = "o" if len(steps) <= 50 else None
+    ax.plot(steps, losses, marker=marker, markersize=3, lw=1.2, label="loss")
+    if "loss_simple" in parts:
+        ax.plot(steps, parts["loss_simple"], ls="--", lw=1, label="L_simple (eq. 14)")
+        ax.legend(loc="upper left", fontsize="small")
+    _scale_and_label(ax, losses, "training loss (mean of each log window)")
     ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
     if fid_rows:
         _draw_fid(ax.twinx(), fid_rows)
+    if vlb is not None:
+        low = fig.add_subplot(2, 1, 2, sharex=ax)
+        low.plot(steps, vlb, marker=marker, markersize=3, lw=1.2, color="tab:green")
+        _scale_and_label(low, vlb, "T * L_{t-1} (bits/dim)")
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100)
     return out.getvalue()
+
+
+def _scale_and_label(ax: Any, values: np.ndarray, ylabel: str) -> None:
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() > 0 and finite.max() >= 10 * finite.min():
+        ax.set_yscale("log")  # a long run's loss falls by more than a decade
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def _draw_fid(ax: Any, rows: list[dict[str, Any]]) -> None:
@@ -136,7 +182,8 @@ def plot_loss(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     -------
     dict
         ``{"out": str, "points": int, "last_step": int, "last_loss": float,
-        "fid_points": int}`` (``fid_points``: the rows of ``RUN/fid.csv`` drawn).
+        "fid_points": int, "parts": [str]}`` (``fid_points``: the rows of ``RUN/fid.csv``
+        drawn; ``parts``: the loss parts drawn, empty for ``--loss simple``).
 
     Raises
     ------
@@ -147,10 +194,11 @@ def plot_loss(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
         matplotlib is missing.
     """
     steps, losses = read_loss_curve(run_dir)
+    parts = read_loss_parts(run_dir)
     fid_rows = read_fid_rows(run_dir)
     target = Path(out) if out is not None else RunPaths.of(run_dir).root / PLOT_NAME
     _check_png_out(target)
     title = f"{Path(run_dir).resolve().name}: loss over {int(steps[-1])} steps"
-    atomic_write_bytes(target, render_loss_png(steps, losses, title, fid_rows))
+    atomic_write_bytes(target, render_loss_png(steps, losses, title, fid_rows, parts))
     return {"out": str(target), "points": int(steps.size), "last_step": int(steps[-1]),
-            "last_loss": float(losses[-1]), "fid_points": len(fid_rows)}
+            "last_loss": float(losses[-1]), "fid_points": len(fid_rows), "parts": list(parts)}
