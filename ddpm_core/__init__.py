@@ -7,6 +7,7 @@ paper's t = 1, the decoder step: the sampler adds no noise there and the bound's
 discretized decoder L_0.
 """
 
+from ddpm_core.bounds import BitsPerDim, bits_per_dim
 from ddpm_core.dpm_solver import dpmpp_2m_sde_step, dpmpp_2m_step
 from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
 from ddpm_core.guidance import (
@@ -15,9 +16,7 @@ from ddpm_core.guidance import (
     classifier_guidance_mean,
 )
 from ddpm_core.losses import (
-    BitsPerDim,
     LossTerms,
-    bits_per_dim,
     discretized_gaussian_log_likelihood,
     loss_weights,
     normal_kl,

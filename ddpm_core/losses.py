@@ -15,15 +15,13 @@ axes divided by ln 2. Data for the decoder (eq. 13) are 8-bit values scaled to [
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ddpm_core._arith import LN2
 from ddpm_core._namespace import cast_like, constant, device_of, namespace, stop_gradient, upcast
-from ddpm_core.checks import as_timesteps, check_all, check_batch, check_choice, check_same_shape
-from ddpm_core.forward import _q_sample
+from ddpm_core.checks import as_timesteps, check_batch, check_choice, check_same_shape
 from ddpm_core.parameterization import (
     LEARNED_VARIANCES,
     LOG_VARIANCE_TABLES,
@@ -42,7 +40,6 @@ from ddpm_core.special import log_ndtr, log_normal_mass
 __all__ = [
     "LOSSES",
     "WEIGHTINGS",
-    "BitsPerDim",
     "LossTerms",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
@@ -52,7 +49,6 @@ __all__ = [
     "training_target",
     "loss_weights",
     "training_losses",
-    "bits_per_dim",
 ]
 
 LOSSES = ("simple", "vlb", "hybrid")
@@ -362,52 +358,3 @@ def _terms(schedule: Schedule, model_output: Any, x0: Any, x_t: Any, t: Any, noi
     else:
         total = mse if loss == "simple" else vb
     return LossTerms(*(None if a is None else cast_like(a, x_t, xp) for a in (total, mse, vb)))
-
-
-class BitsPerDim(NamedTuple):
-    """The full bound of eq. (5) in bits/dim, every term evaluated (none sampled)."""
-
-    total: Any  # (B,) prior + sum of terms
-    prior: Any  # (B,) L_T
-    terms: Any  # (T, B) L_{t-1} for index t; terms[0] is the decoder L_0
-    decoder: Any  # (B,) terms[0]
-    mse: Any  # (T, B) mean squared error of x0_hat at each step (the paper's distortion)
-
-
-def bits_per_dim(
-    schedule: Schedule,
-    model: Callable[[Any, Any], Any],
-    x0: Any,
-    noise_fn: Callable[[int], Any],
-    *,
-    prediction: str = "eps",
-    variance: str = "fixed_small",
-    clip: Any = None,
-) -> BitsPerDim:
-    """Negative log-likelihood bound of ``x0`` in bits/dim, summing all T terms of eq. (5).
-
-    For each step index i (T model calls), x_t is drawn from q(x_t|x_0) with
-    ``noise_fn(i)`` and the term L_{i} is evaluated exactly given that x_t. ``model(x_t,
-    t_model)`` receives ``schedule.timesteps[i]`` for every sample.
-    """
-    check_batch("x0", x0)
-    check_all((x0 >= -1.0) & (x0 <= 1.0), "x0 must hold data scaled to [-1, 1] (the decoder's "
-              "256 bins, eq. 13)", values=x0)
-    xp = namespace(x0)
-    T = schedule.num_timesteps
-    T_model = int(schedule.timesteps[-1]) + 1
-    terms, mses = [], []
-    for i in range(T):
-        noise = noise_fn(i)
-        check_same_shape("x0", x0, "noise_fn(i)", noise)
-        x_t = _q_sample(schedule, x0, i, noise, xp)
-        out = model(x_t, as_timesteps(int(schedule.timesteps[i]), x0, T_model))
-        xp, pred, var_values, x0_c, x, t = _check_loss_inputs(
-            schedule, out, x0, x_t, i, prediction, variance)
-        term, x0_hat = _vlb(schedule, pred, var_values, x0_c, x, t, prediction, variance, clip, xp)
-        terms.append(cast_like(term, x0, xp))
-        mses.append(cast_like(_mean_flat((x0_hat - x0_c) ** 2), x0, xp))
-    stacked = xp.stack(terms, axis=0)
-    prior = prior_bpd(schedule, x0)
-    return BitsPerDim(prior + xp.sum(stacked, axis=0), prior, stacked, terms[0], xp.stack(mses, axis=0))
-

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from ddpm_testing import as_t, asarray, assert_close, to_numpy
 
+from ddpm_core.bounds import bits_per_dim
 from ddpm_core.forward import q_mean_variance, q_sample, q_step_sample
-from ddpm_core.losses import bits_per_dim, discretized_gaussian_log_likelihood, training_losses, vlb_terms
+from ddpm_core.losses import discretized_gaussian_log_likelihood, training_losses, vlb_terms
 from ddpm_core.parameterization import p_mean_variance, predict_x0
 from ddpm_core.posterior import q_posterior
 from ddpm_core.reverse import interpolate

@@ -21,8 +21,8 @@ from ddpm_testing import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ddpm_core.bounds import bits_per_dim
 from ddpm_core.losses import (
-    bits_per_dim,
     discretized_gaussian_log_likelihood,
     normal_kl,
     prior_bpd,
